@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both bootstrap .venv themselves (created if missing, project installed into it).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test venv lint typecheck clean bench bench-search
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: migrate the database, declare the broker topology, start every part
+run: $(STAMP)
+	$(BIN)/checkout up
+
+## make test: the whole suite against the real PostgreSQL and RabbitMQ
+test: $(STAMP)
+	$(BIN)/pytest
+
+## make bench: the system as processes under load, about two minutes (README "The benchmark");
+## options after ARGS=, e.g. make bench ARGS="--copies 2"
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
+## make bench-search: GET /orders?name= on a million orders (loading them takes a while)
+bench-search: $(STAMP)
+	$(BIN)/python -m bench.run --search-million $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy contracts checkout_api saga consumers infra mock_services
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

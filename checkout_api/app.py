@@ -1,0 +1,52 @@
+"""The API's composition root: `create_app(settings)` builds everything, imports build nothing."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from checkout_api.body_limit import BodyLimitMiddleware
+from checkout_api.errors import install_error_handlers
+from checkout_api.lifespan import make_lifespan
+from checkout_api.metrics import ApiMetrics
+from checkout_api.middleware import RequestMiddleware
+from checkout_api.openapi import install_openapi
+from checkout_api.routes import checkouts, docs, health, orders, timeline
+from infra.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024  # an order is a few hundred bytes
+
+DESCRIPTION = """\
+Create orders and check them out. A checkout is accepted (202) and proceeds
+asynchronously; poll `GET /checkouts/{checkout_id}` or the order for its outcome.
+Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name  # post_order, search_orders, post_checkout, ...
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A new API app; its engine and broker link are made by its lifespan."""
+    metrics = ApiMetrics()  # per app: two apps in one process keep separate registries
+    app = FastAPI(
+        title="Checkout API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=make_lifespan(settings, metrics),
+        generate_unique_id_function=_operation_id,
+    )
+    # Added last is outermost: RequestMiddleware sees (logs, counts) the 413s too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    routers = [orders.router, checkouts.router, timeline.router, health.router, docs.router]
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app, [route for router in routers for route in router.routes])
+    install_openapi(app)
+    # Server spans for every request but health and metrics scrapes; the checkout's
+    # outbox row carries the span's context on to every other part.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health/live,health/ready,metrics")
+    return app

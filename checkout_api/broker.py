@@ -1,0 +1,52 @@
+"""The API's broker connection, kept for readiness only.
+
+The API never publishes: a checkout writes an outbox row and the relay publishes it.
+But an API whose system cannot reach the broker is not ready to take checkouts that
+would only pile up, so readiness reports the connection. It is made in the background
+(`fail_fast=False`): the API starts, and reports not ready, while the broker is down,
+and aio-pika's robust connection reconnects by itself after a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aio_pika
+import structlog
+from yarl import URL
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_INTERVAL = 2.0
+CONNECT_TIMEOUT = 5.0
+
+
+class BrokerLink:
+    """A robust connection that is connecting, connected, or reconnecting."""
+
+    def __init__(self, url: str, *, name: str = "checkout-api") -> None:
+        self._connection = aio_pika.RobustConnection(
+            URL(url),
+            fail_fast=False,
+            reconnect_interval=RECONNECT_INTERVAL,
+            client_properties={"connection_name": name},
+        )
+        self._connecting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin connecting; returns at once."""
+        self._connecting = asyncio.create_task(
+            self._connection.connect(timeout=CONNECT_TIMEOUT), name="broker-connect"
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection.connected.is_set() and not self._connection.is_closed
+
+    async def close(self) -> None:
+        await self._connection.close()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connecting

@@ -1,0 +1,17 @@
+"""What the lifespan builds and every request reads (Starlette's typed lifespan state)."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from checkout_api.broker import BrokerLink
+from checkout_api.metrics import ApiMetrics
+from infra.db.session import UnitOfWork
+from infra.settings import Settings
+
+
+class ApiState(TypedDict):
+    settings: Settings
+    uow: UnitOfWork
+    broker: BrokerLink
+    metrics: ApiMetrics

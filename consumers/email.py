@@ -1,0 +1,66 @@
+"""Email consumer: sends the payment confirmation through the Email Service, once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.expression import Executable
+
+from consumers.effects import call_once
+from contracts import OrderPaid
+from infra.db.models import EmailNotification
+from infra.db.session import UnitOfWork
+from infra.http import ServiceClient
+from infra.logging import mask_email
+from infra.messaging.consumer import Delivery, Handled
+
+CONSUMER = "email"
+
+
+def confirmation(event: OrderPaid) -> dict[str, str]:
+    """The e-mail a customer gets when their order is paid."""
+    return {
+        "to": event.customer.email,
+        "subject": f"Order confirmed: {event.order_name}",
+        "body": (
+            f"Hello {event.customer.name},\n\n"
+            f"we received your payment of {event.amount:.2f} {event.currency} for "
+            f'"{event.order_name}" (order {event.order_id}). It is on its way to production.\n'
+        ),
+    }
+
+
+class EmailConsumer:
+    """One confirmation per paid order, keyed by the event's message id."""
+
+    def __init__(self, uow: UnitOfWork, service: ServiceClient) -> None:
+        self._uow = uow
+        self._service = service
+
+    async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
+        def row(_: Any) -> Executable:
+            return (
+                insert(EmailNotification)
+                .values(
+                    order_id=event.order_id,
+                    checkout_id=event.checkout_id,
+                    source_message_id=delivery.message_id,
+                    recipient=event.customer.email,
+                    sent_at=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing()
+            )
+
+        return await call_once(
+            self._uow,
+            consumer=CONSUMER,
+            event=event,
+            delivery=delivery,
+            call=lambda key: self._service.post(
+                "/emails", confirmation(event), idempotency_key=key
+            ),
+            row=row,
+            detail=lambda _: f"confirmation e-mail sent to {mask_email(event.customer.email)}",
+        )

@@ -1,0 +1,68 @@
+"""Production consumer: sends the paid order to the Production Service, once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.expression import Executable
+
+from consumers.effects import call_once
+from contracts import OrderPaid
+from infra.db.models import ProductionSubmission
+from infra.db.session import UnitOfWork
+from infra.http import ServiceClient
+from infra.messaging.consumer import Delivery, Handled
+
+CONSUMER = "production"
+
+
+def production_order(event: OrderPaid) -> dict[str, Any]:
+    return {
+        "order_id": str(event.order_id),
+        "order_name": event.order_name,
+        "checkout_id": str(event.checkout_id),
+        "amount": f"{event.amount:.2f}",
+        "currency": event.currency,
+        "paid_at": event.paid_at.isoformat(),
+    }
+
+
+def _reference(body: Any) -> str | None:
+    reference = body.get("production_order_id") if isinstance(body, dict) else None
+    return str(reference) if reference else None
+
+
+class ProductionConsumer:
+    """One production order per paid order, keyed by the event's message id."""
+
+    def __init__(self, uow: UnitOfWork, service: ServiceClient) -> None:
+        self._uow = uow
+        self._service = service
+
+    async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
+        def row(body: Any) -> Executable:
+            return (
+                insert(ProductionSubmission)
+                .values(
+                    order_id=event.order_id,
+                    checkout_id=event.checkout_id,
+                    source_message_id=delivery.message_id,
+                    production_reference=_reference(body),
+                    submitted_at=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing()
+            )
+
+        return await call_once(
+            self._uow,
+            consumer=CONSUMER,
+            event=event,
+            delivery=delivery,
+            call=lambda key: self._service.post(
+                "/production/orders", production_order(event), idempotency_key=key
+            ),
+            row=row,
+            detail=lambda body: f"sent to production (reference {_reference(body)})",
+        )

@@ -1,0 +1,1 @@
+"""Runnable examples for downstream teams (see docs/downstream.md)."""

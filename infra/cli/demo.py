@@ -1,0 +1,339 @@
+"""`checkout demo`: create sample orders, check them out, and watch them finish.
+
+It talks only HTTP to the API, like any client would. The samples are chosen to show
+the interesting paths: the simulated payment service declines an amount ending in .01
+and answers 503 twice to one ending in .02 (retried, then paid).
+
+`run_demo` takes an `httpx.AsyncClient` and a callback, so tests can hand it a client
+on a fake transport; `main` wires the real client, the live table and the JSON output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from infra.cli.output import console, err_console, is_terminal, print_json
+from infra.cli.supervisor import local_url
+from infra.settings import Settings
+
+FINAL = ("PAID", "FAILED")
+POLL_INTERVAL = 0.2
+CUSTOMER = {"email": "ada.lovelace@example.com", "name": "Ada Lovelace"}
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An order the demo creates, and the final checkout state it should reach."""
+
+    order_name: str
+    amount: str
+    expect: str
+
+
+def samples(tag: str) -> list[Sample]:
+    """The demo's orders; `tag` tells this run's orders from earlier runs' in GET /orders."""
+    return [
+        Sample(f"demo {tag} espresso machine", "49.00", "PAID"),
+        Sample(f"demo {tag} declined card .01", "25.01", "FAILED"),
+        Sample(f"demo {tag} flaky payment .02", "30.02", "PAID"),
+        Sample(f"demo {tag} coffee beans", "12.50", "PAID"),
+    ]
+
+
+@dataclass
+class Tracked:
+    """One sample order as last seen through the API."""
+
+    sample: Sample
+    order_id: str | None = None
+    checkout_id: str | None = None
+    state: str | None = None
+    order_status: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL
+
+    @property
+    def as_expected(self) -> bool:
+        return self.state == self.sample.expect
+
+    def elapsed(self, now: float) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or now) - self.started
+
+    def last_step(self) -> str:
+        if not self.steps:
+            return ""
+        step = self.steps[-1]
+        text = f"{step.get('name', '?')} {step.get('status', '')}".strip()
+        return f"{text} ({step['detail']})" if step.get("detail") else text
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "order_name": self.sample.order_name,
+            "amount": self.sample.amount,
+            "checkout_id": self.checkout_id,
+            "state": self.state,
+            "order_status": self.order_status,
+            "steps": self.steps,
+        }
+
+
+def not_answering(api_url: str) -> str:
+    return (
+        f"The API at {api_url} is not answering: start the system with `make run` "
+        "(or .venv/bin/checkout up) in another terminal"
+    )
+
+
+def _problem(response: httpx.Response) -> str:
+    """A problem+json response as `status title: detail`, or its first 200 characters."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"{response.status_code} {response.text[:200]}"
+    if isinstance(body, dict):
+        title = body.get("title") or response.reason_phrase
+        detail = body.get("detail")
+        return f"{response.status_code} {title}" + (f": {detail}" if detail else "")
+    return f"{response.status_code} {body!r:.200}"
+
+
+async def check_ready(client: httpx.AsyncClient) -> None:
+    """DemoError unless GET /health/ready answers 200."""
+    api_url = str(client.base_url).rstrip("/")
+    try:
+        response = await client.get("/health/ready")
+    except httpx.TransportError:
+        raise DemoError(not_answering(api_url)) from None
+    if response.status_code != 200:
+        raise DemoError(
+            f"The API at {api_url} answers but is not ready ({_problem(response)}): "
+            "check that PostgreSQL and RabbitMQ run, and the `checkout up` terminal"
+        )
+
+
+async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> Any:
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        raise DemoError(f"{method} {url} failed: {exc!r}") from None
+    if response.is_error:
+        raise DemoError(f"{method} {url} answered {_problem(response)}")
+    return response.json()
+
+
+async def start(client: httpx.AsyncClient, tracked: Tracked, clock: Callable[[], float]) -> None:
+    """Create the order and start its checkout."""
+    sample = tracked.sample
+    order = await _send(
+        client,
+        "POST",
+        "/orders",
+        json={"order_name": sample.order_name, "amount": sample.amount, "customer": CUSTOMER},
+    )
+    tracked.order_id = order["order_id"]
+    tracked.order_status = order["status"]
+    tracked.started = clock()
+    checkout = await _send(
+        client,
+        "POST",
+        f"/orders/{tracked.order_id}/checkout",
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    _apply_checkout(tracked, checkout, clock)
+
+
+def _apply_checkout(tracked: Tracked, checkout: dict[str, Any], clock: Callable[[], float]) -> None:
+    tracked.checkout_id = checkout["checkout_id"]
+    tracked.state = checkout["state"]
+    tracked.steps = list(checkout.get("steps") or [])
+    if tracked.done and tracked.finished is None:
+        tracked.finished = clock()
+
+
+async def refresh(client: httpx.AsyncClient, tracked: Tracked, clock: Callable[[], float]) -> None:
+    """Read the checkout, then the order; a passing API hiccup keeps the last view."""
+    try:
+        # Checkout first: the saga commits the final state and the order status in one
+        # transaction, so an order read after a final checkout is already final too.
+        checkout = await _send(client, "GET", f"/checkouts/{tracked.checkout_id}")
+        order = await _send(client, "GET", f"/orders/{tracked.order_id}")
+    except DemoError:
+        return
+    _apply_checkout(tracked, checkout, clock)
+    tracked.order_status = order["status"]
+
+
+async def run_demo(
+    client: httpx.AsyncClient,
+    orders: Sequence[Sample],
+    *,
+    on_update: Callable[[list[Tracked]], None] = lambda _: None,
+    patience: float = 60.0,
+    interval: float = POLL_INTERVAL,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Tracked]:
+    """Check the API is ready, start every sample, poll until all are final or out of patience."""
+    await check_ready(client)
+    tracked = [Tracked(sample) for sample in orders]
+    on_update(tracked)
+    for item in tracked:
+        await start(client, item, clock)
+        on_update(tracked)
+    deadline = clock() + patience
+    while not all(item.done for item in tracked) and clock() < deadline:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(refresh(client, item, clock) for item in tracked if not item.done))
+        on_update(tracked)
+    return tracked
+
+
+# --------------------------------------------------------------------------- presentation
+
+_COLOURS = {"PAID": "green", "FAILED": "red"}
+
+
+def _status(value: str | None) -> Text:
+    if value is None:
+        return Text("—", style="dim")
+    return Text(value, style=_COLOURS.get(value, "yellow"))
+
+
+def render(tracked: Sequence[Tracked], now: float) -> Table:
+    """The live table: one row per order, coloured by state."""
+    table = Table(title="checkout demo", title_justify="left", expand=False)
+    table.add_column("order")
+    table.add_column("amount", justify="right", no_wrap=True)
+    table.add_column("checkout", no_wrap=True)
+    table.add_column("order status", no_wrap=True)
+    table.add_column("last step")
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    for item in tracked:
+        elapsed = item.elapsed(now)
+        table.add_row(
+            item.sample.order_name,
+            item.sample.amount,
+            _status(item.state),
+            _status(item.order_status),
+            item.last_step(),
+            f"{elapsed:.1f}s" if elapsed is not None else "",
+        )
+    return table
+
+
+def _where_next(tracked: Sequence[Tracked], api: str, mocks: str) -> list[tuple[str, str]]:
+    one = next((t for t in tracked if t.order_id), None)
+    rows = [("API docs", f"{api}/docs")]
+    if one is not None:
+        rows.append(("one order", f"curl {api}/orders/{one.order_id}"))
+        rows.append(("its checkout", f"curl {api}/checkouts/{one.checkout_id}"))
+    rows += [
+        ("all demo orders", f"curl '{api}/orders?name=demo'"),
+        ("payments seen", f"curl {mocks}/mock/payments"),
+        ("emails sent", f"curl {mocks}/mock/emails"),
+        ("production orders", f"curl {mocks}/mock/production/orders"),
+        ("dead letters", ".venv/bin/checkout dlq list"),
+    ]
+    return rows
+
+
+def _report_unexpected(tracked: Sequence[Tracked], timeout: float) -> None:
+    err = err_console()
+    for item in tracked:
+        if not item.done:
+            err.print(
+                f"[yellow]still {item.state or 'not started'} after {timeout:g}s:[/] "
+                f"{item.sample.order_name} (checkout {item.checkout_id}, "
+                f"last step: {item.last_step() or 'none'}); look at the saga, relay and mocks "
+                "lines in the `checkout up` terminal, and at `.venv/bin/checkout dlq list`",
+                markup=True,
+                soft_wrap=True,
+            )
+        elif not item.as_expected:
+            err.print(
+                f"[red]{item.sample.order_name} ended {item.state}, expected "
+                f"{item.sample.expect}[/]: {item.last_step()}",
+                soft_wrap=True,
+            )
+
+
+async def _demo(
+    settings: Settings,
+    patience: float,
+    live: bool,
+    transport: httpx.AsyncBaseTransport | None,
+) -> list[Tracked]:
+    api = local_url(settings.api_host, settings.api_port)
+    tag = uuid.uuid4().hex[:4]
+    # trust_env off: a proxy from the environment must not sit between us and localhost.
+    async with httpx.AsyncClient(
+        base_url=api, timeout=5.0, trust_env=False, transport=transport
+    ) as client:
+        if not live:
+            return await run_demo(client, samples(tag), patience=patience)
+        out = console()
+        with Live(console=out, refresh_per_second=10) as view:
+
+            def show(tracked: list[Tracked]) -> None:
+                view.update(render(tracked, time.monotonic()))
+
+            return await run_demo(client, samples(tag), on_update=show, patience=patience)
+
+
+def main(
+    settings: Settings,
+    timeout: float = 60.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """Run the demo; 0 when every checkout ended as expected, else 1.
+
+    Args:
+        transport: what the HTTP client sends through; tests pass a fake API here.
+    """
+    live = is_terminal()
+    try:
+        tracked = asyncio.run(_demo(settings, timeout, live, transport))
+    except DemoError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    ok = all(item.done and item.as_expected for item in tracked)
+    if live:
+        api = local_url(settings.api_host, settings.api_port)
+        mocks = local_url(settings.mocks_host, settings.mocks_port)
+        out = console()
+        if ok:
+            out.print(
+                "\n[green]Every checkout ended as expected[/] (the .01 one is declined on purpose)."
+            )
+        else:
+            out.print("\n[red]Not every checkout ended as expected[/] (details below).")
+        out.print("\nWhere to look next:")
+        for label, value in _where_next(tracked, api, mocks):
+            out.print(f"  [bold]{label:<18}[/] {value}", soft_wrap=True)
+    else:
+        print_json([item.as_json() for item in tracked])
+    if not ok:
+        _report_unexpected(tracked, timeout)
+    return 0 if ok else 1

@@ -1,0 +1,140 @@
+"""The `checkout` command: run the whole system or one part, migrate, operate, demo.
+
+Each command loads the settings first (a bad one ends it with one line naming the
+variable, exit 1) and imports its part only when it runs, so `checkout --help` and
+`checkout migrate` stay fast and do not depend on every part being importable.
+Exit codes: 0 success, 1 failure, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from infra.cli.dlq import dlq_app
+from infra.cli.output import fail, settings_or_exit
+from infra.cli.trace import trace
+
+app = typer.Typer(
+    name="checkout",
+    help="Event-driven order checkout: API, outbox relay, saga, consumers, simulated services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _part(module: str) -> Callable[..., None]:
+    """The `run` of a part, imported now; one line if the part itself is missing."""
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise  # a dependency of the part is missing: show the whole story
+        fail(f"{module} is not available in this installation ({exc})")
+    run: Callable[..., Any] = loaded.run
+    return run
+
+
+class ConsumerName(StrEnum):
+    """The consumers of `order.paid`, one queue each."""
+
+    invoice = "invoice"
+    email = "email"
+    production = "production"
+
+
+@app.command()
+def up() -> None:
+    """Migrate, declare the broker topology and run every part, with prefixed logs."""
+    from infra.cli.supervisor import StartupError, run_system
+
+    settings = settings_or_exit()
+    try:
+        run_system(settings)
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if it is missing and apply every migration."""
+    from infra.cli.supervisor import StartupError, prepare_database
+
+    settings = settings_or_exit()
+    try:
+        result = prepare_database(settings)
+    except StartupError as exc:
+        fail(str(exc))
+    state = "created" if result.created else "already existed"
+    typer.echo(f"database {result.database}: {state}")
+    typer.echo(f"schema: migrated to head (revision {result.revision})")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API alone."""
+    settings = settings_or_exit()
+    _part("checkout_api.main")(settings)
+
+
+@app.command()
+def relay() -> None:
+    """Run the outbox relay alone."""
+    settings = settings_or_exit()
+    _part("infra.messaging.relay")(settings)
+
+
+@app.command()
+def saga() -> None:
+    """Run the saga orchestrator and the payment step alone."""
+    settings = settings_or_exit()
+    _part("saga.main")(settings)
+
+
+@app.command()
+def mocks() -> None:
+    """Run the simulated payment, email and production services alone."""
+    settings = settings_or_exit()
+    _part("mock_services.main")(settings)
+
+
+@app.command()
+def consumer(
+    name: Annotated[ConsumerName, typer.Argument(metavar="NAME", help="Which consumer.")],
+) -> None:
+    """Run one consumer of `order.paid` alone."""
+    settings = settings_or_exit()
+    _part("consumers.main")(settings, name.value)
+
+
+@app.command()
+def demo(
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for every checkout to finish.")
+    ] = 60.0,
+) -> None:
+    """Create sample orders, check them out and show their progress live."""
+    from infra.cli.demo import main as run_demo
+
+    settings = settings_or_exit()
+    raise typer.Exit(run_demo(settings, timeout=timeout))
+
+
+@app.command()
+def contracts(
+    check: Annotated[bool, typer.Option(help="Only check; exit 1 if anything is stale.")] = False,
+) -> None:
+    """Regenerate docs/asyncapi.*, docs/schemas/ and contracts/published/ from the models."""
+    from contracts.schema import main as generate
+
+    raise typer.Exit(generate(["--check"] if check else []))
+
+
+# Sub-apps, one line each (with their import at the top):
+app.add_typer(dlq_app, name="dlq")
+app.command()(trace)

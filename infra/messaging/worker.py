@@ -1,0 +1,176 @@
+"""Composition root of a message-consuming process (the saga, each consumer).
+
+`Worker` registers its subscribers when it is built (so the AsyncAPI document can be
+generated without I/O), and creates the process's resources (database engine,
+publisher, HTTP client) in FastStream's lifespan, closing them after the broker has
+stopped and the messages in hand are finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import httpx
+import structlog
+from faststream import FastStream
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from prometheus_client import REGISTRY
+from purgatory import AsyncCircuitBreakerFactory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import Message
+from infra.db.session import UnitOfWork, create_engine
+from infra.health import ReadinessCheck, serving_health
+from infra.http import ServiceClient, build_breakers, build_http_client
+from infra.messaging.consumer import Handler, QueueConsumer, subscribe
+from infra.messaging.publisher import Publisher
+from infra.messaging.topology import Topology, declare_topology
+from infra.settings import Settings
+from infra.timeline.record import Event, write_events
+
+if TYPE_CHECKING:
+    from faststream.rabbit.utils import RabbitClientProperties
+
+# Seconds the broker waits at shutdown for messages in hand to finish.
+GRACEFUL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What handlers may use; built at start-up, closed at shutdown."""
+
+    settings: Settings
+    topology: Topology
+    uow: UnitOfWork
+    publisher: Publisher
+    http: httpx.AsyncClient
+    breakers: AsyncCircuitBreakerFactory
+
+    def service(self, name: str, base_url: str) -> ServiceClient:
+        """A client for one external service, with retries and its circuit breaker."""
+        return ServiceClient(
+            name, self.http, base_url, attempts=self.settings.http_attempts, breakers=self.breakers
+        )
+
+
+RouteFactory = Callable[[Resources], Mapping[type[Message], Handler]]
+
+
+def engine_ok(engine: AsyncEngine) -> ReadinessCheck:
+    """A readiness check: the database answers `SELECT 1`."""
+
+    async def check() -> bool:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    return check
+
+
+def _log_broker_lost(_connection: object, exc: BaseException | None = None) -> None:
+    if exc is not None:
+        structlog.get_logger().warning("broker connection lost; reconnecting", error=repr(exc))
+
+
+def _log_broker_restored(_connection: object) -> None:
+    structlog.get_logger().info("broker connection restored; consuming again")
+
+
+class Worker:
+    """One process consuming one or more queues."""
+
+    def __init__(self, settings: Settings, component: str) -> None:
+        self.settings = settings
+        self.component = component
+        self.topology = Topology.from_settings(settings)
+        self.broker = RabbitBroker(
+            settings.rabbit_url.get_secret_value(),
+            # Passed through to aio-pika; FastStream's TypedDict lacks the key.
+            client_properties=cast(
+                "RabbitClientProperties",
+                {"connection_name": f"{settings.namespace}.{component}"},
+            ),
+            on_close=[_log_broker_lost],
+            on_reconnected=[_log_broker_restored],
+            graceful_timeout=GRACEFUL_TIMEOUT,
+            # FastStream's per-message "Received/Processed" lines: debug only; our
+            # shell logs what matters (retries, dead-letters) with the message ids.
+            log_level=logging.DEBUG,
+            # Plain stdlib loggers: they propagate to the root handler that
+            # `configure_logging` set up, so FastStream's lines are JSON or console
+            # like ours instead of FastStream's own coloured format.
+            logger=logging.getLogger("checkout.broker"),
+            # FastStream's own per-handler counters and durations, on the registry
+            # our health endpoint serves.
+            middlewares=[
+                RabbitPrometheusMiddleware(registry=REGISTRY, app_name=component),
+                # Continues the trace carried in each message's headers (W3C
+                # traceparent) around the handler, so what it writes joins it.
+                RabbitTelemetryMiddleware(),
+            ],
+        )
+        self._consumers: list[tuple[QueueConsumer, RouteFactory]] = []
+        self.health_port: int | None = None  # bound at start-up
+
+    def consume(self, queue_key: str, routes: RouteFactory) -> QueueConsumer:
+        """Subscribe to the queue named by `queue_key`; `routes` builds its handlers at start."""
+        consumer = QueueConsumer(self.topology.queues[queue_key], jitter=self.settings.retry_jitter)
+        subscribe(self.broker, consumer, prefetch=self.settings.prefetch)
+        self._consumers.append((consumer, routes))
+        return consumer
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        engine = create_engine(self.settings)
+        publisher = await Publisher.connect(
+            self.settings.rabbit_url.get_secret_value(),
+            name=f"{self.settings.namespace}.{self.component}.publisher",
+        )
+        http = build_http_client(self.settings)
+        try:
+            await declare_topology(publisher.channel, self.topology)
+            resources = Resources(
+                self.settings,
+                self.topology,
+                UnitOfWork(engine),
+                publisher,
+                http,
+                build_breakers(self.settings),
+            )
+            uow = resources.uow
+
+            async def record(events: Sequence[Event]) -> bool:
+                return await write_events(uow, events)
+
+            for consumer, routes in self._consumers:
+                consumer.bind(routes(resources), publisher, record)
+            checks = {"broker": lambda: self.broker.ping(timeout=2), "database": engine_ok(engine)}
+            async with serving_health(self.settings, self.component, checks) as port:
+                self.health_port = port
+                yield
+        finally:
+            await http.aclose()
+            await publisher.close()
+            await engine.dispose()
+
+    def app(self) -> FastStream:
+        return FastStream(
+            self.broker, lifespan=self.lifespan, logger=logging.getLogger("checkout.worker")
+        )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Worker]:
+        """Start resources and subscribers in this event loop (tests, embedding)."""
+        async with self.lifespan():
+            await self.broker.start()
+            try:
+                yield self
+            finally:
+                await self.broker.stop()

@@ -1,0 +1,134 @@
+"""The one settings object: read from the environment (and `.env`) at start-up, passed in.
+
+Every process builds its parts from a `Settings`; nothing reads the environment later.
+A bad value stops the process with one line naming the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CHECKOUT_"
+
+
+def _default_log_format() -> Literal["console", "json"]:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+class Settings(BaseSettings):
+    """Everything a process of the checkout system can be told from outside."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: SecretStr = SecretStr("postgresql+psycopg://postgres@127.0.0.1:5432/checkout")
+    rabbit_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    namespace: str = Field(default="checkout", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    mocks_host: str = "127.0.0.1"
+    mocks_port: int = Field(default=8001, ge=1, le=65535)
+    payment_url: AnyUrl | None = None
+    email_url: AnyUrl | None = None
+    production_url: AnyUrl | None = None
+
+    # Health and metrics endpoint of a worker (relay, saga, consumers). Unset: the
+    # part's own default port (8002-8006); 0: any free port.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+
+    log_format: Literal["console", "json"] = Field(default_factory=_default_log_format)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Simulated services: random 503s and added latency for load and fault tests.
+    mock_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    mock_latency_ms: int = Field(default=0, ge=0, le=60_000)
+
+    # Messaging. Delays (seconds) between attempts of a failed message; after the
+    # last one it is dead-lettered. The default dead-letters a transient failure
+    # within about a minute of its first attempt.
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 4.0, 12.0, 30.0)
+    retry_jitter: float = Field(default=0.2, ge=0.0, lt=1.0)
+    prefetch: int = Field(default=50, ge=1, le=1000)
+
+    # Outbox relay: rows claimed per batch, and the poll interval used when no
+    # NOTIFY arrives (the fallback wake-up).
+    relay_batch_size: int = Field(default=200, ge=1, le=5000)
+    relay_poll_interval: float = Field(default=1.0, gt=0, le=60)
+
+    # Outgoing HTTP calls to the payment, email and production services.
+    http_timeout: float = Field(default=3.0, gt=0, le=120)
+    http_attempts: int = Field(default=3, ge=1, le=10)
+
+    # Circuit breaker in front of each external service: opens after this many
+    # consecutive transient failures, and lets one call through after the pause.
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_pause: float = Field(default=10.0, gt=0, le=600)
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                return tuple(Decimal(p) for p in parts)
+            except InvalidOperation:
+                raise ValueError("give comma-separated seconds, e.g. '1,4,12,30'") from None
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _check_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(d <= 0 for d in value):
+            raise ValueError("give one or more positive numbers of seconds, e.g. '1,4,12,30'")
+        return tuple(float(d) for d in value)
+
+    @cached_property
+    def mocks_base_url(self) -> str:
+        return f"http://{self.mocks_host}:{self.mocks_port}"
+
+    @cached_property
+    def payment_base_url(self) -> str:
+        return str(self.payment_url or self.mocks_base_url).rstrip("/")
+
+    @cached_property
+    def email_base_url(self) -> str:
+        return str(self.email_url or self.mocks_base_url).rstrip("/")
+
+    @cached_property
+    def production_base_url(self) -> str:
+        return str(self.production_url or self.mocks_base_url).rstrip("/")
+
+    @cached_property
+    def api_base_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise SettingsError(
+            f"{ENV_PREFIX}{field.upper()}: {first['msg']} (got {first.get('input')!r})"
+        ) from None

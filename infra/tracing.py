@@ -1,0 +1,86 @@
+"""OpenTelemetry: one trace per checkout, across every process.
+
+The context travels with the data: the API's request span is injected (W3C
+`traceparent`) into the outbox row's headers; the relay publishes each row inside a
+span that is the row's child and forwards its own context in the message headers;
+FastStream's telemetry middleware continues it in every consumer, where outbox rows
+and replies written while handling inject it again; httpx's instrumentation carries
+it to the external services. Retried and dead-lettered copies keep their headers, so
+a replay joins the same trace.
+
+The SDK tracer provider is always installed, so logs and the checkout timeline have
+trace ids. Export is off unless the standard variables ask for it:
+`OTEL_TRACES_EXPORTER=otlp` (or `console`), or an `OTEL_EXPORTER_OTLP_ENDPOINT` /
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SDK_DISABLED=true` turns it all off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from infra.settings import Settings
+
+TRACER_NAME = "checkout"
+
+
+def configure_tracing(settings: Settings, component: str) -> None:
+    """Install the tracer provider of this process (once, at start-up)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": f"checkout-{component}", "service.namespace": settings.namespace}
+        )
+    )
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if exporter == "otlp" or (not exporter and endpoint):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    HTTPXClientInstrumentor().instrument()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject(headers: MutableMapping[str, Any], context: Context | None = None) -> None:
+    """Write the current (or given) trace context into message headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    headers.update(carrier)
+
+
+def extract(headers: Mapping[str, Any]) -> Context:
+    """The trace context carried by message headers (empty if none)."""
+    return propagate.extract({k: str(v) for k, v in headers.items() if isinstance(v, str)})
+
+
+def current_trace_id() -> str | None:
+    """The current trace id as 32 hex digits, or None outside a recorded span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: every line logged inside a span carries its trace and span ids."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event

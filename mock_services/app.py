@@ -1,0 +1,50 @@
+"""Composition root of the `mocks` process: the three simulated services on one app.
+
+Each call of `create_app` has its own records and switches, so two apps in one process
+(e.g. two tests) never see each other's effects.
+"""
+
+from __future__ import annotations
+
+from random import Random
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from infra.settings import Settings
+from mock_services.control import control_router, validation_problem
+from mock_services.emails import EMAILS
+from mock_services.payments import PAYMENTS
+from mock_services.production import PRODUCTION
+from mock_services.routes import service_router
+from mock_services.service import Chaos, MockService
+
+DEFAULT_SLOW_RESPONSE_SECONDS = 10.0
+
+
+def create_app(
+    settings: Settings,
+    *,
+    slow_response_seconds: float = DEFAULT_SLOW_RESPONSE_SECONDS,
+    random: Random | None = None,
+) -> FastAPI:
+    """Build the app serving the Payment, Email and Production simulations.
+
+    Args:
+        settings: `mock_failure_rate` and `mock_latency_ms` apply to the three services.
+        slow_response_seconds: how long a `.03` payment takes to answer.
+        random: the source of random failures (seed it, or stub it, in tests).
+    """
+    chaos = Chaos(
+        failure_rate=settings.mock_failure_rate,
+        latency_seconds=settings.mock_latency_ms / 1000,
+        slow_seconds=slow_response_seconds,
+        rng=random if random is not None else Random(),
+    )
+    services = [MockService(spec, chaos) for spec in (PAYMENTS, EMAILS, PRODUCTION)]
+    app = FastAPI(title="Simulated external services", version="1.0")
+    for service in services:
+        app.include_router(service_router(service))
+    app.include_router(control_router(services))
+    app.add_exception_handler(RequestValidationError, validation_problem)
+    return app

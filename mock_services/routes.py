@@ -1,0 +1,68 @@
+"""HTTP routes of one simulated service: the service itself, its inspection, its outage switch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, StrictBool
+
+from mock_services.outcomes import PROBLEM_MEDIA_TYPE, Outcome
+from mock_services.service import MockService
+from mock_services.store import JsonObject
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+class OutageSwitch(BaseModel):
+    """`{"down": true}` or `{"down": false}`."""
+
+    down: StrictBool
+
+
+class OutageState(BaseModel):
+    """The switch's new position."""
+
+    service: str
+    down: bool
+
+
+def respond(outcome: Outcome) -> Response:
+    """The HTTP response for an outcome; errors as problem JSON."""
+    media_type = PROBLEM_MEDIA_TYPE if outcome.status_code >= 400 else "application/json"
+    return JSONResponse(outcome.body, status_code=outcome.status_code, media_type=media_type)
+
+
+def service_router(service: MockService[Any]) -> APIRouter:
+    """The three routes of `service`, bound to its store."""
+    spec = service.spec
+    router = APIRouter(tags=[spec.name])
+    # The body is read raw, not through a FastAPI parameter: a validation 422 is a final
+    # answer that the key must replay, so validation happens inside the pipeline.
+    request_body = {"content": {"application/json": {"schema": spec.model.model_json_schema()}}}
+
+    @router.post(
+        spec.path,
+        name=f"{spec.name}:call",
+        status_code=spec.success_status,
+        openapi_extra={"requestBody": {"required": True, **request_body}},
+    )
+    async def call(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
+        """Call the simulated service; a repeated Idempotency-Key replays the first result."""
+        return respond(await service.handle(idempotency_key or None, await request.body()))
+
+    @router.get(spec.inspect_path, name=f"{spec.name}:inspect")
+    async def inspect() -> list[JsonObject]:
+        """Every entry: one per idempotency key, or per request without one."""
+        return [entry.as_json() for entry in service.store.entries()]
+
+    @router.post(spec.outage_path, name=f"{spec.name}:outage")
+    async def outage(switch: OutageSwitch) -> OutageState:
+        """Switch the outage on (503 to everything, attempts still recorded) or off."""
+        service.store.down = switch.down
+        structlog.get_logger().info("mock_outage", service=spec.name, down=switch.down)
+        return OutageState(service=spec.name, down=switch.down)
+
+    return router

@@ -1,0 +1,88 @@
+"""The payment step: handles `ChargePayment`, calls the Payment Service, replies to the saga.
+
+The reply is published straight to the broker (confirmed) before the command is
+acked; its message_id is derived from the command's, so a redelivered command that
+calls the service again (same idempotency key, same result) produces the same reply
+id, which the saga's inbox drops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from contracts import ChargePayment, PaymentDeclined, PaymentSucceeded
+from infra.messaging.consumer import Delivery, Handled
+from infra.messaging.publisher import Outgoing, Publisher
+from infra.tracing import inject
+from saga.payment_client import Charged, PaymentClient
+
+log = structlog.get_logger()
+
+
+def traced(headers: dict[str, Any]) -> dict[str, Any]:
+    inject(headers)
+    return headers
+
+
+def reply_id(command_id: uuid.UUID) -> uuid.UUID:
+    """The reply's message_id: the same for every delivery of one command."""
+    return uuid.uuid5(command_id, "payment-reply")
+
+
+class PaymentStep:
+    """Charges once per checkout and reports the outcome."""
+
+    def __init__(self, payments: PaymentClient, publisher: Publisher, exchange: str) -> None:
+        self._payments = payments
+        self._publisher = publisher
+        self._exchange = exchange
+
+    async def handle(self, command: ChargePayment, delivery: Delivery) -> Handled:
+        structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
+        outcome = await self._payments.charge(
+            order_id=command.order_id,
+            amount=command.amount,
+            currency=command.currency,
+            idempotency_key=str(command.checkout_id),
+        )
+        now = datetime.now(UTC)
+        # Calls made in earlier deliveries of this command (each one tried
+        # `attempts` times in process before giving up) are not counted here; the
+        # delivery attempt is logged and shown by the dead-letter headers.
+        reply: PaymentSucceeded | PaymentDeclined
+        if isinstance(outcome, Charged):
+            reply = PaymentSucceeded(
+                checkout_id=command.checkout_id,
+                payment_id=command.payment_id,
+                provider_payment_id=outcome.provider_payment_id,
+                succeeded_at=now,
+                attempts=outcome.attempts,
+            )
+        else:
+            reply = PaymentDeclined(
+                checkout_id=command.checkout_id,
+                payment_id=command.payment_id,
+                reason=outcome.reason,
+                declined_at=now,
+                attempts=outcome.attempts,
+            )
+        log.info(
+            "payment outcome",
+            outcome=reply.message_type,
+            attempts=outcome.attempts,
+            delivery_attempt=delivery.attempt,
+        )
+        await self._publisher.publish(
+            Outgoing.of(
+                reply,
+                exchange=self._exchange,
+                message_id=reply_id(delivery.message_id),
+                correlation_id=command.checkout_id,
+                headers=traced({}),
+            )
+        )
+        return Handled.DONE

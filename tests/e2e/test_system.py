@@ -1,0 +1,113 @@
+"""The system as a user runs it: `checkout up` as a process, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.polling import eventually
+from tests.support.system import System
+
+pytestmark = pytest.mark.e2e
+
+
+async def _create_and_checkout(client: httpx.AsyncClient, api: str, amount: str) -> dict[str, Any]:
+    order = (
+        await client.post(
+            f"{api}/orders",
+            json={
+                "order_name": "E2E poster",
+                "amount": amount,
+                "customer": {"email": "ada@example.com", "name": "Ada"},
+            },
+        )
+    ).json()
+    checkout = await client.post(
+        f"{api}/orders/{order['order_id']}/checkout",
+        headers={"Idempotency-Key": f"e2e-{order['order_id']}"},
+    )
+    assert checkout.status_code == 202, checkout.text
+    assert checkout.headers["Location"] == f"/checkouts/{checkout.json()['checkout_id']}"
+    return dict(checkout.json())
+
+
+async def test_a_checkout_over_http_ends_paid_with_every_effect(system: System) -> None:
+    async with httpx.AsyncClient() as client:
+        checkout = await _create_and_checkout(client, system.api, "42.00")
+
+        async def state() -> dict[str, Any]:
+            return dict(
+                (await client.get(f"{system.api}/checkouts/{checkout['checkout_id']}")).json()
+            )
+
+        final = await eventually(
+            state,
+            until=lambda c: c["state"] in ("PAID", "FAILED"),
+            timeout=30,
+            what="checkout final",
+        )
+        assert final["state"] == "PAID", final
+
+        async def effects() -> tuple[int, int, int]:
+            order_id = checkout["order_id"]
+            counts = []
+            for path in ("/mock/payments", "/mock/emails", "/mock/production/orders"):
+                entries = (await client.get(f"{system.mocks}{path}")).json()
+                counts.append(sum(order_id in json.dumps(e["request"]) for e in entries))
+            return counts[0], counts[1], counts[2]
+
+        await eventually(
+            effects,
+            until=lambda c: c == (1, 1, 1),
+            timeout=30,
+            what="one charge, one email, one production order",
+        )
+        order = (await client.get(f"{system.api}/orders/{checkout['order_id']}")).json()
+        assert order["status"] == "PAID"
+        invoice = await eventually(
+            lambda: _invoice(client, system.api, checkout["order_id"]), timeout=30, what="invoice"
+        )
+        assert invoice["amount"] == "42.00"
+
+
+async def _invoice(client: httpx.AsyncClient, api: str, order_id: str) -> dict[str, Any] | None:
+    invoice = (await client.get(f"{api}/orders/{order_id}")).json()["invoice"]
+    return dict(invoice) if invoice else None
+
+
+async def test_the_demo_shows_paid_failed_and_retried_checkouts(system: System) -> None:
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "demo",
+        env=system.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(demo.communicate(), 120)
+    assert demo.returncode == 0, stderr.decode()
+    results = json.loads(stdout)
+    states = {(r["order_name"], r["state"]) for r in results}
+    assert any(state == "FAILED" for _, state in states), states
+    assert sum(state == "PAID" for _, state in states) >= 2, states
+    flaky = [r for r in results if r["amount"].endswith(".02")]
+    assert flaky
+    assert flaky[0]["state"] == "PAID"
+
+
+async def test_sigterm_stops_every_part_gracefully(system: System) -> None:
+    system.process.send_signal(signal.SIGTERM)
+    returncode = await asyncio.to_thread(system.process.wait, 60)
+    assert returncode == 0, system.output()
+    # Every child is gone: nothing answers on the API or mocks port any more.
+    async with httpx.AsyncClient() as client:
+        for url in (system.api, system.mocks):
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"{url}/health/live")

@@ -1,0 +1,70 @@
+"""Fixtures for integration tests: the whole pipeline in one process.
+
+API (in-process), relay, saga with the payment step, and the three consumers run in
+the test's event loop against the real PostgreSQL and RabbitMQ; the simulated
+services are served by uvicorn on a free port. The fixture is per module, and each
+test uses its own orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkout_api.testing import api_client
+from consumers.main import build_worker as build_consumer
+from infra.db.migrate import libpq_url
+from infra.messaging.publisher import Publisher
+from infra.messaging.relay import OutboxRelay
+from infra.messaging.topology import Topology
+from infra.settings import Settings, load_settings
+from mock_services.app import create_app as create_mocks
+from saga.main import build_worker as build_saga
+from tests.support.pipeline import Pipeline
+from tests.support.servers import serving
+
+SLOW_SECONDS = 2.5  # the .03 payment; the client's timeout below is shorter
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    settings: Settings, engine: AsyncEngine, topology: Topology
+) -> AsyncIterator[Pipeline]:
+    async with AsyncExitStack() as stack:
+        mocks_url = await stack.enter_async_context(
+            serving(create_mocks(settings, slow_response_seconds=SLOW_SECONDS))
+        )
+        run_settings = load_settings(
+            payment_url=mocks_url,
+            email_url=mocks_url,
+            production_url=mocks_url,
+            http_timeout=1.0,
+            breaker_pause=0.2,  # an outage in a test must not keep the breaker open long
+        )
+        publisher = await Publisher.connect(run_settings.rabbit_url.get_secret_value())
+        stack.push_async_callback(publisher.close)
+        relay = OutboxRelay(
+            libpq_url(run_settings.database_url.get_secret_value()),
+            publisher,
+            topology,
+            poll_interval=0.5,
+        )
+        stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(stop))
+
+        async def stop_relay() -> None:
+            stop.set()
+            await relay_task
+
+        stack.push_async_callback(stop_relay)
+        await stack.enter_async_context(build_saga(run_settings).running())
+        for name in ("invoice", "email", "production"):
+            await stack.enter_async_context(build_consumer(run_settings, name).running())
+        api = await stack.enter_async_context(api_client(run_settings))
+        mocks = await stack.enter_async_context(httpx.AsyncClient(base_url=mocks_url))
+        yield Pipeline(run_settings, api, mocks, publisher, engine)

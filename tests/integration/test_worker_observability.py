@@ -1,0 +1,148 @@
+"""A worker's health and metrics endpoint, and metrics that move as messages flow."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from consumers.main import build_worker
+from contracts import Customer, OrderPaid
+from infra.db.migrate import libpq_url
+from infra.db.models import Order
+from infra.db.session import UnitOfWork
+from infra.messaging.outbox import add_to_outbox
+from infra.messaging.publisher import Outgoing, Publisher
+from infra.messaging.relay import OutboxRelay
+from infra.messaging.topology import Topology
+from infra.settings import Settings
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def _paid_order(uow: UnitOfWork) -> OrderPaid:
+    now = datetime.now(UTC)
+    order = Order(
+        order_id=uuid.uuid4(),
+        order_name="Metrics poster",
+        amount=Decimal("8.00"),
+        currency="USD",
+        customer_email="m@example.com",
+        customer_name="M",
+        status="PAID",
+        created_at=now,
+        updated_at=now,
+    )
+    async with uow() as session:
+        session.add(order)
+        await session.commit()
+    return OrderPaid(
+        order_id=order.order_id,
+        checkout_id=uuid.uuid4(),
+        payment_id=uuid.uuid4(),
+        order_name=order.order_name,
+        amount=order.amount,
+        currency="USD",
+        customer=Customer(email="m@example.com", name="M"),
+        paid_at=now,
+    )
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_consumer_serves_health_and_counts_done_and_duplicate(
+    settings: Settings,
+    uow: UnitOfWork,
+    topology: Topology,
+) -> None:
+    event = await _paid_order(uow)
+    queue = topology.queues["invoice"].name
+    worker = build_worker(settings, "invoice")
+    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
+    try:
+        async with (
+            worker.running(),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.health_port}") as client,
+        ):
+            assert (await client.get("/health/live")).status_code == 200
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"broker": "ok", "database": "ok"}
+
+            async def metrics() -> str:
+                return (await client.get("/metrics")).text
+
+            before = await metrics()
+            outgoing = Outgoing.of(
+                event,
+                exchange=topology.orders_exchange,
+                message_id=uuid.uuid4(),
+                correlation_id=event.checkout_id,
+            )
+            await publisher.publish(outgoing)
+            after = await eventually(
+                metrics,
+                what="a done message counted",
+                until=lambda t: (
+                    _value(t, "checkout_consumer_messages_total", queue=queue, outcome="done")
+                    > _value(
+                        before, "checkout_consumer_messages_total", queue=queue, outcome="done"
+                    )
+                ),
+            )
+            await publisher.publish(outgoing)  # the same message again
+            await eventually(
+                metrics,
+                what="a duplicate counted",
+                until=lambda t: (
+                    _value(t, "checkout_consumer_messages_total", queue=queue, outcome="duplicate")
+                    > _value(
+                        after, "checkout_consumer_messages_total", queue=queue, outcome="duplicate"
+                    )
+                ),
+            )
+            text = await metrics()
+            assert "checkout_consumer_handling_seconds_bucket" in text
+            assert "faststream_received_messages_total" in text
+    finally:
+        await publisher.close()
+
+
+async def test_the_relay_counts_what_it_publishes(
+    settings: Settings,
+    uow: UnitOfWork,
+    topology: Topology,
+) -> None:
+    event = await _paid_order(uow)
+    labels = {"exchange": "orders", "routing_key": "order.paid"}
+    before = REGISTRY.get_sample_value("checkout_messages_published_total", labels) or 0.0
+    lag_before = REGISTRY.get_sample_value("checkout_relay_lag_seconds_count") or 0.0
+    async with uow() as session:
+        add_to_outbox(session, event, correlation_id=event.checkout_id)
+        await session.commit()
+    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
+    relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
+    try:
+        moved = await relay.drain()
+    finally:
+        await relay.close()
+        await publisher.close()
+    assert moved >= 1
+    after = REGISTRY.get_sample_value("checkout_messages_published_total", labels) or 0.0
+    assert after - before == moved
+    assert (REGISTRY.get_sample_value("checkout_relay_lag_seconds_count") or 0.0) > lag_before

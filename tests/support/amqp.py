@@ -1,0 +1,41 @@
+"""Small helpers for reading what reached a queue in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+
+async def take(
+    channel: AbstractChannel, queue: str, count: int, *, timeout: float = 10.0
+) -> list[AbstractIncomingMessage]:
+    """Get `count` messages from `queue` (acking them), polling until `timeout`."""
+    found: list[AbstractIncomingMessage] = []
+    target = await channel.get_queue(queue, ensure=False)
+    deadline = time.monotonic() + timeout
+    while len(found) < count:
+        message = await target.get(no_ack=True, fail=False)
+        if message is not None:
+            found.append(message)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue}: got {len(found)} of {count} messages in {timeout}s")
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def depth(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return declared.declaration_result.message_count or 0
+
+
+async def private_queue(
+    channel: AbstractChannel, exchange: str, routing_key: str
+) -> aio_pika.abc.AbstractQueue:
+    """An exclusive, auto-deleted queue bound to `exchange`: a stand-in downstream team."""
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(exchange, routing_key)
+    return queue

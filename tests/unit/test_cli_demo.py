@@ -1,0 +1,163 @@
+"""`checkout demo` against a fake API on httpx's MockTransport (and one closed port)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from infra.cli.demo import Tracked, main, render, run_demo, samples
+from infra.cli.main import app
+from infra.settings import load_settings
+
+
+class FakeApi:
+    """Just enough of the API: each GET of a checkout moves it one step on."""
+
+    def __init__(self, ready: int = 200, stuck: tuple[str, ...] = ()) -> None:
+        self.ready = ready
+        self.stuck = stuck
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.checkouts: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path, method = request.url.path, request.method
+        if (method, path) == ("GET", "/health/ready"):
+            return httpx.Response(self.ready, json={"status": "ok" if self.ready == 200 else "no"})
+        if (method, path) == ("POST", "/orders"):
+            body = json.loads(request.content)
+            order = {"order_id": str(uuid.uuid4()), "status": "PENDING", **body}
+            self.orders[order["order_id"]] = order
+            return httpx.Response(201, json=order)
+        if method == "POST" and (m := re.fullmatch(r"/orders/([^/]+)/checkout", path)):
+            assert request.headers["Idempotency-Key"]
+            checkout: dict[str, Any] = {
+                "checkout_id": str(uuid.uuid4()),
+                "order_id": m[1],
+                "state": "STARTED",
+                "steps": [{"name": "checkout", "status": "STARTED", "at": "t", "detail": None}],
+            }
+            self.checkouts[checkout["checkout_id"]] = checkout
+            return httpx.Response(202, json=checkout)
+        if method == "GET" and (m := re.fullmatch(r"/checkouts/([^/]+)", path)):
+            self._advance(self.checkouts[m[1]])
+            return httpx.Response(200, json=self.checkouts[m[1]])
+        if method == "GET" and (m := re.fullmatch(r"/orders/([^/]+)", path)):
+            return httpx.Response(200, json=self.orders[m[1]])
+        return httpx.Response(404, json={"title": "Not Found", "status": 404})
+
+    def _advance(self, checkout: dict[str, Any]) -> None:
+        order = self.orders[checkout["order_id"]]
+        if checkout["state"] == "STARTED":
+            checkout["state"] = "PAYMENT_PENDING"
+        elif checkout["state"] == "PAYMENT_PENDING" and order["amount"] not in self.stuck:
+            declined = order["amount"].endswith(".01")
+            checkout["state"] = order["status"] = "FAILED" if declined else "PAID"
+        else:
+            return
+        checkout["steps"].append(
+            {"name": "payment", "status": checkout["state"], "at": "t", "detail": None}
+        )
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_api_not_answering_prints_one_line_and_fails() -> None:
+    port = _closed_port()
+
+    result = CliRunner().invoke(app, ["demo"], env={"CHECKOUT_API_PORT": str(port)})
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"The API at http://127.0.0.1:{port} is not answering: start the system with "
+        "`make run` (or .venv/bin/checkout up) in another terminal\n"
+    )
+    assert result.stdout == ""
+
+
+def test_api_not_ready_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(load_settings(), transport=httpx.MockTransport(FakeApi(ready=503)))
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "answers but is not ready" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_on_a_pipe_prints_one_json_document(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(load_settings(), transport=httpx.MockTransport(FakeApi()))
+
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["amount"] for r in report] == ["49.00", "25.01", "30.02", "12.50"]
+    assert [r["state"] for r in report] == ["PAID", "FAILED", "PAID", "PAID"]
+    assert [r["order_status"] for r in report] == ["PAID", "FAILED", "PAID", "PAID"]
+    for row in report:
+        assert set(row) == {
+            "order_id",
+            "order_name",
+            "amount",
+            "checkout_id",
+            "state",
+            "order_status",
+            "steps",
+        }
+        assert row["order_name"].startswith("demo ")
+        assert row["steps"][-1]["status"] == row["state"]
+
+
+def test_a_stuck_checkout_fails_and_says_where_to_look(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        load_settings(), timeout=0.3, transport=httpx.MockTransport(FakeApi(stuck=("30.02",)))
+    )
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert [r["state"] for r in json.loads(captured.out)][2] == "PAYMENT_PENDING"
+    assert "still PAYMENT_PENDING" in captured.err
+    assert "flaky payment" in captured.err
+    assert "dlq list" in captured.err
+
+
+async def test_progress_is_reported_until_every_checkout_is_final() -> None:
+    views: list[list[str | None]] = []
+    async with httpx.AsyncClient(
+        base_url="http://api", transport=httpx.MockTransport(FakeApi())
+    ) as client:
+        tracked = await run_demo(
+            client,
+            samples("t"),
+            on_update=lambda rows: views.append([r.state for r in rows]),
+            interval=0.01,
+        )
+
+    assert all(t.done for t in tracked)
+    assert views[0] == [None, None, None, None]
+    assert "PAYMENT_PENDING" in views[-2]
+    assert views[-1] == ["PAID", "FAILED", "PAID", "PAID"]
+
+
+def test_the_table_shows_every_order() -> None:
+    rows = [Tracked(sample) for sample in samples("t")]
+    rows[0].state, rows[0].order_status, rows[0].started, rows[0].finished = "PAID", "PAID", 1, 2.5
+    out = Console(width=200, record=True, force_terminal=False)
+
+    out.print(render(rows, now=3.0))
+
+    text = out.export_text()
+    assert "demo t espresso machine" in text
+    assert "1.5s" in text
+    assert "PAID" in text

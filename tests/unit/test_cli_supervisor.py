@@ -1,0 +1,110 @@
+"""The supervisor's pure parts: restart delays, output formats, the system's part list."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+
+from infra.cli.supervisor import (
+    Backoff,
+    ConsoleSink,
+    JsonSink,
+    Part,
+    Supervisor,
+    child_environment,
+    local_url,
+    system_parts,
+)
+from infra.settings import load_settings
+
+
+def test_restart_delay_doubles_up_to_the_cap() -> None:
+    backoff = Backoff()
+
+    assert [backoff.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_console_lines_are_prefixed_and_padded() -> None:
+    out = io.StringIO()
+    sink = ConsoleSink(["api", "production"], stream=out)
+
+    sink.child_line("api", "listening")
+    sink.child_line("production", "consuming")
+    sink.note("part exited", level="warning", part="api", restart_in="2s")
+
+    assert out.getvalue().splitlines() == [
+        "api        | listening",
+        "production | consuming",
+        "supervisor | part exited  part=api restart_in=2s",
+    ]
+
+
+def test_console_colours_only_when_asked() -> None:
+    out = io.StringIO()
+
+    ConsoleSink(["api"], stream=out, colour=True).child_line("api", "x")
+
+    assert out.getvalue().startswith("\x1b[")
+    assert "api" in out.getvalue()
+
+
+def test_json_lines_pass_through_and_other_lines_are_wrapped() -> None:
+    out = io.StringIO()
+    sink = JsonSink(stream=out)
+    line = '{"event": "request", "component": "api", "level": "info"}'
+
+    sink.child_line("api", line)
+    sink.child_line("api", "Traceback (most recent call last):")
+    sink.child_line("api", "")
+    sink.note("part exited", level="warning", part="api")
+
+    first, second, third = out.getvalue().splitlines()
+    assert first == line
+    assert json.loads(second)["component"] == "api"
+    assert json.loads(second)["event"] == "Traceback (most recent call last):"
+    assert json.loads(third) | {"timestamp": None} == {
+        "timestamp": None,
+        "level": "warning",
+        "component": "supervisor",
+        "event": "part exited",
+        "part": "api",
+    }
+
+
+def test_the_system_runs_every_part_through_the_cli() -> None:
+    parts = system_parts()
+
+    assert [p.name for p in parts] == [
+        "mocks",
+        "api",
+        "relay",
+        "saga",
+        "invoice",
+        "email",
+        "production",
+    ]
+    assert all(p.argv[:3] == (sys.executable, "-m", "infra.cli") for p in parts)
+    assert parts[-1].argv[3:] == ("consumer", "production")
+
+
+def test_children_log_in_the_supervisors_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHECKOUT_LOG_FORMAT", "console")
+
+    env = child_environment(load_settings())
+
+    assert env["CHECKOUT_LOG_FORMAT"] == "console"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_local_url_replaces_the_any_address() -> None:
+    assert local_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
+    assert local_url("localhost", 8001) == "http://localhost:8001"
+    assert local_url("::1", 8001) == "http://[::1]:8001"
+
+
+def test_part_names_must_be_unique() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        Supervisor([Part("a", ["true"]), Part("a", ["true"])], JsonSink())
