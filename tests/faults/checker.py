@@ -103,6 +103,7 @@ class DeadLetter:
     original_queue: str | None
     attempts: int | None
     error_type: str | None
+    error_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,8 @@ def _dead_letters(f: Facts) -> CheckResult:
     for dlq, found_id in sorted(set(found) - expected, key=str):
         letter = next(d for d in f.dead_letters if (d.dlq, d.message_id) == (dlq, found_id))
         problems.append(
-            f"unexpected {dlq}: {found_id} ({letter.failure_kind}, {letter.error_type})"
+            f"unexpected {dlq}: {found_id} ({letter.failure_kind}, {letter.error_type}"
+            f" after {letter.attempts} attempts: {(letter.error_message or '')[:120]})"
         )
     for letter in f.dead_letters:
         if (letter.dlq, letter.message_id) not in expected:

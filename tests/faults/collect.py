@@ -226,6 +226,7 @@ def letter_of(dlq: str, message: aio_pika.abc.AbstractIncomingMessage) -> DeadLe
         original_queue=text(failures.ORIGINAL_QUEUE),
         attempts=attempts if isinstance(attempts, int) else None,
         error_type=text(failures.ERROR_TYPE),
+        error_message=text(failures.ERROR_MESSAGE),
     )
 
 

@@ -58,9 +58,13 @@ PART_QUEUES = {"saga": ("saga", "payment"), **{c: (c,) for c in CONSUMERS}}
 # Parts whose broker connections (consuming and publishing) go through the broker proxy.
 BROKER_PROXIED: tuple[str, ...] = WORKERS
 
-# Short delays keep the run short; the sum (about 10 s) must outlast any single fault
-# window of the chaos, so only injected poison ends in a dead-letter queue.
-RETRY_DELAYS = "0.3,0.6,1.2,2.5,5"
+# Short first delays keep the run short; the sum (about 35 s, at least 28 s after
+# jitter) must outlast the longest stretch a service stays unusable, so that only
+# injected poison ends in a dead-letter queue. That stretch is not one fault window:
+# windows on one service can follow each other a second apart, the breaker stays
+# open a pause past each, and on a loaded CI machine a 10 s budget was overrun
+# (six payments dead-lettered as transient after 6 attempts).
+RETRY_DELAYS = "0.3,0.6,1.2,2.5,5,10,15"
 
 
 def connection_part(name: str, namespace: str) -> str | None:

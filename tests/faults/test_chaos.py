@@ -32,7 +32,7 @@ ORDERS_PER_SECOND = 1.2
 SETTLE_TIMEOUT = 60.0
 
 
-@pytest.mark.timeout(SECONDS + 170)
+@pytest.mark.timeout(SECONDS + 240)
 async def test_every_checkout_ends_once_under_faults(
     settings: Settings, tmp_path: Path, fault_seed: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
