@@ -52,12 +52,12 @@ class Client(Protocol):
 class HttpxClient:
     kind = "httpx"
 
-    def __init__(self, base_url: str, concurrency: int) -> None:
+    def __init__(self, base_url: str, concurrency: int, headers: dict[str, str]) -> None:
         count = max(1, -(-concurrency // PER_HTTPX_CLIENT))
         per = max(1, min(PER_HTTPX_CLIENT, concurrency))
         limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
         self._clients = [
-            httpx.AsyncClient(base_url=base_url, limits=limits, timeout=TIMEOUT)
+            httpx.AsyncClient(base_url=base_url, limits=limits, timeout=TIMEOUT, headers=headers)
             for _ in range(count)
         ]
         self._gates = [asyncio.Semaphore(per) for _ in range(count)]
@@ -84,11 +84,12 @@ class HttpxClient:
 class AiohttpClient:
     kind = "aiohttp"
 
-    def __init__(self, base_url: str, concurrency: int) -> None:
+    def __init__(self, base_url: str, concurrency: int, headers: dict[str, str]) -> None:
         import aiohttp
 
         self._session = aiohttp.ClientSession(
             base_url=base_url,
+            headers=headers,
             connector=aiohttp.TCPConnector(limit=concurrency),
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         )
@@ -115,13 +116,16 @@ def aiohttp_available() -> bool:
     return True
 
 
-def make_client(base_url: str, concurrency: int, kind: str = "auto") -> Client:
-    """`kind`: "aiohttp", "httpx", or "auto" (aiohttp if installed)."""
+def make_client(
+    base_url: str, concurrency: int, kind: str = "auto", headers: dict[str, str] | None = None
+) -> Client:
+    """`kind`: "aiohttp", "httpx", or "auto" (aiohttp if installed); `headers` go with
+    every request (the API key)."""
     if kind == "auto":
         kind = "aiohttp" if aiohttp_available() else "httpx"
     if kind == "aiohttp":
-        return AiohttpClient(base_url, concurrency)
-    return HttpxClient(base_url, concurrency)
+        return AiohttpClient(base_url, concurrency, headers or {})
+    return HttpxClient(base_url, concurrency, headers or {})
 
 
 # --------------------------------------------------------------------------- orders

@@ -442,7 +442,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "relay_alone_to_raw_publish": ratio(report["raw"]["relay_alone"]["per_s"], raw_pub),
         }
 
-        client = make_client(system.api, max(args.concurrency, 32), args.client)
+        client = make_client(system.api, max(args.concurrency, 32), args.client, system.auth)
         report["config"]["http_client"] = client.kind
         n_offered = int(args.rate * args.seconds)
         n_full = int(args.full_speed_seconds * args.full_speed_orders_per_s)

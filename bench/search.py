@@ -232,7 +232,7 @@ async def run_search(args: argparse.Namespace) -> dict[str, Any]:
         api = system.part("api", "api")
         system.start([api])
         await system.wait_ready([api])
-        client = make_client(system.api, 2, args.client)
+        client = make_client(system.api, 2, args.client, system.auth)
         rng = random.Random(11)
         pairs = queries(rng, args.search_orders)
         for _, text in pairs[:30]:  # warm the API and the caches

@@ -32,7 +32,9 @@ from typing import IO
 import aio_pika
 import httpx
 
+from infra.auth.keys import Role, create_key
 from infra.db.migrate import drop_database, libpq_url, migrate
+from infra.db.session import create_engine
 from infra.messaging.topology import Topology, declare_topology, delete_topology
 from infra.settings import Settings, load_settings
 
@@ -97,6 +99,8 @@ class BenchSystem:
             "CHECKOUT_LOG_FORMAT": "json",
             # Logging costs CPU; a benchmark measures the work, not its log lines.
             "CHECKOUT_LOG_LEVEL": "warning",
+            # One key drives all the load: the per-key limit would measure itself.
+            "CHECKOUT_API_RATE_LIMIT": "1000000/second",
             "PYTHONUNBUFFERED": "1",
             # Children die with us (infra.cli.__main__ asks the kernel for it).
             "CHECKOUT_SUPERVISOR_PID": str(os.getpid()),
@@ -115,11 +119,22 @@ class BenchSystem:
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.mocks = f"http://127.0.0.1:{self.mocks_port}"
         self.conninfo = libpq_url(self.database_url)
+        self.auth: dict[str, str] = {}  # made with the database (prepare_database)
 
     # ------------------------------------------------------------------ preparing
 
     def prepare_database(self) -> None:
         migrate(self.settings)
+        self.auth = asyncio.run(self._make_key())
+
+    async def _make_key(self) -> dict[str, str]:
+        """Headers with a clerk key for the load generator."""
+        engine = create_engine(self.settings, pool_size=1)
+        try:
+            made = await create_key(engine, "bench", Role.clerk)
+        finally:
+            await engine.dispose()
+        return {"Authorization": f"Bearer {made.token}"}
 
     async def prepare_broker(self) -> None:
         connection = await aio_pika.connect(amqp_url())

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from checkout_api.auth import Access, AuthMiddleware, route_access
 from checkout_api.body_limit import BodyLimitMiddleware
 from checkout_api.errors import install_error_handlers
 from checkout_api.lifespan import make_lifespan
@@ -28,6 +29,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name  # post_order, search_orders, post_checkout, ...
 
 
+# Who may call each router; FastAPI's own routes (/docs, /openapi.json, ...) are public.
+ROUTER_ACCESS = (
+    (orders.router, Access.clerk),
+    (checkouts.router, Access.clerk),
+    (timeline.router, Access.operator),
+    (health.router, Access.public),
+    (docs.router, Access.public),
+)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """A new API app; its engine and broker link are made by its lifespan."""
     metrics = ApiMetrics()  # per app: two apps in one process keep separate registries
@@ -38,14 +49,31 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=make_lifespan(settings, metrics),
         generate_unique_id_function=_operation_id,
     )
-    # Added last is outermost: RequestMiddleware sees (logs, counts) the 413s too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(RequestMiddleware, metrics=metrics)
-    routers = [orders.router, checkouts.router, timeline.router, health.router, docs.router]
+    builtin = list(app.routes)  # the documentation routes FastAPI adds itself
+    routers = [router for router, _ in ROUTER_ACCESS]
     for router in routers:
         app.include_router(router)
+    access = [(route, Access.public) for route in builtin] + [
+        (route, level) for router, level in ROUTER_ACCESS for route in router.routes
+    ]
+    # Added last is outermost: RequestMiddleware sees (logs, counts) every refusal; the
+    # key is checked before the body is read. Unknown paths need a key too (then 404).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        AuthMiddleware,
+        access_for=route_access(access, default=Access.clerk),
+        limits=settings.rate_limits,
+    )
+    app.add_middleware(RequestMiddleware, metrics=metrics)
     install_error_handlers(app, [route for router in routers for route in router.routes])
-    install_openapi(app)
+    install_openapi(
+        app,
+        {
+            getattr(route, "path", ""): level
+            for route, level in access
+            if level is not Access.public
+        },
+    )
     # Server spans for every request but health and metrics scrapes; the checkout's
     # outbox row carries the span's context on to every other part.
     FastAPIInstrumentor.instrument_app(app, excluded_urls="health/live,health/ready,metrics")

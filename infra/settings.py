@@ -9,8 +9,10 @@ from __future__ import annotations
 import sys
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import RateLimitItem, parse_many
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -79,6 +81,15 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
 
+    # Security. Requests per API key and API process, in the `limits` notation
+    # ("100/second", "1000/minute", several separated by ";").
+    api_rate_limit: str = "100/second"
+    # Where `checkout up` keeps the development key it creates on first start.
+    dev_key_file: Path = Path(".checkout/dev-api-key")
+    # The key `checkout demo` (and other clients of the API in this package) send;
+    # unset: the development key in `dev_key_file`.
+    api_key: SecretStr | None = None
+
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _parse_delays(cls, value: object) -> object:
@@ -96,6 +107,21 @@ class Settings(BaseSettings):
         if not value or any(d <= 0 for d in value):
             raise ValueError("give one or more positive numbers of seconds, e.g. '1,4,12,30'")
         return tuple(float(d) for d in value)
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError:
+            items = []
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError("give a rate such as '100/second' or '20/second;1000/minute'")
+        return value
+
+    @property
+    def rate_limits(self) -> list[RateLimitItem]:
+        return parse_many(self.api_rate_limit)
 
     @cached_property
     def mocks_base_url(self) -> str:

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
@@ -107,6 +108,10 @@ def settings() -> Iterator[Settings]:
         "CHECKOUT_LOG_FORMAT": "json",
         # Workers started in-process take any free port for their health endpoint.
         "CHECKOUT_HEALTH_PORT": "0",
+        # `checkout up` in a test must not replace the developer's own development key.
+        "CHECKOUT_DEV_KEY_FILE": os.path.join(
+            tempfile.gettempdir(), f"checkout_test_{RUN_ID}", "dev-api-key"
+        ),
     }
     os.environ.update(env)
     run_settings = load_settings()

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from infra.auth.devkey import read_key_file
 from infra.cli.output import console, err_console, is_terminal, print_json
 from infra.cli.supervisor import local_url
 from infra.settings import Settings
@@ -107,6 +108,33 @@ def not_answering(api_url: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """The API key the demo sends, and how a person would send the same one with curl."""
+
+    token: str | None
+    shell: str  # what to put after `Bearer ` in a shell command
+    source: str  # where the key came from, for error messages
+
+
+def credentials(settings: Settings) -> Credentials:
+    """CHECKOUT_API_KEY if set, else the development key `checkout up` wrote."""
+    if settings.api_key is not None:
+        return Credentials(
+            settings.api_key.get_secret_value(), "$CHECKOUT_API_KEY", "CHECKOUT_API_KEY"
+        )
+    path = settings.dev_key_file
+    return Credentials(read_key_file(path), f"$(cat {path})", str(path))
+
+
+def no_key(creds: Credentials) -> str:
+    return (
+        f"No API key: {creds.source} does not exist. Start the system with `make run` once "
+        "(it creates that development key), or set CHECKOUT_API_KEY to a key from "
+        "`checkout apikey create --name demo --role clerk`"
+    )
+
+
 def _problem(response: httpx.Response) -> str:
     """A problem+json response as `status title: detail`, or its first 200 characters."""
     try:
@@ -139,6 +167,12 @@ async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any)
         response = await client.request(method, url, **kwargs)
     except httpx.TransportError as exc:
         raise DemoError(f"{method} {url} failed: {exc!r}") from None
+    if response.status_code == 401:
+        raise DemoError(
+            f"The API refused the key ({_problem(response)}): it is not a live key of this "
+            "system. Restart `make run` (it makes a new development key if needed) or set "
+            "CHECKOUT_API_KEY to a key from `checkout apikey create --name demo --role clerk`"
+        )
     if response.is_error:
         raise DemoError(f"{method} {url} answered {_problem(response)}")
     return response.json()
@@ -194,9 +228,16 @@ async def run_demo(
     patience: float = 60.0,
     interval: float = POLL_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
+    no_key_error: str | None = None,
 ) -> list[Tracked]:
-    """Check the API is ready, start every sample, poll until all are final or out of patience."""
+    """Check the API is ready, start every sample, poll until all are final or out of patience.
+
+    `client` sends the API key (`credentials`); `no_key_error`, if given, is raised once
+    the API answers, for a demo that has no key to send.
+    """
     await check_ready(client)
+    if no_key_error is not None:
+        raise DemoError(no_key_error)
     tracked = [Tracked(sample) for sample in orders]
     on_update(tracked)
     for item in tracked:
@@ -243,14 +284,18 @@ def render(tracked: Sequence[Tracked], now: float) -> Table:
     return table
 
 
-def _where_next(tracked: Sequence[Tracked], api: str, mocks: str) -> list[tuple[str, str]]:
+def _where_next(
+    tracked: Sequence[Tracked], api: str, mocks: str, creds: Credentials
+) -> list[tuple[str, str]]:
     one = next((t for t in tracked if t.order_id), None)
+    curl = f'curl -H "Authorization: Bearer {creds.shell}"'
     rows = [("API docs", f"{api}/docs")]
     if one is not None:
-        rows.append(("one order", f"curl {api}/orders/{one.order_id}"))
-        rows.append(("its checkout", f"curl {api}/checkouts/{one.checkout_id}"))
+        rows.append(("one order", f"{curl} {api}/orders/{one.order_id}"))
+        rows.append(("its checkout", f"{curl} {api}/checkouts/{one.checkout_id}"))
+        rows.append(("its timeline", f"{curl} {api}/checkouts/{one.checkout_id}/timeline"))
     rows += [
-        ("all demo orders", f"curl '{api}/orders?name=demo'"),
+        ("all demo orders", f"{curl} '{api}/orders?name=demo'"),
         ("payments seen", f"curl {mocks}/mock/payments"),
         ("emails sent", f"curl {mocks}/mock/emails"),
         ("production orders", f"curl {mocks}/mock/production/orders"),
@@ -287,19 +332,24 @@ async def _demo(
 ) -> list[Tracked]:
     api = local_url(settings.api_host, settings.api_port)
     tag = uuid.uuid4().hex[:4]
+    creds = credentials(settings)
+    headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+    missing = None if creds.token else no_key(creds)
     # trust_env off: a proxy from the environment must not sit between us and localhost.
     async with httpx.AsyncClient(
-        base_url=api, timeout=5.0, trust_env=False, transport=transport
+        base_url=api, timeout=5.0, trust_env=False, transport=transport, headers=headers
     ) as client:
         if not live:
-            return await run_demo(client, samples(tag), patience=patience)
+            return await run_demo(client, samples(tag), patience=patience, no_key_error=missing)
         out = console()
         with Live(console=out, refresh_per_second=10) as view:
 
             def show(tracked: list[Tracked]) -> None:
                 view.update(render(tracked, time.monotonic()))
 
-            return await run_demo(client, samples(tag), on_update=show, patience=patience)
+            return await run_demo(
+                client, samples(tag), on_update=show, patience=patience, no_key_error=missing
+            )
 
 
 def main(
@@ -330,7 +380,7 @@ def main(
         else:
             out.print("\n[red]Not every checkout ended as expected[/] (details below).")
         out.print("\nWhere to look next:")
-        for label, value in _where_next(tracked, api, mocks):
+        for label, value in _where_next(tracked, api, mocks, credentials(settings)):
             out.print(f"  [bold]{label:<18}[/] {value}", soft_wrap=True)
     else:
         print_json([item.as_json() for item in tracked])

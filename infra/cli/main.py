@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from infra.cli.apikey import apikey_app
 from infra.cli.dlq import dlq_app
 from infra.cli.output import fail, settings_or_exit
 from infra.cli.trace import trace
@@ -137,4 +138,5 @@ def contracts(
 
 # Sub-apps, one line each (with their import at the top):
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(apikey_app, name="apikey")
 app.command()(trace)

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from infra.auth.devkey import DevKey
 from infra.settings import Settings
 
 GRACE_SECONDS = 20.0
@@ -507,7 +508,19 @@ async def _all_ready(client: httpx.AsyncClient, urls: Sequence[str]) -> bool:
     return all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results)
 
 
-async def _announce_when_ready(settings: Settings, supervisor: Supervisor) -> None:
+async def prepare_dev_key(settings: Settings) -> DevKey:
+    """The development key (`infra.auth.devkey`), made on the first start."""
+    from infra.auth.devkey import ensure_dev_key
+    from infra.db.session import create_engine
+
+    engine = create_engine(settings, pool_size=1)
+    try:
+        return await ensure_dev_key(engine, settings.dev_key_file)
+    finally:
+        await engine.dispose()
+
+
+async def _announce_when_ready(settings: Settings, supervisor: Supervisor, dev_key: DevKey) -> None:
     """Print the banner once the API is ready and the mocks are live (or warn after a while)."""
     api = local_url(settings.api_host, settings.api_port)
     mocks = local_url(settings.mocks_host, settings.mocks_port)
@@ -531,19 +544,22 @@ async def _announce_when_ready(settings: Settings, supervisor: Supervisor) -> No
         [
             ("API", api),
             ("API docs", f"{api}/docs"),
+            ("API key", f"{dev_key.token}  (operator, development; also in {dev_key.path})"),
             ("mocks", f"{mocks}/mock/payments  /mock/emails  /mock/production/orders"),
             ("try", ".venv/bin/checkout demo"),
+            ("or", f'curl -H "Authorization: Bearer $(cat {dev_key.path})" {api}/orders'),
             ("stop", "Ctrl-C"),
         ],
         api=api,
+        api_key_file=str(dev_key.path),
         docs=f"{api}/docs",
         mocks=mocks,
         hint=".venv/bin/checkout demo",
     )
 
 
-async def _run_system(settings: Settings, supervisor: Supervisor) -> None:
-    announce = asyncio.create_task(_announce_when_ready(settings, supervisor))
+async def _run_system(settings: Settings, supervisor: Supervisor, dev_key: DevKey) -> None:
+    announce = asyncio.create_task(_announce_when_ready(settings, supervisor, dev_key))
     try:
         await supervise(supervisor)
     finally:
@@ -565,7 +581,12 @@ def run_system(settings: Settings, grace: float = GRACE_SECONDS) -> None:
     )
     asyncio.run(prepare_broker(settings))
     sink.note("broker topology declared", namespace=settings.namespace)
+    dev_key = asyncio.run(prepare_dev_key(settings))
+    sink.note(
+        "development API key created (operator)" if dev_key.created else "development API key",
+        file=str(dev_key.path),
+    )
     supervisor = Supervisor(parts, sink, grace=grace, env=child_environment(settings))
     sink.note("starting parts", parts=",".join(p.name for p in parts))
-    asyncio.run(_run_system(settings, supervisor))
+    asyncio.run(_run_system(settings, supervisor, dev_key))
     sink.note("every part stopped")

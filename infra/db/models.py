@@ -249,6 +249,29 @@ class CheckoutEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class ApiKey(Base):
+    """A key the API accepts as `Authorization: Bearer <token>`; only its hash is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("role IN ('clerk', 'operator')", name="api_keys_role"),
+        Index(
+            "api_keys_live_name_idx",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    key_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 # The timeline finds the replays and purges of one checkout's messages by id (migration 0003).
 Index(
     "dlq_audit_message_ids_idx",

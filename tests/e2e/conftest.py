@@ -27,7 +27,9 @@ from tests.support.system import System
 
 
 @pytest.fixture(scope="module")
-def system_env(settings: Settings) -> Iterator[dict[str, str]]:
+def system_env(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex[:8]
     base = settings.database_url.get_secret_value().rsplit("/", 1)[0]
     env = {
@@ -39,6 +41,8 @@ def system_env(settings: Settings) -> Iterator[dict[str, str]]:
         "CHECKOUT_LOG_FORMAT": "json",
         # A replay right after an outage should not wait out a long breaker pause.
         "CHECKOUT_BREAKER_PAUSE": "1",
+        # Not the developer's own .checkout/dev-api-key: this system has its own database.
+        "CHECKOUT_DEV_KEY_FILE": str(tmp_path_factory.mktemp("e2e-key") / "dev-api-key"),
     }
     yield env
     drop_database(env["CHECKOUT_DATABASE_URL"])

@@ -84,7 +84,7 @@ async def entries(
 async def test_production_outage_dead_letters_then_replay_delivers_each_once(
     system: System,
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=system.auth) as client:
         await client.post(f"{system.mocks}/mock/production/outage", json={"down": True})
         orders = await paid_orders(client, system, 3)
         await eventually(
@@ -132,7 +132,7 @@ async def test_production_outage_dead_letters_then_replay_delivers_each_once(
 
 
 async def test_payment_outage_leaves_pending_then_replay_pays_once(system: System) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=system.auth) as client:
         await client.post(f"{system.mocks}/mock/payments/outage", json={"down": True})
         order = (
             await client.post(
@@ -172,7 +172,7 @@ async def test_payment_outage_leaves_pending_then_replay_pays_once(system: Syste
 
 
 async def test_a_bouncing_address_is_dead_lettered_after_one_attempt(system: System) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=system.auth) as client:
         order = (
             await client.post(
                 f"{system.api}/orders",

@@ -76,7 +76,7 @@ async def _paid_with_effects(client: httpx.AsyncClient, system: System, amount: 
 )
 async def test_parts_recover_from_a_postgres_restart(system: System) -> None:
     libpq = system.env["CHECKOUT_DATABASE_URL"].replace("+psycopg", "")
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=system.auth) as client:
         await _paid_with_effects(client, system, "10.00")
         try:
             await asyncio.to_thread(_pg_ctl, "restart")

@@ -38,7 +38,7 @@ async def _create_and_checkout(client: httpx.AsyncClient, api: str, amount: str)
 
 
 async def test_a_checkout_over_http_ends_paid_with_every_effect(system: System) -> None:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=system.auth) as client:
         checkout = await _create_and_checkout(client, system.api, "42.00")
 
         async def state() -> dict[str, Any]:
@@ -107,7 +107,7 @@ async def test_sigterm_stops_every_part_gracefully(system: System) -> None:
     returncode = await asyncio.to_thread(system.process.wait, 60)
     assert returncode == 0, system.output()
     # Every child is gone: nothing answers on the API or mocks port any more.
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=system.auth) as client:
         for url in (system.api, system.mocks):
             with pytest.raises(httpx.TransportError):
                 await client.get(f"{url}/health/live")

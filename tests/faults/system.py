@@ -28,7 +28,9 @@ import aio_pika
 import httpx
 from aiormq.exceptions import AMQPError
 
+from infra.auth.keys import Role, create_key
 from infra.db.migrate import drop_database, migrate
+from infra.db.session import create_engine
 from infra.messaging.topology import Topology, declare_topology, delete_topology
 from infra.settings import Settings, load_settings
 from tests.faults.proxy import FaultProxy
@@ -143,6 +145,7 @@ class FaultSystem:
     api: str
     mocks: str
     topology: Topology
+    auth: dict[str, str]  # headers with a clerk key, for the load's API calls
     restarts: list[tuple[float, str]] = field(default_factory=list)
 
     @property
@@ -293,6 +296,11 @@ async def start_system(
         api_port=int(env_common["CHECKOUT_API_PORT"]),
     )
     await asyncio.to_thread(migrate, settings)
+    engine = create_engine(settings, pool_size=1)
+    try:
+        key = await create_key(engine, "fault-run", Role.clerk)
+    finally:
+        await engine.dispose()
     topology = Topology.from_settings(settings)
     connection = await aio_pika.connect(settings.rabbit_url.get_secret_value())
     async with connection:
@@ -334,6 +342,7 @@ async def start_system(
         api=f"http://127.0.0.1:{env_common['CHECKOUT_API_PORT']}",
         mocks=f"http://127.0.0.1:{mocks_port}",
         topology=topology,
+        auth={"Authorization": f"Bearer {key.token}"},
     )
     for part in parts.values():
         part.start()

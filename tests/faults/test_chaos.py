@@ -42,7 +42,7 @@ async def test_every_checkout_ends_once_under_faults(
     print(f"parts started in {timings['start']:.1f}s; logs in {system.workdir}", flush=True)
     try:
         connection = await aio_pika.connect_robust(system.settings.rabbit_url.get_secret_value())
-        async with connection, httpx.AsyncClient(timeout=30) as client:
+        async with connection, httpx.AsyncClient(timeout=30, headers=system.auth) as client:
             tap = Tap(connection, system.topology)
             await tap.start()
             injector = Injector(connection, system.topology)

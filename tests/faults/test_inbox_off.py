@@ -95,7 +95,7 @@ async def test_the_checker_reports_duplicates_when_the_inbox_is_off(
     system = await start_system(settings, tmp_path / "parts")
     try:
         connection = await aio_pika.connect_robust(system.settings.rabbit_url.get_secret_value())
-        async with connection, httpx.AsyncClient(timeout=30) as client:
+        async with connection, httpx.AsyncClient(timeout=30, headers=system.auth) as client:
             tap = Tap(connection, system.topology)
             await tap.start()
             injector = Injector(connection, system.topology)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.app import create_app
 from checkout_api.testing import api_client, running
+from infra.auth.keys import Role
 from infra.settings import Settings
 from tests.support.polling import eventually
 
@@ -46,7 +47,7 @@ async def test_ready_is_200_once_database_and_broker_answer(client: httpx.AsyncC
 
 async def test_ready_is_503_naming_the_broker_when_it_is_unreachable(settings: Settings) -> None:
     broken = settings.model_copy(update={"rabbit_url": CLOSED_BROKER})
-    async with api_client(broken) as client:
+    async with api_client(broken, role=None) as client:
         response = await client.get("/health/ready")
         assert (await client.get("/health/live")).status_code == 200
     assert response.status_code == 503
@@ -62,7 +63,7 @@ async def test_ready_is_503_naming_the_database_when_it_is_unreachable(
     settings: Settings,
 ) -> None:
     broken = settings.model_copy(update={"database_url": CLOSED_DATABASE})
-    async with api_client(broken) as client:
+    async with api_client(broken, role=None) as client:
         response = await client.get("/health/ready")
     assert response.status_code == 503
     body = response.json()
@@ -74,10 +75,15 @@ async def test_ready_is_503_naming_the_database_when_it_is_unreachable(
 async def test_an_unexpected_error_is_a_generic_500_problem_without_details(
     settings: Settings,
 ) -> None:
-    broken = settings.model_copy(update={"database_url": CLOSED_DATABASE})
+    app = create_app(settings)
+
+    async def boom() -> None:
+        raise RuntimeError("psycopg: SELECT secret FROM orders at 127.0.0.1 (OperationalError)")
+
+    app.add_api_route("/boom", boom)  # behind the key check, like every unknown route
     with structlog.testing.capture_logs() as logs:
-        async with api_client(broken) as client:
-            response = await client.get("/orders", headers={"X-Request-ID": "req-500"})
+        async with running(app, Role.clerk) as client:
+            response = await client.get("/boom", headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.headers["x-request-id"] == "req-500"
@@ -91,6 +97,20 @@ async def test_an_unexpected_error_is_a_generic_500_problem_without_details(
     for leak in ("psycopg", "SELECT", "Traceback", "127.0.0.1", "OperationalError"):
         assert leak not in response.text
     assert any(e["event"] == "unhandled error" and e.get("exc_info") for e in logs)
+
+
+async def test_with_the_database_down_a_protected_route_is_503_without_details(
+    settings: Settings,
+) -> None:
+    broken = settings.model_copy(update={"database_url": CLOSED_DATABASE})
+    async with api_client(broken, role=None) as client:
+        response = await client.get("/orders", headers={"Authorization": "Bearer ck_whatever"})
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["type"] == "urn:checkout:problem:auth-unavailable"
+    for leak in ("psycopg", "SELECT", "Traceback", "127.0.0.1", "OperationalError"):
+        assert leak not in response.text
 
 
 async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:

@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
 from checkout_api.app import create_app
-from checkout_api.routes import timeline as timeline_routes
 from checkout_api.testing import running
+from infra.auth.keys import Role
 from infra.cli import trace as trace_cli
 from infra.cli.trace import trace
 from infra.db.migrate import libpq_url
@@ -575,8 +575,7 @@ async def test_a_replay_is_recorded_at_its_start_and_shown_after_the_dead_letter
 
 async def test_the_api_serves_one_checkouts_timeline(settings: Settings, seeded: Seeded) -> None:
     app = create_app(settings)
-    app.include_router(timeline_routes.router)
-    async with running(app) as client:
+    async with running(app, Role.operator) as client:
         response = await client.get(f"/checkouts/{seeded.checkout_id}/timeline")
         by_order = await client.get(f"/checkouts/{seeded.order_id}/timeline")
         unknown = await client.get(f"/checkouts/{uuid.uuid4()}/timeline")

@@ -18,5 +18,11 @@ class System:
     log: Path
     settings: Settings
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The development key `checkout up` made (and wrote to CHECKOUT_DEV_KEY_FILE)."""
+        token = Path(self.env["CHECKOUT_DEV_KEY_FILE"]).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-20000:]

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,14 +16,21 @@ from typer.testing import CliRunner
 
 from infra.cli.demo import Tracked, main, render, run_demo, samples
 from infra.cli.main import app
-from infra.settings import load_settings
+from infra.settings import Settings, load_settings
+
+TOKEN = "ck_demo-test-key"
+
+
+def _settings() -> Settings:
+    return load_settings(api_key=TOKEN)
 
 
 class FakeApi:
     """Just enough of the API: each GET of a checkout moves it one step on."""
 
-    def __init__(self, ready: int = 200, stuck: tuple[str, ...] = ()) -> None:
+    def __init__(self, ready: int = 200, stuck: tuple[str, ...] = (), token: str = TOKEN) -> None:
         self.ready = ready
+        self.token = token
         self.stuck = stuck
         self.orders: dict[str, dict[str, Any]] = {}
         self.checkouts: dict[str, dict[str, Any]] = {}
@@ -31,6 +39,10 @@ class FakeApi:
         path, method = request.url.path, request.method
         if (method, path) == ("GET", "/health/ready"):
             return httpx.Response(self.ready, json={"status": "ok" if self.ready == 200 else "no"})
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return httpx.Response(
+                401, json={"title": "Unauthenticated", "status": 401, "detail": "bad key"}
+            )
         if (method, path) == ("POST", "/orders"):
             body = json.loads(request.content)
             order = {"order_id": str(uuid.uuid4()), "status": "PENDING", **body}
@@ -87,7 +99,7 @@ def test_api_not_answering_prints_one_line_and_fails() -> None:
 
 
 def test_api_not_ready_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(load_settings(), transport=httpx.MockTransport(FakeApi(ready=503)))
+    code = main(_settings(), transport=httpx.MockTransport(FakeApi(ready=503)))
 
     assert code == 1
     err = capsys.readouterr().err
@@ -96,7 +108,7 @@ def test_api_not_ready_says_so(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_on_a_pipe_prints_one_json_document(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(load_settings(), transport=httpx.MockTransport(FakeApi()))
+    code = main(_settings(), transport=httpx.MockTransport(FakeApi()))
 
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -120,9 +132,7 @@ def test_on_a_pipe_prints_one_json_document(capsys: pytest.CaptureFixture[str]) 
 def test_a_stuck_checkout_fails_and_says_where_to_look(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(
-        load_settings(), timeout=0.3, transport=httpx.MockTransport(FakeApi(stuck=("30.02",)))
-    )
+    code = main(_settings(), timeout=0.3, transport=httpx.MockTransport(FakeApi(stuck=("30.02",))))
 
     assert code == 1
     captured = capsys.readouterr()
@@ -135,7 +145,9 @@ def test_a_stuck_checkout_fails_and_says_where_to_look(
 async def test_progress_is_reported_until_every_checkout_is_final() -> None:
     views: list[list[str | None]] = []
     async with httpx.AsyncClient(
-        base_url="http://api", transport=httpx.MockTransport(FakeApi())
+        base_url="http://api",
+        transport=httpx.MockTransport(FakeApi()),
+        headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
         tracked = await run_demo(
             client,
@@ -161,3 +173,37 @@ def test_the_table_shows_every_order() -> None:
     assert "demo t espresso machine" in text
     assert "1.5s" in text
     assert "PAID" in text
+
+
+def test_without_a_key_it_says_where_the_key_comes_from(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = load_settings(dev_key_file=tmp_path / "no-such-key")
+
+    code = main(settings, transport=httpx.MockTransport(FakeApi()))
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"No API key: {tmp_path / 'no-such-key'} does not exist" in err
+    assert "make run" in err and "CHECKOUT_API_KEY" in err
+
+
+def test_it_sends_the_development_key_from_its_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "dev-api-key").write_text(TOKEN + "\n")
+    settings = load_settings(dev_key_file=tmp_path / "dev-api-key")
+
+    code = main(settings, transport=httpx.MockTransport(FakeApi()))
+
+    assert code == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+def test_a_refused_key_is_one_line_saying_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(_settings(), transport=httpx.MockTransport(FakeApi(token="ck_another")))
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "The API refused the key (401 Unauthenticated: bad key)" in err
+    assert len(err.strip().splitlines()) == 1

@@ -64,8 +64,10 @@ def test_neither_all_nor_ids_is_bad_usage(args: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["replay", "email", "--all", "--message-id", "m1"],
-     ["purge", "email", "--all", "--message-id", "m1", "--yes"]],
+    [
+        ["replay", "email", "--all", "--message-id", "m1"],
+        ["purge", "email", "--all", "--message-id", "m1", "--yes"],
+    ],
     ids=["replay", "purge"],
 )
 def test_both_all_and_ids_is_bad_usage(args: list[str]) -> None:
@@ -135,33 +137,60 @@ def test_the_list_table_shows_each_queue_and_depth() -> None:
 
 
 def test_the_show_table_has_ids_attempts_times_and_a_shortened_error() -> None:
-    letter = DeadLetter("m-1", "c-1", "OrderPaid", {
-        failures.ATTEMPTS: 4,
-        failures.FIRST_FAILURE_AT: "2026-11-22T10:00:00.123+01:00",
-        failures.LAST_FAILURE_AT: "2026-11-22T09:01:00+00:00",
-        failures.ERROR_TYPE: "TransientFailure",
-        failures.ERROR_MESSAGE: "x" * 500,
-    })
+    letter = DeadLetter(
+        "m-1",
+        "c-1",
+        "OrderPaid",
+        {
+            failures.ATTEMPTS: 4,
+            failures.FIRST_FAILURE_AT: "2026-11-22T10:00:00.123+01:00",
+            failures.LAST_FAILURE_AT: "2026-11-22T09:01:00+00:00",
+            failures.ERROR_TYPE: "TransientFailure",
+            failures.ERROR_MESSAGE: "x" * 500,
+        },
+    )
     queue = Topology("ns", (100,)).queues["email"]
 
     text = _render(letters_table(Peek(queue, 7, [letter])))
 
     assert "ns.email.dlq: 1 of 7 messages" in text
-    for part in ("m-1", "c-1", "OrderPaid", " 4 ", "2026-11-22 09:00:00", "2026-11-22 09:01:00",
-                 "TransientFailure", "xxx…"):
+    for part in (
+        "m-1",
+        "c-1",
+        "OrderPaid",
+        " 4 ",
+        "2026-11-22 09:00:00",
+        "2026-11-22 09:01:00",
+        "TransientFailure",
+        "xxx…",
+    ):
         assert part in text
     assert "x" * 100 not in text
 
 
 def test_the_history_table_shows_who_what_and_why() -> None:
     record = AuditRecord(
-        id=1, at=datetime(2026, 11, 22, 10, 0, tzinfo=UTC), actor="alice", action="replay",
-        queue="ns.email", dlq="ns.email.dlq", messages=5, message_ids=["a", "b", "c", "d", "e"],
-        missing=[], reason="mail server back", outcome="completed",
+        id=1,
+        at=datetime(2026, 11, 22, 10, 0, tzinfo=UTC),
+        actor="alice",
+        action="replay",
+        queue="ns.email",
+        dlq="ns.email.dlq",
+        messages=5,
+        message_ids=["a", "b", "c", "d", "e"],
+        missing=[],
+        reason="mail server back",
+        outcome="completed",
     )
 
     text = _render(history_table([record]))
 
-    for part in ("2026-11-22 10:00:00", "alice", "replay", "ns.email.dlq", "mail server back",
-                 "a, b, c (+2 more)"):
+    for part in (
+        "2026-11-22 10:00:00",
+        "alice",
+        "replay",
+        "ns.email.dlq",
+        "mail server back",
+        "a, b, c (+2 more)",
+    ):
         assert part in text

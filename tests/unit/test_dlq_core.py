@@ -80,9 +80,15 @@ def test_replay_headers_reset_the_attempts_and_keep_the_history() -> None:
     assert "x-delivery-count" not in headers
     assert headers[REPLAY_COUNT] == 1
     assert headers[REPLAYED_AT] == NOW.isoformat()
-    for kept in (failures.ORIGINAL_QUEUE, failures.FIRST_FAILURE_AT, failures.LAST_FAILURE_AT,
-                 failures.ERROR_TYPE, failures.ERROR_MESSAGE, failures.FAILURE_KIND,
-                 "x-schema-version"):
+    for kept in (
+        failures.ORIGINAL_QUEUE,
+        failures.FIRST_FAILURE_AT,
+        failures.LAST_FAILURE_AT,
+        failures.ERROR_TYPE,
+        failures.ERROR_MESSAGE,
+        failures.FAILURE_KIND,
+        "x-schema-version",
+    ):
         assert headers[kept] == dead[kept]
 
 
@@ -120,8 +126,12 @@ def test_header_values_become_json_values() -> None:
 
 
 def test_the_error_of_a_dead_letter_names_type_and_message() -> None:
-    ours = DeadLetter("m", None, None, {failures.ERROR_TYPE: "PermanentFailure",
-                                        failures.ERROR_MESSAGE: "bounced"})
+    ours = DeadLetter(
+        "m",
+        None,
+        None,
+        {failures.ERROR_TYPE: "PermanentFailure", failures.ERROR_MESSAGE: "bounced"},
+    )
     brokers = DeadLetter("m", None, None, {"x-first-death-reason": "delivery_limit"})
 
     assert ours.error == "PermanentFailure: bounced"
@@ -135,11 +145,17 @@ def test_the_summaries_have_the_documented_shapes() -> None:
     purged = Outcome("purge", queue, message_ids=["a", "c"])
 
     assert replayed.summary() == {
-        "queue": "ns.email", "replayed": 1, "message_ids": ["a"], "missing": ["b"],
+        "queue": "ns.email",
+        "replayed": 1,
+        "message_ids": ["a"],
+        "missing": ["b"],
         "dry_run": True,
     }
     assert purged.summary() == {
-        "queue": "ns.email", "purged": 2, "message_ids": ["a", "c"], "missing": [],
+        "queue": "ns.email",
+        "purged": 2,
+        "message_ids": ["a", "c"],
+        "missing": [],
     }
 
 

@@ -1,0 +1,187 @@
+"""API keys: created, listed and revoked by `checkout apikey`, checked on every API request.
+
+A key is a bearer token, `ck_` followed by 43 URL-safe characters (256 random bits),
+printed once when it is created. Only the SHA-256 of the token is stored: with that
+much entropy a slow password hash would protect nothing more and cost every request
+CPU. The lookup is by that hash, so no token is ever compared character by
+character. Revoking sets `revoked_at`; the API reads the key on every request (one
+indexed row), so a revoked key stops working at once, in every API process.
+
+Roles: a `clerk` may create, search and check out orders; an `operator` may do all of
+that and use the operator endpoints (a checkout's timeline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+TOKEN_PREFIX = "ck_"  # noqa: S105 -- the marker every token starts with, not a secret
+# "ck_" and 7 characters: enough to tell keys apart, useless to an attacker (_REVOKE
+# relies on this length too).
+_PREFIX_SHOWN = 10
+
+
+class Role(StrEnum):
+    clerk = "clerk"
+    operator = "operator"
+
+    def allows(self, needed: Role) -> bool:
+        """An operator may do everything a clerk may."""
+        return self is Role.operator or needed is Role.clerk
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without its token."""
+
+    key_id: uuid.UUID
+    name: str
+    role: Role
+    token_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: the only moment its token is known."""
+
+    key: ApiKey
+    token: str
+
+
+class ApiKeyError(Exception):
+    """A key cannot be created or revoked; the message says why and what to do."""
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _row_to_key(row: object) -> ApiKey:
+    m = row._mapping  # type: ignore[attr-defined]
+    return ApiKey(
+        key_id=m["key_id"],
+        name=m["name"],
+        role=Role(m["role"]),
+        token_prefix=m["token_prefix"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+    )
+
+
+_INSERT = text(
+    "INSERT INTO api_keys (key_id, name, role, token_hash, token_prefix) "
+    "VALUES (:key_id, :name, :role, :hash, :prefix) "
+    "RETURNING key_id, name, role, token_prefix, created_at, revoked_at"
+)
+_LIST_LIVE = text(
+    "SELECT key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
+    "WHERE revoked_at IS NULL ORDER BY created_at, name"
+)
+_LIST_ALL = text(
+    "SELECT key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
+    "ORDER BY created_at, name"
+)
+# By name, id, or the shown start of the token (at least the full shown prefix).
+_REVOKE = text(
+    "UPDATE api_keys SET revoked_at = now() "
+    "WHERE revoked_at IS NULL AND (name = :name OR key_id = :key_id "
+    "OR (length(:name) >= 10 AND token_prefix = :name)) "
+    "RETURNING key_id, name, role, token_prefix, created_at, revoked_at"
+)
+_AUTHENTICATE = text(
+    "SELECT key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
+    "WHERE token_hash = :hash AND revoked_at IS NULL"
+)
+
+
+async def create_key(
+    engine: AsyncEngine, name: str, role: Role, *, token: str | None = None
+) -> NewKey:
+    """Store a new key named `name`; `token` chooses its value (else a random one)."""
+    token = token or new_token()
+    try:
+        async with engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    _INSERT,
+                    {
+                        "key_id": uuid.uuid4(),
+                        "name": name,
+                        "role": role.value,
+                        "hash": token_hash(token),
+                        "prefix": token[:_PREFIX_SHOWN],
+                    },
+                )
+            ).one()
+    except IntegrityError as exc:
+        if "api_keys_live_name_idx" in str(exc.orig):
+            raise ApiKeyError(
+                f"a live key named {name!r} exists; revoke it first "
+                f"(checkout apikey revoke {name}) or choose another name"
+            ) from None
+        raise ApiKeyError("that token is already a key; choose another") from None
+    return NewKey(_row_to_key(row), token)
+
+
+async def list_keys(engine: AsyncEngine, *, include_revoked: bool = False) -> list[ApiKey]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(_LIST_ALL if include_revoked else _LIST_LIVE)
+        return [_row_to_key(row) for row in rows]
+
+
+async def revoke_key(engine: AsyncEngine, name_or_id: str) -> ApiKey:
+    """Revoke the live key with this name (or id, or token prefix); it stops working at once."""
+    try:
+        key_id: uuid.UUID | None = uuid.UUID(name_or_id)
+    except ValueError:
+        key_id = None
+    async with engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                _REVOKE,
+                {"name": name_or_id, "key_id": key_id},
+            )
+        ).all()
+        if len(rows) > 1:
+            await conn.rollback()
+            raise ApiKeyError(f"{name_or_id!r} matches {len(rows)} keys; give the key's id")
+    if not rows:
+        raise ApiKeyError(
+            f"no live key named {name_or_id!r}; `checkout apikey list` shows the live keys"
+        )
+    return _row_to_key(rows[0])
+
+
+async def authenticate(conn: AsyncConnection, token: str) -> ApiKey | None:
+    """The live key this token belongs to, or None."""
+    row = (
+        await conn.execute(
+            _AUTHENTICATE,
+            {"hash": token_hash(token)},
+        )
+    ).first()
+    return _row_to_key(row) if row is not None else None
+
+
+async def key_is_live(engine: AsyncEngine, token: str) -> bool:
+    async with engine.connect() as conn:
+        return await authenticate(conn, token) is not None
