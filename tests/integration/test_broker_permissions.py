@@ -1,0 +1,355 @@
+"""One broker user per part (`infra.messaging.permissions`) against the real RabbitMQ.
+
+The users come from the generator: its definitions document (random passwords) is
+imported with one `rabbitmqctl import_definitions` call, for a namespace of this module's
+own (`test_<hex>_perm`), so user names are unique per run and no other module's workers
+consume these queues. The setup user then declares the namespace's topology from
+nothing, with the command compose's `broker-setup` service runs, and every part runs the
+real code with its own user: what it must do works, what it must not do is refused by
+the broker (ACCESS_REFUSED, reply code 403). Users and topology are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aio_pika
+import pytest
+import yaml
+from aiormq.channel import EXCEPTION_MAPPING
+from aiormq.exceptions import ChannelAccessRefused
+from yarl import URL
+
+from checkout_api.broker import BrokerLink
+from consumers.main import build_worker as build_consumer
+from contracts import Customer, OrderPaid, PaymentDeclined
+from infra.dlq import inspect
+from infra.dlq.letters import DeadLetter
+from infra.dlq.purge import purge
+from infra.dlq.replay import REPLAY_COUNT, replay
+from infra.dlq.selection import Selection
+from infra.messaging import failures
+from infra.messaging.permissions import BrokerUser, broker_users, render_definitions
+from infra.messaging.publisher import Outgoing, Publisher
+from infra.messaging.topology import (
+    Topology,
+    declare_topology,
+    delete_topology,
+)
+from infra.settings import Settings, load_settings
+from saga.main import build_worker as build_saga
+from tests.support.amqp import take
+from tests.support.polling import eventually
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def rabbitmqctl(*args: str, stdin: bytes | None = None) -> str:
+    assert RABBITMQCTL is not None
+    process = await asyncio.create_subprocess_exec(
+        RABBITMQCTL,
+        "-q",
+        *args,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), 30)
+    if process.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]}: {(err or out).decode(errors='replace')}")
+    return out.decode(errors="replace")
+
+
+async def compose_broker_setup(env: dict[str, str]) -> None:
+    """Run compose.yaml's broker-setup command (`python -c ...`) here, with `env`."""
+    service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["broker-setup"]
+    assert service["entrypoint"][0] == "python"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *service["entrypoint"][1:],
+        *service["command"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, out.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Broker:
+    """This module's namespace, its users (by part) and how to connect as each."""
+
+    namespace: str
+    topology: Topology
+    users: dict[str, BrokerUser]
+    urls: dict[str, str]
+
+    def settings(self, part: str, **overrides: object) -> Settings:
+        """The run's settings, in this namespace, connecting as `part`'s user."""
+        return load_settings(namespace=self.namespace, rabbit_url=self.urls[part], **overrides)
+
+
+@pytest.fixture(scope="module")
+async def broker(settings: Settings) -> AsyncIterator[Broker]:
+    if RABBITMQCTL is None:
+        pytest.skip("rabbitmqctl is not on PATH: it is needed to create the broker users")
+    namespace = f"{settings.namespace}_perm"
+    users = {u.part: u for u in broker_users(namespace)}
+    passwords = {part: secrets.token_urlsafe(18) for part in users}
+    admin_url = settings.rabbit_url.get_secret_value()
+    urls = {
+        part: str(URL(admin_url).with_user(u.name).with_password(passwords[part]))
+        for part, u in users.items()
+    }
+    # Users and permissions only: the vhost `/` exists and is shared.
+    definitions = render_definitions(list(users.values()), passwords, with_vhost=False)
+    topology = Topology.from_settings(load_settings(namespace=namespace))
+    declared = False
+    try:
+        await rabbitmqctl("import_definitions", stdin=definitions.encode())
+        # The setup user creates the whole topology on a broker that has none of it,
+        # with the very command compose's broker-setup service runs.
+        declared = True
+        await compose_broker_setup(
+            {"CHECKOUT_NAMESPACE": namespace, "CHECKOUT_RABBIT_URL": urls["setup"]}
+        )
+        yield Broker(namespace, topology, users, urls)
+    finally:
+        if declared:
+            connection = await aio_pika.connect(admin_url)
+            async with connection:
+                await delete_topology(await connection.channel(), topology)
+        results = await asyncio.gather(
+            *(rabbitmqctl("delete_user", u.name) for u in users.values()),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+async def admin(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """The test's own (guest) channel, to look into queues behind the parts' backs."""
+    connection = await aio_pika.connect(settings.rabbit_url.get_secret_value())
+    async with connection:
+        yield await connection.channel()
+
+
+async def _ignore(_message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    pass
+
+
+async def refused(
+    url: str,
+    action: str,
+    target: str,
+    routing_key: str = "x",
+) -> ChannelAccessRefused:
+    """Try `action` ("publish" to an exchange, "get" or "consume" from a queue) as the
+    user of `url`; return the broker's refusal (the test fails if it is allowed)."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(ChannelAccessRefused) as caught:
+            if action == "publish":
+                exchange = (
+                    channel.default_exchange
+                    if target == ""
+                    else await channel.get_exchange(target, ensure=False)
+                )
+                await exchange.publish(aio_pika.Message(b"{}"), routing_key, mandatory=True)
+            else:
+                queue = await channel.get_queue(target, ensure=False)
+                if action == "get":
+                    await queue.get(no_ack=False, fail=False)
+                else:
+                    await queue.consume(_ignore)
+    return caught.value
+
+
+def assert_refused(error: ChannelAccessRefused, resource: str, user: str) -> None:
+    """The broker's own refusal. (RabbitMQ 3.10 does not say which of configure, write
+    or read was missing; newer versions prefix it, e.g. "write access to ...".)"""
+    assert EXCEPTION_MAPPING[403] is ChannelAccessRefused  # AMQP reply code 403
+    text = str(error.args[0])
+    assert text.startswith("ACCESS_REFUSED - "), text
+    assert f"access to {resource} in vhost '/' refused for user '{user}'" in text, text
+
+
+def order_paid() -> OrderPaid:
+    return OrderPaid(
+        order_id=uuid.uuid4(),
+        checkout_id=uuid.uuid4(),
+        payment_id=uuid.uuid4(),
+        order_name="Permission check",
+        amount=Decimal("5.00"),
+        currency="EUR",
+        customer=Customer(email="perm@example.com", name="Perm"),
+        paid_at=datetime.now(UTC),
+    )
+
+
+async def test_consumers_user_cannot_publish_to_the_orders_exchange(broker: Broker) -> None:
+    for part in ("email", "invoice", "production"):
+        user = broker.users[part].name
+        for exchange in (broker.topology.orders_exchange, broker.topology.internal_exchange):
+            error = await refused(broker.urls[part], "publish", exchange, "order.paid")
+            assert_refused(error, f"exchange '{exchange}'", user)
+
+
+async def test_consumer_runs_with_its_user_retries_and_dead_letters_and_operator_replays(
+    broker: Broker, admin: aio_pika.abc.AbstractChannel
+) -> None:
+    queue = broker.topology.queues["email"]
+    # Nothing listens on this port: every call fails (transient), so the message goes
+    # round the wait queues (the consumer's retry copies) and then to the .dlq.
+    email = broker.settings("email", email_url=f"http://127.0.0.1:{free_port()}", http_attempts=1)
+    relay = await Publisher.connect(broker.urls["relay"])
+    operator = await aio_pika.connect(broker.urls["operator"])
+    try:
+        # The real consumer process, with its user: it re-declares the topology,
+        # subscribes, and publishes its retry and dead-letter copies via amq.default.
+        async with build_consumer(email, "email").running():
+            event = order_paid()
+            message_id = str(uuid.uuid4())
+            await relay.publish(
+                Outgoing.of(
+                    event,
+                    exchange=broker.topology.orders_exchange,
+                    message_id=uuid.UUID(message_id),
+                    correlation_id=event.checkout_id,
+                )
+            )
+
+            async def dead_letters() -> list[DeadLetter]:
+                return (await inspect.peek(operator, queue, 10)).letters
+
+            # The operator's user reads the .dlq (basic.get, unacked) as `dlq show` does.
+            (letter,) = await eventually(dead_letters, what="the message in the .dlq")
+            assert letter.message_id == message_id
+            assert letter.attempts == queue.max_attempts  # went round every wait queue
+            assert letter.headers[failures.FAILURE_KIND] == "transient"
+            assert letter.headers[failures.ORIGINAL_QUEUE] == queue.name
+
+            # `dlq replay` as the operator: back into the queue, handled, dead-lettered again.
+            replayed = await replay(operator, queue, Selection.of([message_id]))
+            assert replayed.message_ids == [message_id]
+            (again,) = await eventually(
+                dead_letters,
+                until=lambda found: bool(found) and REPLAY_COUNT in found[0].headers,
+                what="the replayed message back in the .dlq",
+            )
+            assert again.headers[REPLAY_COUNT] == 1
+            # `dlq purge` as the operator.
+            dropped = await purge(operator, queue, Selection.of([message_id]))
+            assert dropped.message_ids == [message_id]
+            depths = {d.dlq: d.messages for d in await inspect.depths(operator, broker.topology)}
+            assert depths[queue.dlq] == 0
+        # The operator reads dead letters only, not the live queues.
+        error = await refused(broker.urls["operator"], "get", queue.name)
+        assert_refused(error, f"queue '{queue.name}'", broker.users["operator"].name)
+    finally:
+        await operator.close()
+        await relay.close()
+        for name in ("invoice", "production"):  # the same event, never consumed here
+            await (await admin.get_queue(broker.topology.queues[name].name)).purge()
+
+
+async def test_relay_user_publishes_to_the_orders_and_internal_exchanges(
+    broker: Broker, admin: aio_pika.abc.AbstractChannel
+) -> None:
+    topology = broker.topology
+    # What `checkout relay` does at start: connect, declare the topology.
+    publisher = await Publisher.connect(broker.urls["relay"])
+    try:
+        await declare_topology(publisher.channel, topology)
+        # A key only the journal is bound to: published (confirmed and routed) and kept
+        # there, reaching no consumer's queue.
+        event = order_paid()
+        await publisher.publish(
+            Outgoing(
+                exchange=topology.orders_exchange,
+                routing_key="order.permission_check",
+                body=event.model_dump_json().encode(),
+                message_id=uuid.uuid4(),
+                correlation_id=event.checkout_id,
+                message_type="OrderPaid",
+            )
+        )
+        declined = PaymentDeclined(
+            checkout_id=uuid.uuid4(),
+            payment_id=uuid.uuid4(),
+            reason="permission check",
+            declined_at=datetime.now(UTC),
+            attempts=1,
+        )
+        await publisher.publish(
+            Outgoing.of(
+                declined,
+                exchange=topology.internal_exchange,
+                message_id=uuid.uuid4(),
+                correlation_id=declined.checkout_id,
+            )
+        )
+        (arrived,) = await take(admin, topology.queues["saga"].name, 1)
+        assert arrived.type == "PaymentDeclined"
+        # The relay's dead-letter depth gauge: a passive declare, which needs no right.
+        for queue in topology.queues.values():
+            await publisher.channel.declare_queue(queue.dlq, passive=True)
+    finally:
+        await publisher.close()
+    # It has no business with the default exchange (so with no queue directly).
+    error = await refused(broker.urls["relay"], "publish", "", topology.queues["saga"].name)
+    assert_refused(error, "exchange 'amq.default'", broker.users["relay"].name)
+
+
+async def test_saga_runs_with_its_user_and_publishes_its_events_through_the_outbox_only(
+    broker: Broker,
+) -> None:
+    async with build_saga(broker.settings("saga")).running() as worker:
+        assert worker.topology == broker.topology
+    error = await refused(broker.urls["saga"], "publish", broker.topology.orders_exchange)
+    assert_refused(
+        error,
+        f"exchange '{broker.topology.orders_exchange}'",
+        broker.users["saga"].name,
+    )
+
+
+async def test_api_user_connects_for_readiness_but_reads_and_publishes_nothing(
+    broker: Broker,
+) -> None:
+    link = BrokerLink(broker.urls["api"])
+    link.start()
+    try:
+
+        async def connected() -> bool:
+            return link.is_connected
+
+        await eventually(connected, what="the API's broker link")
+    finally:
+        await link.close()
+    api = broker.users["api"].name
+    email_queue = broker.topology.queues["email"].name
+    for action in ("get", "consume"):
+        error = await refused(broker.urls["api"], action, email_queue)
+        assert_refused(error, f"queue '{email_queue}'", api)
+    error = await refused(broker.urls["api"], "publish", broker.topology.orders_exchange)
+    assert_refused(error, f"exchange '{broker.topology.orders_exchange}'", api)
