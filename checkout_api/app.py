@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -14,6 +14,7 @@ from checkout_api.metrics import ApiMetrics
 from checkout_api.middleware import RequestMiddleware
 from checkout_api.openapi import install_openapi
 from checkout_api.routes import checkouts, docs, health, orders, timeline
+from checkout_api.strict_query import reject_unknown_query
 from infra.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024  # an order is a few hundred bytes
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=make_lifespan(settings, metrics),
         generate_unique_id_function=_operation_id,
+        dependencies=[Depends(reject_unknown_query)],
     )
     builtin = list(app.routes)  # the documentation routes FastAPI adds itself
     routers = [router for router, _ in ROUTER_ACCESS]

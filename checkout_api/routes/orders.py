@@ -11,16 +11,23 @@ from structlog.contextvars import bind_contextvars
 
 from checkout_api.cursor import InvalidCursor, PageCursor, decode_cursor
 from checkout_api.deps import UowDep
+from checkout_api.exact_json import ExactNumbersRoute
 from checkout_api.routes.docs import problems
 from checkout_api.schemas.orders import CreateOrder, OrderOut, OrderPage
 from checkout_api.usecases import queries
 from checkout_api.usecases.create_order import create_order
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+# Exact numbers: an amount sent as a JSON number is judged as sent, not as a float.
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=ExactNumbersRoute)
 
 NameQuery = Annotated[
     str | None,
-    Query(max_length=200, description="Case-insensitive substring of the order name"),
+    # No NUL: PostgreSQL text cannot hold one (422 rather than a failed query).
+    Query(
+        max_length=200,
+        pattern="^[^\\x00]*$",
+        description="Case-insensitive substring of the order name",
+    ),
 ]
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Orders per page")]
 CursorQuery = Annotated[

@@ -23,6 +23,11 @@ MAX_AMOUNT = Decimal("9999999999.99")
 # Plain decimal notation only: no exponent, no "_" separators, no non-ASCII digits,
 # all of which Decimal() would otherwise accept.
 _DECIMAL_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)", re.ASCII)
+# What the OpenAPI document promises a string amount looks like, and what the validator
+# therefore accepts (anything else is 422 with the reason): digits, a point and one or
+# two decimals (trailing zeros aside: "19.990" is 19.99), positive, at most MAX_AMOUNT.
+# A lookahead-free regex, so that generators of test data (schemathesis) can produce it.
+AMOUNT_PATTERN = r"^(0*[1-9]\d{0,9}(\.\d{1,2}0*)?|0+\.(0[1-9]|[1-9]\d?)0*)$"
 
 
 def _error(message: str) -> PydanticCustomError:
@@ -49,6 +54,8 @@ def _to_decimal(value: Any) -> Decimal:
 def parse_amount(value: Any) -> Decimal:
     """A positive amount with at most two decimal places, quantised to cents."""
     amount = _to_decimal(value)
+    if isinstance(value, str) and not re.fullmatch(AMOUNT_PATTERN, value):
+        _explain_text(amount)
     if not amount.is_finite():
         raise _error("must be a finite number")
     if amount <= 0:
@@ -60,14 +67,30 @@ def parse_amount(value: Any) -> Decimal:
     return amount.quantize(CENT)
 
 
+def _explain_text(amount: Decimal) -> None:
+    """Refuse a string amount outside AMOUNT_PATTERN, saying what is wrong with it."""
+    if (
+        amount.is_finite()
+        and amount > 0
+        and amount == amount.quantize(CENT)
+        and amount <= MAX_AMOUNT
+    ):
+        raise _error('must be written as digits with up to two decimals, e.g. "19.99"')
+
+
 AmountIn = Annotated[
     Decimal,
     PlainValidator(parse_amount),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d{1,2})?$"},
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": AMOUNT_PATTERN},
+                {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": float(MAX_AMOUNT),
+                    "multipleOf": 0.01,
+                },
             ],
             "description": "Positive, at most two decimal places; a string avoids float rounding",
             "examples": ["19.99"],

@@ -6,20 +6,57 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from checkout_api.schemas.currency import Currency
 from checkout_api.schemas.email import Email
 from checkout_api.schemas.money import AmountIn, MoneyOut
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-"""1-200 characters after surrounding white space is removed."""
+MAX_NAME = 200
+
+
+def parse_name(value: object) -> str:
+    """1-200 characters, not all white space, no NUL (PostgreSQL text cannot hold one),
+    valid Unicode; stored without surrounding white space."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("name", "must be a string")
+    if not 1 <= len(value) <= MAX_NAME:
+        raise PydanticCustomError("name", f"must be 1 to {MAX_NAME} characters")
+    if "\x00" in value:
+        raise PydanticCustomError("name", "must not contain NUL characters")
+    if value.isspace():
+        raise PydanticCustomError("name", "must not be only white space")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("name", "must be valid Unicode text") from None
+    return value.strip()
+
+
+Name = Annotated[
+    str,
+    PlainValidator(parse_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_NAME,
+            # Both must hold: some character that is not white space, and no NUL.
+            "allOf": [{"pattern": "\\S"}, {"pattern": "^[^\\u0000]*$"}],
+        },
+        mode="validation",
+    ),
+]
+"""1-200 characters, not only white space; surrounding white space is removed."""
 
 OrderStatus = Literal["PENDING", "PAID", "FAILED"]
 
 
 class CustomerIn(BaseModel):
     """Who the order is for."""
+
+    model_config = ConfigDict(extra="forbid")
 
     email: Email
     name: Name
@@ -29,6 +66,7 @@ class CreateOrder(BaseModel):
     """A new order; it starts PENDING."""
 
     model_config = ConfigDict(
+        extra="forbid",  # a misspelt field is an error, not silently dropped
         json_schema_extra={
             "examples": [
                 {
@@ -38,7 +76,7 @@ class CreateOrder(BaseModel):
                     "customer": {"email": "jane@example.com", "name": "Jane Doe"},
                 }
             ]
-        }
+        },
     )
 
     order_name: Name

@@ -175,8 +175,26 @@ def test_names_must_have_1_to_200_characters(field: str, name: str) -> None:
 
 
 def test_names_of_200_characters_are_accepted_and_trimmed() -> None:
-    order = CreateOrder.model_validate(_body(order_name=" " + "x" * 200 + " "))
-    assert order.order_name == "x" * 200
+    order = CreateOrder.model_validate(_body(order_name=" " + "x" * 198 + " "))
+    assert order.order_name == "x" * 198
+    assert CreateOrder.model_validate(_body(order_name="x" * 200)).order_name == "x" * 200
+
+
+def test_the_length_limit_counts_the_name_as_sent() -> None:
+    # The OpenAPI document says maxLength 200 of what is sent; so does the validator.
+    assert list(_errors(_body(order_name=" " + "x" * 200))) == ["order_name"]
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\x00"])
+def test_a_nul_character_is_refused_not_a_database_error(name: str) -> None:
+    assert list(_errors(_body(order_name=name))) == ["order_name"]
+
+
+def test_unknown_fields_are_refused_by_name() -> None:
+    body = _body(order_name="poster")
+    body["colour"] = "red"
+    body["customer"] = {**body["customer"], "phone": "123"}
+    assert sorted(_errors(body)) == ["colour", "customer.phone"]
 
 
 def test_missing_fields_are_named() -> None:
