@@ -7,17 +7,59 @@ A breaking change to a body raises its ``schema_version`` (header ``x-schema-ver
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from contracts.envelope import Message
 
-Money = Annotated[Decimal, PlainSerializer(lambda v: f"{v:.2f}", return_type=str)]
-"""A decimal amount, serialised as a string with two places ("19.99")."""
+CENT = Decimal("0.01")
+MAX_AMOUNT = Decimal("9999999999.99")  # orders.amount is NUMERIC(12, 2)
+_PLAIN_DECIMAL = re.compile(r"-?\d+(\.\d+)?", re.ASCII)
+
+
+def money_problem(amount: Decimal) -> str | None:
+    """Why `amount` is not an amount of money this system handles, or None if it is.
+
+    Checked in this order so that no step can overflow: a huge value is refused by its
+    size before it is quantised.
+    """
+    if not amount.is_finite():
+        return "must be a finite number"
+    if amount <= 0:
+        return "must be greater than zero"
+    if amount > MAX_AMOUNT:
+        return f"must be at most {MAX_AMOUNT}"
+    if amount != amount.quantize(CENT):
+        return "must have at most two decimal places"
+    return None
+
+
+def _plain(value: object) -> object:
+    # Decimal() would take "1E+999999", "١٢" and "1_0"; a message carries plain digits.
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValueError('must be a decimal string such as "19.99"')
+    return value
+
+
+def _in_range(amount: Decimal) -> Decimal:
+    problem = money_problem(amount)
+    if problem is not None:
+        raise ValueError(problem)
+    return amount
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_plain),
+    AfterValidator(_in_range),
+    PlainSerializer(lambda v: f"{v:.2f}", return_type=str),
+]
+"""A positive amount with at most two places, serialised as a string ("19.99")."""
 
 
 class Customer(BaseModel):

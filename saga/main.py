@@ -36,7 +36,9 @@ def build_worker(settings: Settings) -> Worker:
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(PaymentClient(service), res.publisher, res.topology.internal_exchange)
+        step = PaymentStep(
+            res.uow, PaymentClient(service), res.publisher, res.topology.internal_exchange
+        )
         return {ChargePayment: step.handle}
 
     worker.consume("saga", saga_routes)

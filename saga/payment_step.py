@@ -1,5 +1,11 @@
 """The payment step: handles `ChargePayment`, calls the Payment Service, replies to the saga.
 
+Before it charges, the step checks the command against the payments table: the
+payment must exist for that checkout and order, with the same amount and currency. A
+command that does not match (forged, or about a checkout this system never had) is
+dead-lettered at once and nothing is charged. Only the saga writes that row, in the
+transaction that also puts the command in the outbox, so a true command always matches.
+
 The reply is published straight to the broker (confirmed) before the command is
 acked; its message_id is derived from the command's, so a redelivered command that
 calls the service again (same idempotency key, same result) produces the same reply
@@ -13,9 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 
 from contracts import ChargePayment, PaymentDeclined, PaymentSucceeded
+from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
+from infra.messaging.failures import PermanentFailure
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.tracing import inject
 from saga.payment_client import Charged, PaymentClient
@@ -33,16 +42,50 @@ def reply_id(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(command_id, "payment-reply")
 
 
+_PAYMENT = text(
+    "SELECT order_id, amount, currency FROM payments "
+    "WHERE payment_id = :payment_id AND checkout_id = :checkout_id"
+)
+
+
 class PaymentStep:
     """Charges once per checkout and reports the outcome."""
 
-    def __init__(self, payments: PaymentClient, publisher: Publisher, exchange: str) -> None:
+    def __init__(
+        self, uow: UnitOfWork, payments: PaymentClient, publisher: Publisher, exchange: str
+    ) -> None:
+        self._uow = uow
         self._payments = payments
         self._publisher = publisher
         self._exchange = exchange
 
+    async def _check(self, command: ChargePayment) -> None:
+        """PermanentFailure unless the saga recorded exactly this payment."""
+        async with self._uow() as session:
+            row = (
+                await session.execute(
+                    _PAYMENT,
+                    {"payment_id": command.payment_id, "checkout_id": command.checkout_id},
+                )
+            ).first()
+        if row is None:
+            raise PermanentFailure(
+                f"no payment {command.payment_id} of checkout {command.checkout_id}: "
+                "not charging a payment this system did not record"
+            )
+        if (row.order_id, row.amount, row.currency) != (
+            command.order_id,
+            command.amount,
+            command.currency,
+        ):
+            raise PermanentFailure(
+                f"ChargePayment of checkout {command.checkout_id} does not match its payment "
+                f"(order, amount or currency differ): not charging it"
+            )
+
     async def handle(self, command: ChargePayment, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
+        await self._check(command)
         outcome = await self._payments.charge(
             order_id=command.order_id,
             amount=command.amount,

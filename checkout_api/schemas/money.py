@@ -16,10 +16,8 @@ from pydantic import PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from contracts import Money
+from contracts.events import CENT, MAX_AMOUNT, money_problem
 
-CENT = Decimal("0.01")
-# orders.amount is NUMERIC(12, 2).
-MAX_AMOUNT = Decimal("9999999999.99")
 # Plain decimal notation only: no exponent, no "_" separators, no non-ASCII digits,
 # all of which Decimal() would otherwise accept.
 _DECIMAL_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)", re.ASCII)
@@ -54,28 +52,13 @@ def _to_decimal(value: Any) -> Decimal:
 def parse_amount(value: Any) -> Decimal:
     """A positive amount with at most two decimal places, quantised to cents."""
     amount = _to_decimal(value)
+    problem = money_problem(amount)
+    if problem is not None:
+        raise _error(problem)
     if isinstance(value, str) and not re.fullmatch(AMOUNT_PATTERN, value):
-        _explain_text(amount)
-    if not amount.is_finite():
-        raise _error("must be a finite number")
-    if amount <= 0:
-        raise _error("must be greater than zero")
-    if amount > MAX_AMOUNT:
-        raise _error(f"must be at most {MAX_AMOUNT}")
-    if amount != amount.quantize(CENT):
-        raise _error("must have at most two decimal places")
-    return amount.quantize(CENT)
-
-
-def _explain_text(amount: Decimal) -> None:
-    """Refuse a string amount outside AMOUNT_PATTERN, saying what is wrong with it."""
-    if (
-        amount.is_finite()
-        and amount > 0
-        and amount == amount.quantize(CENT)
-        and amount <= MAX_AMOUNT
-    ):
+        # A right amount spelt otherwise ("+5", "5.", ".5"): the document's pattern rules.
         raise _error('must be written as digits with up to two decimals, e.g. "19.99"')
+    return amount.quantize(CENT)
 
 
 AmountIn = Annotated[

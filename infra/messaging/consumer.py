@@ -5,8 +5,10 @@ number). It owns its transaction and its de-duplication (`infra.messaging.inbox`
 This shell decides what happens to the message afterwards:
 
 - success -> ack;
-- `PermanentFailure`, an undecodable body, an unknown type, or a schema-invalid
-  payload -> published to `<queue>.dlq` with the failure headers, then acked;
+- `PermanentFailure`, a body over `MAX_BODY_BYTES` (checked first, before anything
+  is parsed), an unknown type, a `message_id` that is not a UUID, an unsupported
+  `x-schema-version`, an undecodable body or a schema-invalid payload -> published
+  to `<queue>.dlq` with the failure headers, then acked;
 - anything else (transient) -> published to the wait queue of this attempt, whose
   TTL returns it to the queue later, then acked; after the last attempt it goes to
   `<queue>.dlq` instead.
@@ -49,6 +51,15 @@ log = structlog.get_logger()
 # Pauses between attempts to publish a failed message's copy (about 30 s in all).
 SETTLE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
+# The largest body the shell will parse. Our bodies are small: a typical OrderPaid is
+# about 300 bytes, and one at its largest (200-character names and a 320-character
+# address, all in 4-byte UTF-8) about 2.2 KiB. 256 KiB leaves a hundredfold room for
+# the schemas to grow, yet keeps what one hostile message can cost bounded: parsing
+# and validating it takes a millisecond or two, and a field inflated to megabytes is
+# never forwarded into an e-mail, an HTTP call or a row. The broker's own limit
+# (`max_message_size`, 128 MiB by default in RabbitMQ 3.x) is no guard at that scale.
+MAX_BODY_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -89,8 +100,10 @@ class QueueConsumer:
         *,
         jitter: float = 0.2,
         rng: random.Random | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.queue = queue
+        self.max_body_bytes = max_body_bytes
         self.routes: dict[str, Route] = {}
         self._publisher_instance: Publisher | None = None
         self._record: Recorder | None = None
@@ -115,8 +128,7 @@ class QueueConsumer:
 
     async def __call__(self, message: RabbitMessage) -> None:
         raw = message.raw_message
-        previous = raw.headers.get(failures.ATTEMPTS, 0)
-        attempt = (previous if isinstance(previous, int) else 0) + 1
+        attempt = _attempts_before(raw.headers.get(failures.ATTEMPTS)) + 1
         started = time.perf_counter()
         outcome = "done"
         note: tuple[str, str, datetime | None] | None = None  # timeline: kind, detail, at
@@ -197,6 +209,13 @@ class QueueConsumer:
         await self._record([entry])
 
     async def _process(self, raw: AbstractIncomingMessage, attempt: int) -> Handled | None:
+        # Before anything else looks at the body: its size is the one check that costs
+        # nothing however large the body is.
+        size = len(raw.body)
+        if size > self.max_body_bytes:
+            raise failures.PermanentFailure(
+                f"message body is {size} bytes; the limit is {self.max_body_bytes}"
+            )
         route = self.routes.get(raw.type or "")
         if route is None:
             known = ", ".join(sorted(self.routes))
@@ -314,6 +333,21 @@ class QueueConsumer:
         headers = self._failure_headers(raw, attempt, exc, kind, at)
         await self._publisher().publish(self._copy(raw, self.queue.dlq, headers))
         return at
+
+
+def _attempts_before(header: object) -> int:
+    """How often the message failed before, from its `x-attempts` header.
+
+    Only a count this shell could have written is believed: a non-negative integer.
+    Anything else (absent, a string, a bool, a negative number from a hostile or broken
+    publisher) counts as 0. A negative count would otherwise index the retry delays
+    from the end (a wrong wait queue) or past it (IndexError while settling: each
+    delivery held for half a minute, then requeued, until RabbitMQ's delivery limit
+    dead-letters it without its reason).
+    """
+    if isinstance(header, int) and not isinstance(header, bool) and header >= 0:
+        return header
+    return 0
 
 
 def _uuid_or_none(value: object) -> uuid.UUID | None:

@@ -34,6 +34,7 @@ from yarl import URL
 from checkout_api.broker import BrokerLink
 from consumers.main import build_worker as build_consumer
 from contracts import Customer, OrderPaid, PaymentDeclined
+from infra.db.session import UnitOfWork
 from infra.dlq import inspect
 from infra.dlq.letters import DeadLetter
 from infra.dlq.purge import purge
@@ -51,6 +52,7 @@ from infra.settings import Settings, load_settings
 from saga.main import build_worker as build_saga
 from tests.support.amqp import take
 from tests.support.polling import eventually
+from tests.support.seed import paid_order
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -215,7 +217,7 @@ async def test_consumers_user_cannot_publish_to_the_orders_exchange(broker: Brok
 
 
 async def test_consumer_runs_with_its_user_retries_and_dead_letters_and_operator_replays(
-    broker: Broker, admin: aio_pika.abc.AbstractChannel
+    broker: Broker, admin: aio_pika.abc.AbstractChannel, uow: UnitOfWork
 ) -> None:
     queue = broker.topology.queues["email"]
     # Nothing listens on this port: every call fails (transient), so the message goes
@@ -227,7 +229,8 @@ async def test_consumer_runs_with_its_user_retries_and_dead_letters_and_operator
         # The real consumer process, with its user: it re-declares the topology,
         # subscribes, and publishes its retry and dead-letter copies via amq.default.
         async with build_consumer(email, "email").running():
-            event = order_paid()
+            # A paid order in the database: the consumer acts on nothing else.
+            event = await paid_order(uow, email="perm@example.com")
             message_id = str(uuid.uuid4())
             await relay.publish(
                 Outgoing.of(

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
-from contracts import Customer, OrderPaid
 from infra.db.models import EmailNotification, Invoice, Payment, ProductionSubmission
+from infra.db.session import UnitOfWork
 from infra.messaging.publisher import Outgoing
 from infra.messaging.topology import Topology
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
+from tests.support.seed import paid_order
 
 pytestmark = pytest.mark.integration
 
@@ -138,19 +139,10 @@ async def test_the_same_order_paid_twice_has_one_effect_per_consumer(
     pipeline: Pipeline,
     topology: Topology,
 ) -> None:
-    order = await pipeline.order("12.00")
-    # An OrderPaid for an order that never went through the saga, published twice
-    # with one message_id: what a relay crash between publish and delete produces.
-    event = OrderPaid(
-        order_id=uuid.UUID(order["order_id"]),
-        checkout_id=uuid.uuid4(),
-        payment_id=uuid.uuid4(),
-        order_name=order["order_name"],
-        amount=order["amount"],
-        currency="EUR",
-        customer=Customer(email="jane@example.com", name="Jane"),
-        paid_at=datetime.now(UTC),
-    )
+    # An OrderPaid for a paid order, published twice with one message_id: what a relay
+    # crash between publish and delete produces.
+    event = await paid_order(UnitOfWork(pipeline.engine), amount=Decimal("12.00"))
+    order = {"order_id": str(event.order_id)}
     outgoing = Outgoing.of(
         event,
         exchange=topology.orders_exchange,

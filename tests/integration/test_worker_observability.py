@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from consumers.main import build_worker
-from contracts import Customer, OrderPaid
+from contracts import OrderPaid
 from infra.db.migrate import libpq_url
-from infra.db.models import Order
 from infra.db.session import UnitOfWork
 from infra.messaging.outbox import add_to_outbox
 from infra.messaging.publisher import Outgoing, Publisher
@@ -22,36 +19,13 @@ from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from tests.support.polling import eventually
+from tests.support.seed import paid_order
 
 pytestmark = pytest.mark.integration
 
 
 async def _paid_order(uow: UnitOfWork) -> OrderPaid:
-    now = datetime.now(UTC)
-    order = Order(
-        order_id=uuid.uuid4(),
-        order_name="Metrics poster",
-        amount=Decimal("8.00"),
-        currency="USD",
-        customer_email="m@example.com",
-        customer_name="M",
-        status="PAID",
-        created_at=now,
-        updated_at=now,
-    )
-    async with uow() as session:
-        session.add(order)
-        await session.commit()
-    return OrderPaid(
-        order_id=order.order_id,
-        checkout_id=uuid.uuid4(),
-        payment_id=uuid.uuid4(),
-        order_name=order.order_name,
-        amount=order.amount,
-        currency="USD",
-        customer=Customer(email="m@example.com", name="M"),
-        paid_at=now,
-    )
+    return await paid_order(uow, name="Metrics poster", email="m@example.com", customer_name="M")
 
 
 def _value(text: str, name: str, **labels: str) -> float:

@@ -185,7 +185,8 @@ def test_without_a_key_it_says_where_the_key_comes_from(
     assert code == 1
     err = capsys.readouterr().err
     assert f"No API key: {tmp_path / 'no-such-key'} does not exist" in err
-    assert "make run" in err and "CHECKOUT_API_KEY" in err
+    assert "make run" in err
+    assert "CHECKOUT_API_KEY" in err
 
 
 def test_it_sends_the_development_key_from_its_file(

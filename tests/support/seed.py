@@ -1,0 +1,80 @@
+"""Rows a test needs to exist before it publishes a message about them.
+
+The consumers and the payment step act only on what the database says was paid or
+charged (`consumers.effects.ensure_paid`, `PaymentStep._check`), so a test that
+publishes an `OrderPaid` by hand first writes the order, its PAID checkout and its
+payment, as the saga would have.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from contracts import Customer, OrderPaid
+from infra.db.models import Checkout, Order, Payment
+from infra.db.session import UnitOfWork
+
+
+async def paid_order(
+    uow: UnitOfWork,
+    *,
+    name: str = "Seeded poster",
+    amount: Decimal = Decimal("8.00"),
+    currency: str = "USD",
+    email: str = "seeded@example.com",
+    customer_name: str = "Seeded",
+) -> OrderPaid:
+    """Write a PAID order, checkout and payment; return the OrderPaid the saga would send."""
+    now = datetime.now(UTC)
+    order_id, checkout_id, payment_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with uow() as session:
+        session.add(
+            Order(
+                order_id=order_id,
+                order_name=name,
+                amount=amount,
+                currency=currency,
+                customer_email=email,
+                customer_name=customer_name,
+                status="PAID",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.flush()
+        session.add(
+            Checkout(
+                checkout_id=checkout_id,
+                order_id=order_id,
+                state="PAID",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.flush()
+        session.add(
+            Payment(
+                payment_id=payment_id,
+                checkout_id=checkout_id,
+                order_id=order_id,
+                amount=amount,
+                currency=currency,
+                status="SUCCESSFUL",
+                provider_payment_id="seeded",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.commit()
+    return OrderPaid(
+        order_id=order_id,
+        checkout_id=checkout_id,
+        payment_id=payment_id,
+        order_name=name,
+        amount=amount,
+        currency=currency,
+        customer=Customer(email=email, name=customer_name),
+        paid_at=now,
+    )
