@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import stat
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -100,6 +102,19 @@ async def test_the_demo_shows_paid_failed_and_retried_checkouts(system: System) 
     flaky = [r for r in results if r["amount"].endswith(".02")]
     assert flaky
     assert flaky[0]["state"] == "PAID"
+
+
+async def test_up_made_a_private_development_key_and_printed_where_it_is(system: System) -> None:
+    path = Path(system.env["CHECKOUT_DEV_KEY_FILE"])
+    token = path.read_text().strip()
+    assert token.startswith("ck_")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    output = system.log.read_text(errors="replace")
+    assert f'"api_key_file": "{path}"' in output  # the ready banner (JSON on a pipe)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{system.api}/orders")).status_code == 401
+        authorised = await client.get(f"{system.api}/orders", headers=system.auth)
+        assert authorised.status_code == 200
 
 
 async def test_sigterm_stops_every_part_gracefully(system: System) -> None:
