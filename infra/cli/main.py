@@ -77,6 +77,21 @@ def migrate() -> None:
 
 
 @app.command()
+def declare() -> None:
+    """Declare the broker topology (exchanges, queues, wait and dead-letter queues)."""
+    import asyncio
+
+    from infra.cli.supervisor import StartupError, prepare_broker
+
+    settings = settings_or_exit()
+    try:
+        asyncio.run(prepare_broker(settings))
+    except StartupError as exc:
+        fail(str(exc))
+    typer.echo(f"broker topology of namespace {settings.namespace} declared")
+
+
+@app.command()
 def api() -> None:
     """Run the HTTP API alone."""
     settings = settings_or_exit()

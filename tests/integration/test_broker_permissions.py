@@ -78,12 +78,13 @@ async def rabbitmqctl(*args: str, stdin: bytes | None = None) -> str:
 
 
 async def compose_broker_setup(env: dict[str, str]) -> None:
-    """Run compose.yaml's broker-setup command (`python -c ...`) here, with `env`."""
+    """Run compose.yaml's broker-setup command (`checkout declare`) here, with `env`."""
     service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["broker-setup"]
-    assert service["entrypoint"][0] == "python"
+    assert "entrypoint" not in service  # the image's: `checkout`
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *service["entrypoint"][1:],
+        "-m",
+        "infra.cli",
         *service["command"],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
