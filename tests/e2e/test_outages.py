@@ -34,6 +34,10 @@ async def cli(system: System, *args: str) -> tuple[int, Any]:
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
+    if process.returncode != 0 and not stdout.strip():  # say why, not "None is not ..."
+        raise AssertionError(
+            f"checkout {' '.join(args)} exited {process.returncode}: {stderr.decode()[-2000:]}"
+        )
     try:
         return process.returncode, json.loads(stdout) if stdout.strip() else None
     except json.JSONDecodeError:
