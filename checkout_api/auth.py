@@ -101,7 +101,12 @@ class AuthMiddleware:
         token = _bearer_token(scope)
         if token is None:
             await self._unauthenticated(
-                scope, receive, send, "send the header Authorization: Bearer <API key>", None
+                scope,
+                receive,
+                send,
+                "send the header Authorization: Bearer <API key>; `checkout apikey create` "
+                "makes a key, and `make run` keeps a development key in .checkout/dev-api-key",
+                None,
             )
             return
         try:

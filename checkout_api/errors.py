@@ -96,6 +96,8 @@ def _validation_entries(exc: RequestValidationError) -> list[tuple[str, str]]:
         loc = tuple(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             entries.append(("body", "is not valid JSON"))
+        elif error.get("type") == "extra_forbidden" and loc and loc[0] == "body":
+            entries.append((field_name(loc), "is not a field of this request; remove it"))
         else:
             entries.append((field_name(loc), str(error.get("msg", "is invalid"))))
     return entries
