@@ -131,7 +131,8 @@ class BenchSystem:
         """Headers with a clerk key for the load generator."""
         engine = create_engine(self.settings, pool_size=1)
         try:
-            made = await create_key(engine, "bench", Role.clerk)
+            # Unique: --keep-search-db keeps the database, and its keys, between runs.
+            made = await create_key(engine, f"bench-{uuid.uuid4().hex[:8]}", Role.clerk)
         finally:
             await engine.dispose()
         return {"Authorization": f"Bearer {made.token}"}
