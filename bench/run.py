@@ -26,6 +26,9 @@ the database's transactions and rows per checkout come from `pg_stat_database`.
 
 The exit status is 1 when the end-of-run check (`bench.check`) found a problem.
 
+`--relay-only` stops after the raw limits and the relay alone: the relay's figure and
+its ratio to the raw confirmed-publish rate in well under a minute.
+
 `--search-million` is the other mode: a million orders in a database of their own, then
 `GET /orders?name=` timed (see `bench.search`). `--smoke` is a few-second run for the
 test suite.
@@ -70,7 +73,7 @@ from bench.observe import (
     memory_mb,
 )
 from bench.stats import ratio, summary
-from bench.system import BenchSystem, amqp_url
+from bench.system import BenchSystem, Part, amqp_url
 
 PAID_AMOUNT = "10.00"  # the simulated Payment Service takes it
 DECLINED_AMOUNT = "10.01"  # ... and declines this one
@@ -126,6 +129,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--raw-seconds", type=float, default=5.0)
     parser.add_argument("--relay-rows", type=int, default=8000)
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="stop after the raw limits and the relay alone (no other part, no load phases)",
+    )
     parser.add_argument(
         "--drain-seconds",
         type=float,
@@ -393,7 +401,6 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "check": None,
         "search": None,
     }
-    client = None
     keep_logs = True  # the parts' logs are removed only after a run that went well
     wall_start = time.monotonic()
     try:
@@ -431,16 +438,55 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             args.relay_rows,
             lambda: {"relay": relay.pid},
         )
+        raw_pub = report["raw"]["amqp_confirmed_publish"]["per_s"]
+        report["ratios"] = {
+            "relay_alone_to_raw_publish": ratio(report["raw"]["relay_alone"]["per_s"], raw_pub),
+        }
+        if args.relay_only:
+            relay_rss = memory_mb(relay.pid)
+            report["processes"]["relay"] = {
+                "steady_rss_mb": relay_rss["rss_mb"],
+                "peak_rss_mb": relay_rss["peak_rss_mb"],
+            }
+            crashed = system.exited()
+            if crashed:
+                report["notes"].append(f"parts exited during the run: {', '.join(crashed)}")
+            keep_logs = bool(crashed)
+        else:
+            keep_logs = await checkout_phases(args, system, report, planned, relay)
+    finally:
+        say("stopping the system")
+        await asyncio.to_thread(system.stop)
+        await system.cleanup()
+        if keep_logs:
+            say(f"the parts' logs are kept in {system.log_dir}")
+        else:
+            system.forget_logs()
+    report["wall_seconds"] = round(time.monotonic() - wall_start, 1)
+    report["targets"] = reporting.measured_targets(report)
+    return report
+
+
+async def checkout_phases(
+    args: argparse.Namespace,
+    system: BenchSystem,
+    report: dict[str, Any],
+    planned: list[Part],
+    relay: Part,
+) -> bool:
+    """Every part but the (running) relay started, then the load phases and the check.
+
+    Fills `report`; returns whether the parts' logs may be removed (a clean run).
+    """
+    client = None
+    keep_logs = True
+    try:
         rest = [p for p in planned if p is not relay]
         system.start(rest)
         await system.wait_ready(rest)
         say(f"system up: {', '.join(p.name for p in system.parts)}")
 
         raw_tx = report["raw"]["pg_two_insert_tx"]["per_s"]
-        raw_pub = report["raw"]["amqp_confirmed_publish"]["per_s"]
-        report["ratios"] = {
-            "relay_alone_to_raw_publish": ratio(report["raw"]["relay_alone"]["per_s"], raw_pub),
-        }
 
         client = make_client(system.api, max(args.concurrency, 32), args.client, system.auth)
         report["config"]["http_client"] = client.kind
@@ -601,16 +647,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if client is not None:
             await client.aclose()
-        say("stopping the system")
-        await asyncio.to_thread(system.stop)
-        await system.cleanup()
-        if keep_logs:
-            say(f"the parts' logs are kept in {system.log_dir}")
-        else:
-            system.forget_logs()
-    report["wall_seconds"] = round(time.monotonic() - wall_start, 1)
-    report["targets"] = reporting.measured_targets(report)
-    return report
+    return keep_logs
 
 
 def start_profiles(
