@@ -5,18 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.expression import Executable
-
-from consumers.effects import call_once
+from consumers.effects import Statement, call_once
 from contracts import OrderPaid
-from infra.db.models import EmailNotification
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
 from infra.logging import mask_email
 from infra.messaging.consumer import Delivery, Handled
 
 CONSUMER = "email"
+
+_INSERT_SENT = (
+    "INSERT INTO email_notifications (order_id, checkout_id, source_message_id, recipient,"
+    " sent_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
 
 
 def confirmation(event: OrderPaid) -> dict[str, str]:
@@ -40,17 +41,16 @@ class EmailConsumer:
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
-        def row(_: Any) -> Executable:
+        def row(_: Any) -> Statement:
             return (
-                insert(EmailNotification)
-                .values(
-                    order_id=event.order_id,
-                    checkout_id=event.checkout_id,
-                    source_message_id=delivery.message_id,
-                    recipient=event.customer.email,
-                    sent_at=datetime.now(UTC),
-                )
-                .on_conflict_do_nothing()
+                _INSERT_SENT,
+                (
+                    event.order_id,
+                    event.checkout_id,
+                    delivery.message_id,
+                    event.customer.email,
+                    datetime.now(UTC),
+                ),
             )
 
         return await call_once(

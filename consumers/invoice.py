@@ -6,15 +6,20 @@ import uuid
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy.dialects.postgresql import insert
 
 from consumers.effects import record_effect
 from contracts import OrderPaid
-from infra.db.models import Invoice
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 
 CONSUMER = "invoice"
+
+# One invoice per order even if a second, distinct OrderPaid ever arrived.
+_INSERT_INVOICE = (
+    "INSERT INTO invoices (invoice_id, order_id, checkout_id, amount, currency, status,"
+    " source_message_id, created_at, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, 'CREATED', %s, %s, %s) ON CONFLICT (order_id) DO NOTHING"
+)
 
 
 class InvoiceConsumer:
@@ -26,25 +31,22 @@ class InvoiceConsumer:
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(event.order_id))
         now = datetime.now(UTC)
-        # One invoice per order even if a second, distinct OrderPaid ever arrived.
         row = (
-            insert(Invoice)
-            .values(
-                invoice_id=uuid.uuid4(),
-                order_id=event.order_id,
-                checkout_id=event.checkout_id,
-                amount=event.amount,
-                currency=event.currency,
-                status="CREATED",
-                source_message_id=delivery.message_id,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=[Invoice.order_id])
+            _INSERT_INVOICE,
+            (
+                uuid.uuid4(),
+                event.order_id,
+                event.checkout_id,
+                event.amount,
+                event.currency,
+                delivery.message_id,
+                now,
+                now,
+            ),
         )
-        async with self._uow() as session:
+        async with self._uow.transaction() as conn:
             applied = await record_effect(
-                session,
+                conn,
                 consumer=CONSUMER,
                 event=event,
                 delivery=delivery,
@@ -53,5 +55,4 @@ class InvoiceConsumer:
             )
             if not applied:
                 return Handled.DUPLICATE
-            await session.commit()
         return Handled.DONE

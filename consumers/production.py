@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.expression import Executable
-
-from consumers.effects import call_once
+from consumers.effects import Statement, call_once
 from contracts import OrderPaid
-from infra.db.models import ProductionSubmission
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
 from infra.messaging.consumer import Delivery, Handled
 
 CONSUMER = "production"
+
+_INSERT_SUBMITTED = (
+    "INSERT INTO production_submissions (order_id, checkout_id, source_message_id,"
+    " production_reference, submitted_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
 
 
 def production_order(event: OrderPaid) -> dict[str, Any]:
@@ -42,17 +43,16 @@ class ProductionConsumer:
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
-        def row(body: Any) -> Executable:
+        def row(body: Any) -> Statement:
             return (
-                insert(ProductionSubmission)
-                .values(
-                    order_id=event.order_id,
-                    checkout_id=event.checkout_id,
-                    source_message_id=delivery.message_id,
-                    production_reference=_reference(body),
-                    submitted_at=datetime.now(UTC),
-                )
-                .on_conflict_do_nothing()
+                _INSERT_SUBMITTED,
+                (
+                    event.order_id,
+                    event.checkout_id,
+                    delivery.message_id,
+                    _reference(body),
+                    datetime.now(UTC),
+                ),
             )
 
         return await call_once(

@@ -65,7 +65,8 @@ def configure_logging(settings: Settings, component: str) -> None:
     faststream_logger = logging.getLogger("faststream")
     faststream_logger.handlers.clear()
     faststream_logger.propagate = True
-    for noisy in ("aiormq", "aio_pika", "httpx", "httpcore"):
+    # psycopg's pool logs every connection handed out and returned at INFO.
+    for noisy in ("aiormq", "aio_pika", "httpx", "httpcore", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(component=component)

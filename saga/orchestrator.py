@@ -5,25 +5,29 @@ across every saga instance), claim the message in the inbox, decide with the pur
 state machine, then write the new state, its step, the effects and their outbox
 messages, and commit. A crash anywhere before the commit leaves nothing behind and
 the message is redelivered.
+
+Every message of every checkout passes here, so the statements are plain SQL on the
+transaction's psycopg connection (`UnitOfWork.transaction`): the ORM's identity map,
+change tracking and flush cost several times the statements themselves.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import structlog
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import ChargePayment, Customer, OrderPaid, OrderPaymentFailed
 from infra import metrics
-from infra.db.models import Checkout, CheckoutStep, Order, Payment
 from infra.db.session import UnitOfWork
 from infra.messaging import inbox
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
-from infra.messaging.outbox import add_to_outbox
+from infra.messaging.outbox import outbox_row
 from saga.state_machine import (
     CheckoutState,
     CompletePayment,
@@ -38,6 +42,49 @@ log = structlog.get_logger()
 
 CONSUMER = "saga"
 
+Statement = tuple[str, tuple[Any, ...]]
+"""One write: SQL with `%s` placeholders and its parameters."""
+
+_LOAD = (
+    "SELECT c.state, o.order_id, o.order_name, o.amount, o.currency,"
+    " o.customer_email, o.customer_name, p.payment_id"
+    " FROM checkouts c JOIN orders o ON o.order_id = c.order_id"
+    " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
+    " WHERE c.checkout_id = %s FOR UPDATE OF c"
+)
+"""The checkout, locked, with its order and its payment if it has one yet (only the saga
+writes payments, under this lock, so the row cannot change before the commit)."""
+_INSERT_PAYMENT = (
+    "INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,"
+    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'PENDING', %s, %s)"
+)
+_SETTLE_PAYMENT = (
+    "UPDATE payments SET status = %s, provider_payment_id = %s, failure_reason = %s,"
+    " updated_at = %s WHERE payment_id = %s"
+)
+_SET_ORDER_STATUS = "UPDATE orders SET status = %s, updated_at = %s WHERE order_id = %s"
+_SET_STATE = (
+    "UPDATE checkouts SET state = %s, failure_reason = %s, updated_at = %s WHERE checkout_id = %s"
+)
+_INSERT_STEP = (
+    "INSERT INTO checkout_steps (checkout_id, name, status, at, detail) VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """The locked checkout's state and what its effects need of its order."""
+
+    checkout_id: uuid.UUID
+    state: str
+    order_id: uuid.UUID
+    order_name: str
+    amount: Decimal
+    currency: str
+    customer_email: str
+    customer_name: str
+    payment_id: uuid.UUID | None
+
 
 class CheckoutSaga:
     """Drives checkouts from STARTED to PAID or FAILED."""
@@ -46,131 +93,134 @@ class CheckoutSaga:
         self._uow = uow
 
     async def handle(self, message: SagaInput, delivery: Delivery) -> Handled:
-        async with self._uow() as session:
-            row = (
-                await session.execute(
-                    select(Checkout, Order)
-                    .join(Order, Order.order_id == Checkout.order_id)
-                    .where(Checkout.checkout_id == message.checkout_id)
-                    .with_for_update(of=Checkout)
-                )
-            ).first()
-            if row is None:
+        # Pipelined: BEGIN, the lock and the claim travel together, and so do the
+        # writes with the COMMIT: two round trips for the whole transition.
+        async with self._uow.transaction() as conn, conn.pipeline():
+            load = await conn.execute(_LOAD, (message.checkout_id,))
+            # Claimed after the lock (same pipeline, in order): a duplicate waits for
+            # the first copy to commit.
+            claimed = await inbox.claim(conn, CONSUMER, delivery.message_id)
+            found = await load.fetchone()
+            if found is None:
                 raise PermanentFailure(f"no checkout {message.checkout_id}")
-            checkout, order = row
-            structlog.contextvars.bind_contextvars(order_id=str(order.order_id))
-            # Claimed after the lock: a duplicate waits for the first copy to commit.
-            if not await inbox.claim(session, CONSUMER, delivery.message_id):
+            checkout = _Loaded(message.checkout_id, *found)
+            structlog.contextvars.bind_contextvars(order_id=str(checkout.order_id))
+            if not claimed:
                 log.info("duplicate message skipped")
                 return Handled.DUPLICATE
 
             previous = CheckoutState(checkout.state)
             transition = decide(previous, message)
             now = datetime.now(UTC)
+            writes: list[Statement] = []
             for effect in transition.effects:
-                await self._apply(session, effect, checkout, order, message, now)
+                writes.extend(self._apply(effect, checkout, now))
             if transition.changed:
-                checkout.state = transition.state
-                checkout.failure_reason = transition.failure_reason
-                checkout.updated_at = now
-            session.add(
-                CheckoutStep(
-                    checkout_id=checkout.checkout_id,
-                    name=transition.step.name,
-                    status=transition.step.status,
-                    at=now,
-                    detail=transition.step.detail,
+                writes.append(
+                    (
+                        _SET_STATE,
+                        (
+                            str(transition.state),
+                            transition.failure_reason,
+                            now,
+                            checkout.checkout_id,
+                        ),
+                    )
+                )
+            step = transition.step
+            writes.append(
+                (
+                    _INSERT_STEP,
+                    (checkout.checkout_id, step.name, str(step.status), now, step.detail),
                 )
             )
-            await session.commit()
+            await conn.execute(*_as_one(writes))
+            # COMMIT as a statement of the pipeline: it travels with the writes and the
+            # pipeline's closing sync, where `conn.commit()` would cost a round trip
+            # more. A failed commit raises as the block ends, like any statement.
+            await conn.execute("COMMIT")
         if transition.changed:
             metrics.SAGA_TRANSITIONS.labels(previous, transition.state).inc()
         log.info("checkout transition", state=transition.state, step=transition.step.name)
         return Handled.DONE
 
-    async def _apply(
-        self,
-        session: AsyncSession,
-        effect: Effect,
-        checkout: Checkout,
-        order: Order,
-        message: SagaInput,
-        now: datetime,
-    ) -> None:
+    def _apply(self, effect: Effect, checkout: _Loaded, now: datetime) -> list[Statement]:
+        """The writes of one effect, to be run with the transition's others."""
         match effect:
             case RequestPayment():
                 payment_id = uuid.uuid4()
-                session.add(
-                    Payment(
-                        payment_id=payment_id,
-                        checkout_id=checkout.checkout_id,
-                        order_id=order.order_id,
-                        amount=order.amount,
-                        currency=order.currency,
-                        status="PENDING",
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
                 charge = ChargePayment(
                     checkout_id=checkout.checkout_id,
-                    order_id=order.order_id,
+                    order_id=checkout.order_id,
                     payment_id=payment_id,
-                    amount=order.amount,
-                    currency=order.currency,
+                    amount=checkout.amount,
+                    currency=checkout.currency,
                 )
-                add_to_outbox(session, charge, correlation_id=checkout.checkout_id)
+                return [
+                    (
+                        _INSERT_PAYMENT,
+                        (
+                            payment_id,
+                            checkout.checkout_id,
+                            checkout.order_id,
+                            checkout.amount,
+                            checkout.currency,
+                            now,
+                            now,
+                        ),
+                    ),
+                    outbox_row(charge, correlation_id=checkout.checkout_id),
+                ]
             case CompletePayment(provider_payment_id=reference):
-                payment_id = await self._settle_payment(
-                    session, checkout, now, status="SUCCESSFUL", provider_payment_id=reference
-                )
-                order.status, order.updated_at = "PAID", now
+                payment_id = _payment_of(checkout)
                 paid = OrderPaid(
-                    order_id=order.order_id,
+                    order_id=checkout.order_id,
                     checkout_id=checkout.checkout_id,
                     payment_id=payment_id,
-                    order_name=order.order_name,
-                    amount=order.amount,
-                    currency=order.currency,
-                    customer=Customer(email=order.customer_email, name=order.customer_name),
+                    order_name=checkout.order_name,
+                    amount=checkout.amount,
+                    currency=checkout.currency,
+                    customer=Customer(email=checkout.customer_email, name=checkout.customer_name),
                     paid_at=now,
                 )
-                add_to_outbox(session, paid, correlation_id=checkout.checkout_id)
+                return [
+                    (_SETTLE_PAYMENT, ("SUCCESSFUL", reference, None, now, payment_id)),
+                    (_SET_ORDER_STATUS, ("PAID", now, checkout.order_id)),
+                    outbox_row(paid, correlation_id=checkout.checkout_id),
+                ]
             case FailPayment(reason=reason):
-                await self._settle_payment(
-                    session, checkout, now, status="FAILED", failure_reason=reason
-                )
-                order.status, order.updated_at = "FAILED", now
+                payment_id = _payment_of(checkout)
                 failed = OrderPaymentFailed(
-                    order_id=order.order_id,
+                    order_id=checkout.order_id,
                     checkout_id=checkout.checkout_id,
                     reason=reason,
                     failed_at=now,
                 )
-                add_to_outbox(session, failed, correlation_id=checkout.checkout_id)
+                return [
+                    (_SETTLE_PAYMENT, ("FAILED", None, reason, now, payment_id)),
+                    (_SET_ORDER_STATUS, ("FAILED", now, checkout.order_id)),
+                    outbox_row(failed, correlation_id=checkout.checkout_id),
+                ]
 
-    async def _settle_payment(
-        self,
-        session: AsyncSession,
-        checkout: Checkout,
-        now: datetime,
-        *,
-        status: str,
-        provider_payment_id: str | None = None,
-        failure_reason: str | None = None,
-    ) -> uuid.UUID:
-        statement = (
-            update(Payment)
-            .where(Payment.checkout_id == checkout.checkout_id)
-            .values(
-                status=status,
-                provider_payment_id=provider_payment_id,
-                failure_reason=failure_reason,
-                updated_at=now,
-            )
-            .returning(Payment.payment_id)
-        )
-        payment_id = (await session.execute(statement)).scalar_one_or_none()
-        if payment_id is None:
-            raise PermanentFailure(f"checkout {checkout.checkout_id} has no payment to settle")
-        return payment_id
+
+def _payment_of(checkout: _Loaded) -> uuid.UUID:
+    """The checkout's payment, which settling needs; PermanentFailure if it has none."""
+    if checkout.payment_id is None:
+        raise PermanentFailure(f"checkout {checkout.checkout_id} has no payment to settle")
+    return checkout.payment_id
+
+
+def _as_one(writes: list[Statement]) -> Statement:
+    """Several writes as one statement: all but the last as data-modifying CTEs.
+
+    One statement is one message to the server and one result back, where each write
+    on its own costs psycopg and PostgreSQL a round of their own. PostgreSQL runs every
+    data-modifying CTE to completion, on one snapshot: right here, as no write of a
+    transition reads what another one writes, and none touches another's row.
+    """
+    if len(writes) == 1:
+        return writes[0]
+    *ctes, (last, last_params) = writes
+    sql = "WITH " + ", ".join(f"w{i} AS ({cte})" for i, (cte, _) in enumerate(ctes))
+    params = tuple(param for _, cte_params in ctes for param in cte_params)
+    return f"{sql} {last}", params + last_params

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import text
 
 from contracts import ChargePayment, PaymentDeclined, PaymentSucceeded
 from infra.db.session import UnitOfWork
@@ -42,9 +41,8 @@ def reply_id(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(command_id, "payment-reply")
 
 
-_PAYMENT = text(
-    "SELECT order_id, amount, currency FROM payments "
-    "WHERE payment_id = :payment_id AND checkout_id = :checkout_id"
+_PAYMENT = (
+    "SELECT order_id, amount, currency FROM payments WHERE payment_id = %s AND checkout_id = %s"
 )
 
 
@@ -61,19 +59,15 @@ class PaymentStep:
 
     async def _check(self, command: ChargePayment) -> None:
         """PermanentFailure unless the saga recorded exactly this payment."""
-        async with self._uow() as session:
-            row = (
-                await session.execute(
-                    _PAYMENT,
-                    {"payment_id": command.payment_id, "checkout_id": command.checkout_id},
-                )
-            ).first()
+        async with self._uow.reads() as conn:
+            cursor = await conn.execute(_PAYMENT, (command.payment_id, command.checkout_id))
+            row = await cursor.fetchone()
         if row is None:
             raise PermanentFailure(
                 f"no payment {command.payment_id} of checkout {command.checkout_id}: "
                 "not charging a payment this system did not record"
             )
-        if (row.order_id, row.amount, row.currency) != (
+        if tuple(row) != (
             command.order_id,
             command.amount,
             command.currency,

@@ -12,6 +12,12 @@ Concurrency, in the order the transaction meets it:
    only makes violating it rare. A violation, or a concurrent request that stored the
    same Idempotency-Key first (ON CONFLICT DO NOTHING inserts nothing), rolls the
    attempt back and runs it again, which then finds the winner's checkout or key.
+
+Every checkout request runs this, so it is plain SQL on the transaction's psycopg
+connection in pipeline mode: the lock and the active-checkout lookup travel together
+(in that order: the server runs a pipeline's statements one after the other, so the
+lookup still starts after the lock is held), then the inserts, the key and the
+COMMIT. About four round trips, where SQLAlchemy statements one by one took ten.
 """
 
 from __future__ import annotations
@@ -21,24 +27,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
+from psycopg.types.json import Jsonb
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.checkout_views import load_active_checkout
 from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
-from checkout_api.usecases.sql import (
-    FIND_KEY,
-    INSERT_CHECKOUT,
-    INSERT_STEP,
-    LOCK_ORDER,
-    REOPEN_ORDER,
-    STORE_KEY,
-)
 from contracts import CheckoutRequested
+from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
-from infra.messaging.outbox import add_to_outbox
+from infra.messaging.outbox import insert_outbox
 from infra.tracing import current_trace_id
 
 log = structlog.get_logger(__name__)
@@ -46,6 +45,34 @@ log = structlog.get_logger(__name__)
 ACCEPTED = 202
 REQUESTED_STEP = "checkout.requested"
 _ATTEMPTS = 3
+
+_FIND_KEY = (
+    "SELECT order_id, checkout_id, status_code, response FROM idempotency_keys WHERE key = %s"
+)
+_LOCK_ORDER = "SELECT status FROM orders WHERE order_id = %s FOR UPDATE"
+"""The order's status, locking its row until the transaction ends."""
+_ACTIVE_CHECKOUT = (
+    "SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,"
+    " s.name, s.status, s.at, s.detail"
+    " FROM checkouts c LEFT OUTER JOIN checkout_steps s ON s.checkout_id = c.checkout_id"
+    " WHERE c.order_id = %s AND c.state = ANY(%s) ORDER BY s.id"
+)
+"""The order's active checkout with its steps; the partial unique index allows one."""
+_ACTIVE_STATES = list(ACTIVE_CHECKOUT_STATES)
+
+_INSERT_CHECKOUT = (
+    "INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,"
+    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_INSERT_STEP = (
+    "INSERT INTO checkout_steps (checkout_id, name, status, at, detail) VALUES (%s, %s, %s, %s, %s)"
+)
+_REOPEN_ORDER = "UPDATE orders SET status = 'PENDING', updated_at = %s WHERE order_id = %s"
+_STORE_KEY = (
+    "INSERT INTO idempotency_keys (key, order_id, checkout_id, status_code, response, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+"""Store a key's first response; returns no row if another request stored it first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +96,7 @@ async def checkout_order(
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return await _attempt(uow, order_id, idempotency_key)
-        except (_Raced, IntegrityError):
+        except (_Raced, IntegrityError, psycopg.IntegrityError):
             if attempt == _ATTEMPTS:
                 raise
             log.info("checkout raced with a concurrent request; retrying", attempt=attempt)
@@ -77,53 +104,71 @@ async def checkout_order(
 
 
 async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> CheckoutOutcome:
-    async with uow() as session:
-        conn = await session.connection()
+    async with uow.transaction() as conn, conn.pipeline():
         if key is not None:
-            stored = (await conn.execute(FIND_KEY, {"key": key})).first()
+            stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
             if stored is not None:
-                if stored.order_id != order_id:
+                stored_order, stored_checkout, stored_status, response = stored
+                if stored_order != order_id:
                     raise IdempotencyKeyReused()
                 # JSONB does not keep key order; the model restores the document's.
-                body = CheckoutOut.model_validate(stored.response).model_dump(mode="json")
-                return CheckoutOutcome(stored.checkout_id, stored.status_code, body, started=False)
+                body = CheckoutOut.model_validate(response).model_dump(mode="json")
+                return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
 
-        status = (await conn.execute(LOCK_ORDER, {"order_id": order_id})).scalar_one_or_none()
-        if status is None:
+        locked = await conn.execute(_LOCK_ORDER, (order_id,))
+        active = await conn.execute(_ACTIVE_CHECKOUT, (order_id, _ACTIVE_STATES))
+        found = await locked.fetchone()
+        if found is None:
             raise OrderNotFound(order_id)
+        status = found[0]
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
 
-        checkout = await load_active_checkout(conn, order_id)
+        checkout = _checkout(await active.fetchall())
         started = checkout is None
         if checkout is None:
-            checkout = await _start(session, conn, order_id, status, key)
+            checkout = await _start(conn, order_id, status, key)
         body = checkout.model_dump(mode="json")
 
         if key is not None:
             stored_key = await conn.execute(
-                STORE_KEY,
-                {
-                    "key": key,
-                    "order_id": order_id,
-                    "checkout_id": checkout.checkout_id,
-                    "status_code": ACCEPTED,
-                    "response": body,
-                    "created_at": datetime.now(UTC),
-                },
+                _STORE_KEY,
+                (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
             )
-            if stored_key.first() is None:
+            if await stored_key.fetchone() is None:
                 raise _Raced()
-        await session.commit()
+        # COMMIT as a statement of the pipeline: it travels with the writes and the
+        # pipeline's closing sync. A failed commit (or a unique violation of the
+        # inserts) raises as the block ends, like any statement.
+        await conn.execute("COMMIT")
 
     if started:
         log.info("checkout started", checkout_id=str(checkout.checkout_id))
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)
 
 
+def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut | None:
+    """The active checkout and its steps from `_ACTIVE_CHECKOUT`'s rows, or None."""
+    if not rows:
+        return None
+    checkout_id, order_id, state, failure_reason, created_at, updated_at = rows[0][:6]
+    return CheckoutOut(
+        checkout_id=checkout_id,
+        order_id=order_id,
+        state=state,
+        failure_reason=failure_reason,
+        steps=[
+            StepOut(name=name, status=status, at=at.astimezone(UTC), detail=detail)
+            for name, status, at, detail in (row[6:] for row in rows)
+            if name is not None
+        ],
+        created_at=created_at.astimezone(UTC),
+        updated_at=updated_at.astimezone(UTC),
+    )
+
+
 async def _start(
-    session: AsyncSession,
-    conn: AsyncConnection,
+    conn: psycopg.AsyncConnection[Any],
     order_id: uuid.UUID,
     order_status: str,
     key: str | None,
@@ -139,22 +184,13 @@ async def _start(
         detail=_request_detail(key, trace_id),
     )
     await conn.execute(
-        INSERT_CHECKOUT,
-        {
-            "checkout_id": checkout_id,
-            "order_id": order_id,
-            "state": "STARTED",
-            "failure_reason": None,
-            "trace_id": trace_id,
-            "created_at": now,
-            "updated_at": now,
-        },
+        _INSERT_CHECKOUT, (checkout_id, order_id, "STARTED", None, trace_id, now, now)
     )
-    await conn.execute(INSERT_STEP, {"checkout_id": checkout_id, **step.model_dump()})
+    await conn.execute(_INSERT_STEP, (checkout_id, step.name, step.status, step.at, step.detail))
     if order_status != "PENDING":  # a FAILED order is pending again while it is retried
-        await conn.execute(REOPEN_ORDER, {"target": order_id, "now": now})
-    add_to_outbox(
-        session,
+        await conn.execute(_REOPEN_ORDER, (now, order_id))
+    await insert_outbox(
+        conn,
         CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now),
         correlation_id=checkout_id,
     )

@@ -10,7 +10,7 @@ from sqlalchemy import Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.sql import ACTIVE_CHECKOUT, CHECKOUT_BY_ID
+from checkout_api.usecases.sql import CHECKOUT_BY_ID
 
 
 async def _load(
@@ -38,8 +38,3 @@ async def _load(
 async def load_checkout(conn: AsyncConnection, checkout_id: uuid.UUID) -> CheckoutOut | None:
     """The checkout and its steps, or None if there is no such checkout."""
     return await _load(conn, CHECKOUT_BY_ID, {"checkout_id": checkout_id})
-
-
-async def load_active_checkout(conn: AsyncConnection, order_id: uuid.UUID) -> CheckoutOut | None:
-    """The order's active (STARTED or PAYMENT_PENDING) checkout; at most one exists."""
-    return await _load(conn, ACTIVE_CHECKOUT, {"order_id": order_id})

@@ -3,8 +3,8 @@
 Building a statement costs more CPU than running it on a warm connection: SQLAlchemy
 coerces every clause and computes a cache key. A module-level statement is built at
 import (pure data, no I/O) and memoises its cache key, so each request only binds
-values. Statements run on the session's connection, skipping the ORM layer; only
-the outbox row goes through the session (`add_to_outbox`).
+values. Statements run on the session's connection, skipping the ORM layer. (The
+checkout itself is plain SQL over psycopg: `checkout_order.py`.)
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from infra.db.models import (
-    ACTIVE_CHECKOUT_STATES,
     Checkout,
     CheckoutStep,
-    IdempotencyKey,
     Invoice,
     Order,
     Payment,
@@ -42,36 +38,8 @@ checkouts = cast(Table, Checkout.__table__)
 checkout_steps = cast(Table, CheckoutStep.__table__)
 payments = cast(Table, Payment.__table__)
 invoices = cast(Table, Invoice.__table__)
-idempotency_keys = cast(Table, IdempotencyKey.__table__)
 
 INSERT_ORDER = insert(orders)
-INSERT_CHECKOUT = insert(checkouts)
-INSERT_STEP = insert(checkout_steps)
-
-LOCK_ORDER = (
-    select(orders.c.status).where(orders.c.order_id == bindparam("order_id")).with_for_update()
-)
-"""The order's status, locking its row until the transaction ends."""
-
-REOPEN_ORDER = (
-    update(orders)
-    .where(orders.c.order_id == bindparam("target"))
-    .values(status="PENDING", updated_at=bindparam("now"))
-)
-
-FIND_KEY = select(
-    idempotency_keys.c.order_id,
-    idempotency_keys.c.checkout_id,
-    idempotency_keys.c.status_code,
-    idempotency_keys.c.response,
-).where(idempotency_keys.c.key == bindparam("key"))
-
-STORE_KEY = (
-    pg_insert(idempotency_keys)
-    .on_conflict_do_nothing(index_elements=[idempotency_keys.c.key])
-    .returning(idempotency_keys.c.key)
-)
-"""Store a key's first response; returns no row if another request stored it first."""
 
 _CHECKOUT_WITH_STEPS = (
     select(
@@ -91,11 +59,6 @@ _CHECKOUT_WITH_STEPS = (
     .order_by(checkout_steps.c.id)
 )
 CHECKOUT_BY_ID = _CHECKOUT_WITH_STEPS.where(checkouts.c.checkout_id == bindparam("checkout_id"))
-ACTIVE_CHECKOUT = _CHECKOUT_WITH_STEPS.where(
-    checkouts.c.order_id == bindparam("order_id"),
-    checkouts.c.state.in_(ACTIVE_CHECKOUT_STATES),
-)
-"""The order's active checkout with its steps; the partial unique index allows one."""
 
 
 @cache

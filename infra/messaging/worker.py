@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import Message
-from infra.db.session import UnitOfWork, create_engine
+from infra.db.session import UnitOfWork, create_engine, create_pool
 from infra.health import ReadinessCheck, serving_health
 from infra.http import ServiceClient, build_breakers, build_http_client
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
@@ -134,12 +134,16 @@ class Worker:
             name=f"{self.settings.namespace}.{self.component}.publisher",
         )
         http = build_http_client(self.settings)
+        # The handlers' transactions use a psycopg pool of their own (see
+        # `infra.db.session`); the engine serves the rest (timeline notes, health).
+        pool = create_pool(self.settings)
+        await pool.open(wait=False)
         try:
             await declare_topology(publisher.channel, self.topology)
             resources = Resources(
                 self.settings,
                 self.topology,
-                UnitOfWork(engine),
+                UnitOfWork(engine, pool),
                 publisher,
                 http,
                 build_breakers(self.settings),
@@ -158,6 +162,7 @@ class Worker:
         finally:
             await http.aclose()
             await publisher.close()
+            await pool.close()
             await engine.dispose()
 
     def app(self) -> FastStream:

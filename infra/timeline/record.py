@@ -10,7 +10,8 @@ Three ways in, by where the caller stands:
   trip; it is flushed with the caller's commit), or `await insert_events(session,
   events)` writes a batch at once. Either commits or rolls back with the caller's work.
 - in a raw psycopg transaction (the relay): `await record_published(conn, rows)` for
-  the outbox rows just confirmed, or `await insert_events(conn, events)`.
+  the outbox rows just confirmed, or `await insert_events(conn, events)`; a consumer's
+  one `effect.applied` line runs `INSERT_EVENT` itself, pipelined with its effect.
 - outside any transaction (the consumer shell settling a message, the payment step):
   `await write_events(uow, events)`: its own short transaction, and best effort: a
   failure is logged, never raised, so recording can never fail the message.
@@ -72,6 +73,13 @@ INSERT_EVENTS = """
 """
 """One statement for any number of events: each column is bound as one array."""
 
+INSERT_EVENT = (
+    "INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, message_id,"
+    " message_type, duration_ms, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+"""One event in a psycopg transaction (positional, in `_COLUMNS` order): the hot path's
+way, a consumer's `effect.applied` line written with its effect."""
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -102,7 +110,8 @@ def _uuid(value: uuid.UUID | str | None) -> uuid.UUID | None:
         return None
 
 
-def _clip(detail: str | None) -> str | None:
+def clip(detail: str | None) -> str | None:
+    """`detail` cut to what the timeline keeps."""
     return detail[:DETAIL_LIMIT] if detail is not None else None
 
 
@@ -131,7 +140,7 @@ def event(
         message_id=_uuid(message_id),
         message_type=message_type,
         duration_ms=duration_ms,
-        detail=_clip(detail),
+        detail=clip(detail),
     )
 
 
@@ -163,7 +172,7 @@ def add_event(
             message_id=message_id,
             message_type=message_type,
             duration_ms=duration_ms,
-            detail=_clip(detail),
+            detail=clip(detail),
         )
     )
 

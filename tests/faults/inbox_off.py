@@ -8,17 +8,22 @@ Product code has no such switch (nor should it); the checker must notice the res
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import psycopg
 
 from infra.messaging import inbox
 
 
-async def _always_claim(session: AsyncSession, consumer: str, message_id: uuid.UUID) -> bool:
+async def _always_claim(
+    conn: psycopg.AsyncConnection[Any], consumer: str, message_id: uuid.UUID
+) -> bool:
     return True
 
 
-async def _never_seen(session: AsyncSession, consumer: str, message_id: uuid.UUID) -> bool:
+async def _never_seen(
+    conn: psycopg.AsyncConnection[Any], consumer: str, message_id: uuid.UUID
+) -> bool:
     return False
 
 
