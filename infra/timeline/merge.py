@@ -318,8 +318,11 @@ def _step_entries(steps: Iterable[StepRow], trace_id: str | None) -> tuple[list[
     entries, previous, key = [], None, None
     for step in steps:
         if step.name == REQUEST_STEP:
-            if step.detail and step.detail.startswith(IDEMPOTENCY_PREFIX):
-                key = step.detail.removeprefix(IDEMPOTENCY_PREFIX)
+            # The API writes "Idempotency-Key: KEY; trace TRACE_ID" (either part optional).
+            parts = [p.strip() for p in (step.detail or "").split(";") if p.strip()]
+            for part in parts:
+                if part.startswith(IDEMPOTENCY_PREFIX):
+                    key = part.removeprefix(IDEMPOTENCY_PREFIX)
             entry = Entry(
                 at=step.at,
                 source="api",

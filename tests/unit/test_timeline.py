@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,16 @@ def test_the_request_shows_its_idempotency_key_and_trace_id() -> None:
     assert first.source == "api"
     assert first.detail == "Idempotency-Key: k-1 · trace 4bf92f3577b34da6"
     assert one.idempotency_key == "k-1"
+
+
+def test_the_key_is_read_from_the_step_the_api_writes_with_its_trace() -> None:
+    # What the API writes: "Idempotency-Key: KEY; trace TRACE_ID" (the trace once).
+    sources = paid_sources()
+    written = "Idempotency-Key: k-1; trace 4bf92f3577b34da6"
+    sources.steps[0] = dataclasses.replace(sources.steps[0], detail=written)
+    [one] = build(sources).checkouts
+    assert one.idempotency_key == "k-1"
+    assert one.entries[0].detail == written
 
 
 def test_transitions_name_the_state_before_and_after() -> None:
