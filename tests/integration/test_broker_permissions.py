@@ -33,7 +33,7 @@ from yarl import URL
 
 from checkout_api.broker import BrokerLink
 from consumers.main import build_worker as build_consumer
-from contracts import Customer, OrderPaid, PaymentDeclined
+from contracts import PaymentDeclined
 from infra.db.session import UnitOfWork
 from infra.dlq import inspect
 from infra.dlq.letters import DeadLetter
@@ -52,7 +52,7 @@ from infra.settings import Settings, load_settings
 from saga.main import build_worker as build_saga
 from tests.support.amqp import take
 from tests.support.polling import eventually
-from tests.support.seed import paid_order
+from tests.support.seed import order_paid_event, paid_order
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -196,19 +196,6 @@ def assert_refused(error: ChannelAccessRefused, resource: str, user: str) -> Non
     assert f"access to {resource} in vhost '/' refused for user '{user}'" in text, text
 
 
-def order_paid() -> OrderPaid:
-    return OrderPaid(
-        order_id=uuid.uuid4(),
-        checkout_id=uuid.uuid4(),
-        payment_id=uuid.uuid4(),
-        order_name="Permission check",
-        amount=Decimal("5.00"),
-        currency="EUR",
-        customer=Customer(email="perm@example.com", name="Perm"),
-        paid_at=datetime.now(UTC),
-    )
-
-
 async def test_consumers_user_cannot_publish_to_the_orders_exchange(broker: Broker) -> None:
     for part in ("email", "invoice", "production"):
         user = broker.users[part].name
@@ -286,7 +273,9 @@ async def test_relay_user_publishes_to_the_orders_and_internal_exchanges(
         await declare_topology(publisher.channel, topology)
         # A key only the journal is bound to: published (confirmed and routed) and kept
         # there, reaching no consumer's queue.
-        event = order_paid()
+        event = order_paid_event(
+            order_name="Permission check", amount=Decimal("5.00"), currency="EUR"
+        )
         await publisher.publish(
             Outgoing(
                 exchange=topology.orders_exchange,

@@ -6,14 +6,13 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import aio_pika
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import CheckoutRequested, Customer, OrderPaid
+from contracts import CheckoutRequested, OrderPaid
 from infra.db.migrate import libpq_url
 from infra.db.models import OutboxMessage
 from infra.db.session import UnitOfWork
@@ -24,21 +23,9 @@ from infra.messaging.topology import Topology
 from infra.settings import Settings
 from tests.support.amqp import private_queue, take
 from tests.support.polling import eventually
+from tests.support.seed import order_paid_event
 
 pytestmark = pytest.mark.integration
-
-
-def _paid() -> OrderPaid:
-    return OrderPaid(
-        order_id=uuid.uuid4(),
-        checkout_id=uuid.uuid4(),
-        payment_id=uuid.uuid4(),
-        order_name="Poster",
-        amount=Decimal("19.99"),
-        currency="USD",
-        customer=Customer(email="a@example.com", name="A"),
-        paid_at=datetime.now(UTC),
-    )
 
 
 @pytest.fixture
@@ -78,7 +65,7 @@ async def test_publishes_with_the_contract_properties_then_deletes(
 ) -> None:
     channel = await rabbit.channel()
     downstream = await private_queue(channel, topology.orders_exchange, "order.*")
-    event = _paid()
+    event = order_paid_event()
     async with uow() as session:
         row = add_to_outbox(session, event, correlation_id=event.checkout_id)
         await session.commit()
@@ -136,7 +123,7 @@ async def test_two_relays_publish_every_row_exactly_once(
     rows = 300
     async with uow() as session:
         for _ in range(rows):
-            event = _paid()
+            event = order_paid_event()
             add_to_outbox(session, event, correlation_id=event.checkout_id)
         await session.commit()
     second = await Publisher.connect(settings.rabbit_url.get_secret_value())
@@ -173,7 +160,7 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_poll(
     task = asyncio.create_task(relay.run(stop))
     try:
         await eventually(lambda: _listening(clean_db), what="relay LISTENing")
-        event = _paid()
+        event = order_paid_event()
         async with uow() as session:
             add_to_outbox(session, event, correlation_id=event.checkout_id)
             await session.commit()

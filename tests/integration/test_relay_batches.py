@@ -14,7 +14,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import aio_pika
 import pytest
@@ -22,7 +21,6 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import Customer, OrderPaid
 from infra.db.migrate import libpq_url
 from infra.db.models import CheckoutEvent, OutboxMessage
 from infra.db.session import UnitOfWork
@@ -33,6 +31,7 @@ from infra.messaging.topology import Topology
 from infra.settings import Settings
 from infra.timeline.record import published_events
 from tests.support.amqp import private_queue, take
+from tests.support.seed import order_paid_event
 
 pytestmark = pytest.mark.integration
 
@@ -213,25 +212,12 @@ async def test_confirms_pending_when_the_connection_closes_fail_rather_than_hang
 # ------------------------------------------------------------------------- the relay
 
 
-def _paid() -> OrderPaid:
-    return OrderPaid(
-        order_id=uuid.uuid4(),
-        checkout_id=uuid.uuid4(),
-        payment_id=uuid.uuid4(),
-        order_name="Poster",
-        amount=Decimal("19.99"),
-        currency="USD",
-        customer=Customer(email="a@example.com", name="A"),
-        paid_at=datetime.now(UTC),
-    )
-
-
 async def _stage(uow: UnitOfWork, routing_keys: list[str]) -> list[OutboxMessage]:
     """One committed `OrderPaid` outbox row per routing key, in this order."""
     rows = []
     async with uow() as session:
         for key in routing_keys:
-            event = _paid()
+            event = order_paid_event()
             row = add_to_outbox(session, event, correlation_id=event.checkout_id)
             row.routing_key = key
             rows.append(row)

@@ -78,3 +78,19 @@ async def paid_order(
         customer=Customer(email=email, name=customer_name),
         paid_at=now,
     )
+
+
+def order_paid_event(**changes: object) -> OrderPaid:
+    """An OrderPaid about nothing in the database: for tests of publishing and routing,
+    where no consumer acts on it (a consumer would dead-letter it: see `paid_order`)."""
+    fields: dict[str, object] = {
+        "order_id": uuid.uuid4(),
+        "checkout_id": uuid.uuid4(),
+        "payment_id": uuid.uuid4(),
+        "order_name": "Poster",
+        "amount": Decimal("19.99"),
+        "currency": "USD",
+        "customer": Customer(email="a@example.com", name="A"),
+        "paid_at": datetime.now(UTC),
+    }
+    return OrderPaid.model_validate({**fields, **changes})
