@@ -28,8 +28,14 @@ async def take(
 
 
 async def depth(channel: AbstractChannel, queue: str) -> int:
-    declared = await channel.declare_queue(queue, passive=True)
-    return declared.declaration_result.message_count or 0
+    """The queue's message count now, from a passive declare on the wire.
+
+    Not `channel.declare_queue(passive=True)`: a robust channel answers that from its
+    cache of declared queues, with the count of the first declare, forever.
+    """
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(queue, passive=True)
+    return declared.message_count or 0
 
 
 async def private_queue(
