@@ -22,13 +22,16 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-_KNOWN: dict[int, frozenset[str]] = {}  # by id(route): routes live as long as the app
+_KNOWN_ATTRIBUTE = "_checkout_query_names"
 
 
 def _known(route: APIRoute) -> frozenset[str]:
-    known = _KNOWN.get(id(route))
+    """The query parameters `route` declares, computed once and kept on the route itself
+    (a cache keyed by id() could hand a new route the set of a freed one)."""
+    known: frozenset[str] | None = getattr(route, _KNOWN_ATTRIBUTE, None)
     if known is None:
-        known = _KNOWN[id(route)] = frozenset(_query_names(route.dependant))
+        known = frozenset(_query_names(route.dependant))
+        setattr(route, _KNOWN_ATTRIBUTE, known)
     return known
 
 
