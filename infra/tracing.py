@@ -4,8 +4,9 @@ The context travels with the data: the API's request span is injected (W3C
 `traceparent`) into the outbox row's headers; the relay publishes each row inside a
 span that is the row's child and forwards its own context in the message headers;
 FastStream's telemetry middleware continues it in every consumer, where outbox rows
-and replies written while handling inject it again; httpx's instrumentation carries
-it to the external services. Retried and dead-lettered copies keep their headers, so
+and replies written while handling inject it again; each call to an external service
+is a client span whose context goes out in the request's `traceparent`
+(`infra.http`). Retried and dead-lettered copies keep their headers, so
 a replay joins the same trace.
 
 The SDK tracer provider is always installed, so logs and the checkout timeline have
@@ -22,7 +23,6 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -52,7 +52,6 @@ def configure_tracing(settings: Settings, component: str) -> None:
     elif exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
-    HTTPXClientInstrumentor().instrument()
 
 
 def tracer() -> trace.Tracer:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-import httpx
+import aiohttp
 import structlog
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
@@ -50,7 +50,7 @@ class Resources:
     topology: Topology
     uow: UnitOfWork
     publisher: Publisher
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     breakers: AsyncCircuitBreakerFactory
 
     def service(self, name: str, base_url: str) -> ServiceClient:
@@ -160,7 +160,7 @@ class Worker:
                 self.health_port = port
                 yield
         finally:
-            await http.aclose()
+            await http.close()
             await publisher.close()
             await pool.close()
             await engine.dispose()
