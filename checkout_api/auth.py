@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
+import psycopg
 import structlog
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
@@ -111,7 +112,7 @@ class AuthMiddleware:
             return
         try:
             key = await self._lookup(scope, token)
-        except (DBAPIError, OSError) as exc:
+        except (psycopg.Error, DBAPIError, OSError) as exc:
             log.warning("cannot check an API key: database unreachable", error=repr(exc))
             response = problem(
                 503,
@@ -159,8 +160,7 @@ class AuthMiddleware:
     async def _lookup(self, scope: Scope, token: str) -> ApiKey | None:
         if len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
             return None
-        engine = scope["state"]["uow"].engine
-        async with engine.connect() as conn:
+        async with scope["state"]["uow"].reads() as conn:
             return await authenticate(conn, token)
 
     async def _over_limit(self, key: ApiKey) -> int | None:

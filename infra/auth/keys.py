@@ -19,10 +19,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from infra.db.session import psycopg_connection
 
 TOKEN_PREFIX = "ck_"  # noqa: S105 -- the marker every token starts with, not a secret
 # "ck_" and 7 characters: enough to tell keys apart, useless to an attacker (_REVOKE
@@ -107,9 +111,10 @@ _REVOKE = text(
     "OR (length(:name) >= 10 AND token_prefix = :name)) "
     "RETURNING key_id, name, role, token_prefix, created_at, revoked_at"
 )
-_AUTHENTICATE = text(
+# Plain psycopg (`%s`): it runs on every API request.
+_AUTHENTICATE = (
     "SELECT key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
-    "WHERE token_hash = :hash AND revoked_at IS NULL"
+    "WHERE token_hash = %s AND revoked_at IS NULL"
 )
 
 
@@ -171,17 +176,15 @@ async def revoke_key(engine: AsyncEngine, name_or_id: str) -> ApiKey:
     return _row_to_key(rows[0])
 
 
-async def authenticate(conn: AsyncConnection, token: str) -> ApiKey | None:
-    """The live key this token belongs to, or None."""
-    row = (
-        await conn.execute(
-            _AUTHENTICATE,
-            {"hash": token_hash(token)},
-        )
-    ).first()
-    return _row_to_key(row) if row is not None else None
+async def authenticate(conn: psycopg.AsyncConnection[Any], token: str) -> ApiKey | None:
+    """The live key this token belongs to, or None (one indexed row, read on every request)."""
+    found = await (await conn.execute(_AUTHENTICATE, (token_hash(token),))).fetchone()
+    if found is None:
+        return None
+    key_id, name, role, prefix, created_at, revoked_at = found
+    return ApiKey(key_id, name, Role(role), prefix, created_at, revoked_at)
 
 
 async def key_is_live(engine: AsyncEngine, token: str) -> bool:
     async with engine.connect() as conn:
-        return await authenticate(conn, token) is not None
+        return await authenticate(await psycopg_connection(conn), token) is not None

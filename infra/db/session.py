@@ -7,11 +7,12 @@ paths: a statement there costs psycopg's work alone, with none of SQLAlchemy's
 statement compilation, result wrapping or unit-of-work flush, which together cost
 several times the round trip itself.
 
-A message-consuming process gives its unit of work a psycopg pool of its own
-(`create_pool`) for `transaction()` and `reads()`: taking a connection from it costs a
-fraction of SQLAlchemy's pool checkout, its connection wrapper and its return, and it
-keeps its connections instead of opening and closing overflow ones under load.
-Without one (the API, tests, commands) they draw from the engine's pool.
+The API and every message-consuming process give their unit of work a psycopg pool
+of its own (`create_pool`) for `transaction()` and `reads()`: taking a connection from
+it costs a fraction of SQLAlchemy's pool checkout (with its pre-ping round trip), its
+connection wrapper and its return, and it keeps its connections instead of opening
+and closing overflow ones under load. Without one (tests, commands) they draw from
+the engine's pool.
 """
 
 from __future__ import annotations
@@ -70,13 +71,16 @@ async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
     await AsyncConnectionPool.check_connection(conn)
 
 
-def create_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
+def create_pool(
+    settings: Settings, *, max_size: int | None = None, timeout: float = 30.0
+) -> AsyncConnectionPool:
     """A psycopg pool for the hot paths, not yet open (`await pool.open()`).
 
     A connection idle for a while is checked with an empty query as it is handed out
     (like the engine's `pool_pre_ping`, see `_check_unless_recent`), so a PostgreSQL
     restart during a quiet spell costs no message a failed attempt; while the
-    database is down, a caller waits up to the pool's timeout for it to come back.
+    database is down, a caller waits up to `timeout` seconds for it to come back, then
+    gets `psycopg_pool.PoolTimeout` (a `psycopg.OperationalError`).
     """
     url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
     return AsyncConnectionPool(
@@ -85,6 +89,7 @@ def create_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConn
         max_size=max_size or settings.db_pool_size,
         open=False,
         check=_check_unless_recent,
+        timeout=timeout,
         name=f"{settings.namespace}.hot",
     )
 

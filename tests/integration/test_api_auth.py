@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkout_api import lifespan
 from checkout_api.app import create_app
 from checkout_api.testing import running
 from infra.auth.keys import Role, create_key, revoke_key
@@ -214,3 +217,23 @@ async def test_the_openapi_document_declares_the_bearer_scheme_and_refusals(
     assert post_order["x-required-role"] == "clerk"
     assert {"401", "413", "429"} <= set(post_order["responses"])
     assert "security" not in document["paths"]["/health/live"]["get"]
+
+
+async def test_a_key_cannot_be_checked_without_the_database_503_with_retry_after(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago, now closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = settings.model_copy(
+        update={"database_url": SecretStr(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")}
+    )
+    monkeypatch.setattr(lifespan, "POOL_TIMEOUT_S", 0.5)  # fail fast; the wait isn't tested
+    async with running(create_app(nowhere)) as client:
+        response = await client.get("/orders", headers={"Authorization": "Bearer ck_whatever"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body = response.json()
+    assert body["type"] == "urn:checkout:problem:auth-unavailable"
+    assert "database is unreachable" in body["detail"]
