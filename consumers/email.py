@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.effects import Statement, call_once
+from consumers.effects import Row, call_once
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
@@ -16,7 +16,8 @@ CONSUMER = "email"
 
 _INSERT_SENT = (
     "INSERT INTO email_notifications (order_id, checkout_id, source_message_id, recipient,"
-    " sent_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    " sent_at) SELECT %s::uuid, %s::uuid, %s::uuid, %s::varchar, %s::timestamptz FROM claimed"
+    " ON CONFLICT DO NOTHING"
 )
 
 
@@ -41,8 +42,8 @@ class EmailConsumer:
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
-        def row(_: Any) -> Statement:
-            return (
+        def row(_: Any) -> Row:
+            return Row(
                 _INSERT_SENT,
                 (
                     event.order_id,

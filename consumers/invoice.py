@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from consumers.effects import record_effect
+from consumers.effects import Row, record_effect
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
@@ -18,7 +18,8 @@ CONSUMER = "invoice"
 _INSERT_INVOICE = (
     "INSERT INTO invoices (invoice_id, order_id, checkout_id, amount, currency, status,"
     " source_message_id, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, 'CREATED', %s, %s, %s) ON CONFLICT (order_id) DO NOTHING"
+    " SELECT %s::uuid, %s::uuid, %s::uuid, %s::numeric, %s::varchar, 'CREATED', %s::uuid,"
+    " %s::timestamptz, %s::timestamptz FROM claimed ON CONFLICT (order_id) DO NOTHING"
 )
 
 
@@ -31,7 +32,7 @@ class InvoiceConsumer:
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(event.order_id))
         now = datetime.now(UTC)
-        row = (
+        row = Row(
             _INSERT_INVOICE,
             (
                 uuid.uuid4(),
@@ -44,15 +45,12 @@ class InvoiceConsumer:
                 now,
             ),
         )
-        async with self._uow.transaction() as conn:
-            applied = await record_effect(
-                conn,
-                consumer=CONSUMER,
-                event=event,
-                delivery=delivery,
-                row=row,
-                detail=f"invoice created for {event.amount:.2f} {event.currency}",
-            )
-            if not applied:
-                return Handled.DUPLICATE
-        return Handled.DONE
+        applied = await record_effect(
+            self._uow,
+            consumer=CONSUMER,
+            event=event,
+            delivery=delivery,
+            row=row,
+            detail=f"invoice created for {event.amount:.2f} {event.currency}",
+        )
+        return Handled.DONE if applied else Handled.DUPLICATE

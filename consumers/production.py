@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.effects import Statement, call_once
+from consumers.effects import Row, call_once
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
@@ -15,7 +15,8 @@ CONSUMER = "production"
 
 _INSERT_SUBMITTED = (
     "INSERT INTO production_submissions (order_id, checkout_id, source_message_id,"
-    " production_reference, submitted_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    " production_reference, submitted_at) SELECT %s::uuid, %s::uuid, %s::uuid, %s::varchar,"
+    " %s::timestamptz FROM claimed ON CONFLICT DO NOTHING"
 )
 
 
@@ -43,8 +44,8 @@ class ProductionConsumer:
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
-        def row(body: Any) -> Statement:
-            return (
+        def row(body: Any) -> Row:
+            return Row(
                 _INSERT_SUBMITTED,
                 (
                     event.order_id,

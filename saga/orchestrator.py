@@ -46,14 +46,17 @@ Statement = tuple[str, tuple[Any, ...]]
 """One write: SQL with `%s` placeholders and its parameters."""
 
 _LOAD = (
-    "SELECT c.state, o.order_id, o.order_name, o.amount, o.currency,"
-    " o.customer_email, o.customer_name, p.payment_id"
+    f"WITH claimed AS ({inbox.CLAIM.format(rows='VALUES (%s, %s, %s)')})"  # noqa: S608 (constants)
+    " SELECT c.state, o.order_id, o.order_name, o.amount, o.currency,"
+    " o.customer_email, o.customer_name, p.payment_id, EXISTS (SELECT 1 FROM claimed)"
     " FROM checkouts c JOIN orders o ON o.order_id = c.order_id"
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
     " WHERE c.checkout_id = %s FOR UPDATE OF c"
 )
-"""The checkout, locked, with its order and its payment if it has one yet (only the saga
-writes payments, under this lock, so the row cannot change before the commit)."""
+"""The message claimed in the inbox, and the checkout, locked, with its order and its
+payment if it has one yet (only the saga writes payments, under this lock, so the row
+cannot change before the commit). A duplicate of a message being applied waits, on
+the lock or on the first copy's inbox row, until that commits, then is not claimed."""
 _INSERT_PAYMENT = (
     "INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,"
     " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'PENDING', %s, %s)"
@@ -93,17 +96,17 @@ class CheckoutSaga:
         self._uow = uow
 
     async def handle(self, message: SagaInput, delivery: Delivery) -> Handled:
-        # Pipelined: BEGIN, the lock and the claim travel together, and so do the
-        # writes with the COMMIT: two round trips for the whole transition.
+        # Pipelined: BEGIN travels with the claim and the lock (one statement), and the
+        # writes (one statement) with the COMMIT: two round trips for the transition.
         async with self._uow.transaction() as conn, conn.pipeline():
-            load = await conn.execute(_LOAD, (message.checkout_id,))
-            # Claimed after the lock (same pipeline, in order): a duplicate waits for
-            # the first copy to commit.
-            claimed = await inbox.claim(conn, CONSUMER, delivery.message_id)
+            load = await conn.execute(
+                _LOAD, (CONSUMER, delivery.message_id, datetime.now(UTC), message.checkout_id)
+            )
             found = await load.fetchone()
             if found is None:
                 raise PermanentFailure(f"no checkout {message.checkout_id}")
-            checkout = _Loaded(message.checkout_id, *found)
+            *loaded, claimed = found
+            checkout = _Loaded(message.checkout_id, *loaded)
             structlog.contextvars.bind_contextvars(order_id=str(checkout.order_id))
             if not claimed:
                 log.info("duplicate message skipped")

@@ -18,7 +18,7 @@ the engine's pool.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from time import monotonic
 from typing import Any, cast
 from weakref import WeakKeyDictionary
@@ -137,12 +137,13 @@ class UnitOfWork:
                     await driver.rollback()
 
     @asynccontextmanager
-    async def reads(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """Yield a pooled psycopg connection in autocommit, for checks that only read.
+    async def autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """Yield a pooled psycopg connection in autocommit: each statement is its own
+        transaction.
 
-        Each statement is its own transaction: no BEGIN and no ROLLBACK round trips
-        around a single SELECT. Nothing written here is atomic with anything else, so
-        this is for reads only.
+        For reads, and for a write that is one statement (data-modifying CTEs make
+        several writes one): no BEGIN and no COMMIT or ROLLBACK round trips around it.
+        Nothing here is atomic with anything else but itself.
         """
         async with self._connection() as driver:
             await driver.set_autocommit(True)
@@ -153,6 +154,10 @@ class UnitOfWork:
                 # and the pool drops that connection as for `transaction()`.
                 with suppress(psycopg.Error):
                     await driver.set_autocommit(False)
+
+    def reads(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection for checks that only read (`autocommit`)."""
+        return self.autocommit()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

@@ -11,7 +11,8 @@ Three ways in, by where the caller stands:
   events)` writes a batch at once. Either commits or rolls back with the caller's work.
 - in a raw psycopg transaction (the relay): `await record_published(conn, rows)` for
   the outbox rows just confirmed, or `await insert_events(conn, events)`; a consumer's
-  one `effect.applied` line runs `INSERT_EVENT` itself, pipelined with its effect.
+  `effect.applied` line is written by the statement that applies its effect
+  (`consumers.effects`).
 - outside any transaction (the consumer shell settling a message, the payment step):
   `await write_events(uow, events)`: its own short transaction, and best effort: a
   failure is logged, never raised, so recording can never fail the message.
@@ -72,13 +73,6 @@ INSERT_EVENTS = """
     )
 """
 """One statement for any number of events: each column is bound as one array."""
-
-INSERT_EVENT = (
-    "INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, message_id,"
-    " message_type, duration_ms, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-"""One event in a psycopg transaction (positional, in `_COLUMNS` order): the hot path's
-way, a consumer's `effect.applied` line written with its effect."""
 
 
 def now() -> datetime:

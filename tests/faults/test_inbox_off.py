@@ -3,8 +3,8 @@
 
 One system, two phases. With the inbox on, a late copy of an order's `OrderPaid` is
 dropped by all three consumers and the checker passes. Then the three consumers are
-restarted with `tests.faults.inbox_off` (the same command line, `inbox.claim` always
-claiming and `inbox.seen` never seeing), and the same happens to a second order: the
+restarted with `tests.faults.inbox_off` (the same command line, the inbox's claim always
+claiming and its check never seeing), and the same happens to a second order: the
 invoice consumer runs its insert again, the e-mail and production consumers call
 their service again. The service's idempotency key still hides the repeat from the
 customer (one e-mail, one production order), which is exactly why the checker looks
