@@ -17,13 +17,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
 from contracts import ChargePayment, Customer, OrderPaid, OrderPaymentFailed
 from infra import metrics
 from infra.db.session import UnitOfWork
+from infra.db.statements import Statement, as_one
 from infra.messaging import inbox
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
@@ -41,9 +41,6 @@ from saga.state_machine import (
 log = structlog.get_logger()
 
 CONSUMER = "saga"
-
-Statement = tuple[str, tuple[Any, ...]]
-"""One write: SQL with `%s` placeholders and its parameters."""
 
 _LOAD = (
     f"WITH claimed AS ({inbox.CLAIM.format(rows='VALUES (%s, %s, %s)')})"  # noqa: S608 (constants)
@@ -137,7 +134,7 @@ class CheckoutSaga:
                     (checkout.checkout_id, step.name, str(step.status), now, step.detail),
                 )
             )
-            await conn.execute(*_as_one(writes))
+            await conn.execute(*as_one(writes))
             # COMMIT as a statement of the pipeline: it travels with the writes and the
             # pipeline's closing sync, where `conn.commit()` would cost a round trip
             # more. A failed commit raises as the block ends, like any statement.
@@ -211,19 +208,3 @@ def _payment_of(checkout: _Loaded) -> uuid.UUID:
     if checkout.payment_id is None:
         raise PermanentFailure(f"checkout {checkout.checkout_id} has no payment to settle")
     return checkout.payment_id
-
-
-def _as_one(writes: list[Statement]) -> Statement:
-    """Several writes as one statement: all but the last as data-modifying CTEs.
-
-    One statement is one message to the server and one result back, where each write
-    on its own costs psycopg and PostgreSQL a round of their own. PostgreSQL runs every
-    data-modifying CTE to completion, on one snapshot: right here, as no write of a
-    transition reads what another one writes, and none touches another's row.
-    """
-    if len(writes) == 1:
-        return writes[0]
-    *ctes, (last, last_params) = writes
-    sql = "WITH " + ", ".join(f"w{i} AS ({cte})" for i, (cte, _) in enumerate(ctes))
-    params = tuple(param for _, cte_params in ctes for param in cte_params)
-    return f"{sql} {last}", params + last_params

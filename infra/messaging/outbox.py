@@ -49,8 +49,8 @@ def outbox_row(
 ) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of `message`'s outbox row and its parameters, to run or to combine.
 
-    For a caller that folds several writes into one statement (the saga); others
-    use `insert_outbox`.
+    For a caller that folds several writes into one statement (the saga, a
+    checkout: `infra.db.statements.as_one`); others use `insert_outbox`.
     """
     params = (
         uuid.uuid4(),
