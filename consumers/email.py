@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.effects import Row, call_once
+from consumers.effects import Effects, Row
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
@@ -16,7 +16,7 @@ CONSUMER = "email"
 
 _INSERT_SENT = (
     "INSERT INTO email_notifications (order_id, checkout_id, source_message_id, recipient,"
-    " sent_at) SELECT %s::uuid, %s::uuid, %s::uuid, %s::varchar, %s::timestamptz FROM claimed"
+    " sent_at) SELECT %s::uuid, %s::uuid, %s::uuid, %s::varchar, %s::timestamptz FROM {claimed}"
     " ON CONFLICT DO NOTHING"
 )
 
@@ -38,7 +38,7 @@ class EmailConsumer:
     """One confirmation per paid order, keyed by the event's message id."""
 
     def __init__(self, uow: UnitOfWork, service: ServiceClient) -> None:
-        self._uow = uow
+        self._effects = Effects(uow, CONSUMER)
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
@@ -54,11 +54,9 @@ class EmailConsumer:
                 ),
             )
 
-        return await call_once(
-            self._uow,
-            consumer=CONSUMER,
-            event=event,
-            delivery=delivery,
+        return await self._effects.call_once(
+            event,
+            delivery,
             call=lambda key: self._service.post(
                 "/emails", confirmation(event), idempotency_key=key
             ),

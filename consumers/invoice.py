@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from consumers.effects import Row, record_effect
+from consumers.effects import Effects, Row
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
@@ -19,7 +19,7 @@ _INSERT_INVOICE = (
     "INSERT INTO invoices (invoice_id, order_id, checkout_id, amount, currency, status,"
     " source_message_id, created_at, updated_at)"
     " SELECT %s::uuid, %s::uuid, %s::uuid, %s::numeric, %s::varchar, 'CREATED', %s::uuid,"
-    " %s::timestamptz, %s::timestamptz FROM claimed ON CONFLICT (order_id) DO NOTHING"
+    " %s::timestamptz, %s::timestamptz FROM {claimed} ON CONFLICT (order_id) DO NOTHING"
 )
 
 
@@ -27,7 +27,7 @@ class InvoiceConsumer:
     """One invoice per order, for the order's amount, in the same transaction as the inbox row."""
 
     def __init__(self, uow: UnitOfWork) -> None:
-        self._uow = uow
+        self._effects = Effects(uow, CONSUMER)
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(event.order_id))
@@ -45,11 +45,9 @@ class InvoiceConsumer:
                 now,
             ),
         )
-        applied = await record_effect(
-            self._uow,
-            consumer=CONSUMER,
-            event=event,
-            delivery=delivery,
+        applied = await self._effects.record(
+            event,
+            delivery,
             row=row,
             detail=f"invoice created for {event.amount:.2f} {event.currency}",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.effects import Row, call_once
+from consumers.effects import Effects, Row
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
@@ -16,7 +16,7 @@ CONSUMER = "production"
 _INSERT_SUBMITTED = (
     "INSERT INTO production_submissions (order_id, checkout_id, source_message_id,"
     " production_reference, submitted_at) SELECT %s::uuid, %s::uuid, %s::uuid, %s::varchar,"
-    " %s::timestamptz FROM claimed ON CONFLICT DO NOTHING"
+    " %s::timestamptz FROM {claimed} ON CONFLICT DO NOTHING"
 )
 
 
@@ -40,7 +40,7 @@ class ProductionConsumer:
     """One production order per paid order, keyed by the event's message id."""
 
     def __init__(self, uow: UnitOfWork, service: ServiceClient) -> None:
-        self._uow = uow
+        self._effects = Effects(uow, CONSUMER)
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:
@@ -56,11 +56,9 @@ class ProductionConsumer:
                 ),
             )
 
-        return await call_once(
-            self._uow,
-            consumer=CONSUMER,
-            event=event,
-            delivery=delivery,
+        return await self._effects.call_once(
+            event,
+            delivery,
             call=lambda key: self._service.post(
                 "/production/orders", production_order(event), idempotency_key=key
             ),

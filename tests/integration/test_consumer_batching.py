@@ -1,0 +1,135 @@
+"""Messages in hand at once share their statements (`consumers.effects`), and each still
+gets exactly its own outcome: applied once, skipped as a duplicate, or refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from consumers.invoice import InvoiceConsumer
+from contracts import OrderPaid
+from infra.db.session import UnitOfWork, create_pool
+from infra.messaging.consumer import Delivery, Handled
+from infra.messaging.failures import PermanentFailure
+from infra.settings import Settings
+from tests.support.seed import order_paid_event, paid_order
+
+pytestmark = pytest.mark.integration
+
+
+def _delivery(message_id: uuid.UUID | None = None) -> Delivery:
+    return Delivery(message_id or uuid.uuid4(), None, OrderPaid.message_type, 1, "test.invoice")
+
+
+class Counted:
+    """Counts the batches a batcher runs, and their sizes."""
+
+    def __init__(self, batcher: Any) -> None:
+        self.sizes: list[int] = []
+        self._run = batcher._run_batch
+        batcher._run_batch = self
+
+    async def __call__(self, items: Sequence[Any]) -> Any:
+        self.sizes.append(len(items))
+        return await self._run(items)
+
+
+async def _count(engine: AsyncEngine, sql: str, ids: list[uuid.UUID]) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(sql), {"ids": ids})).scalar_one())
+
+
+@pytest.fixture
+async def hot_uow(engine: AsyncEngine, settings: Settings) -> Any:
+    pool = create_pool(settings, max_size=4)
+    await pool.open()
+    try:
+        yield UnitOfWork(engine, pool)
+    finally:
+        await pool.close()
+
+
+async def test_twenty_messages_in_hand_are_recorded_in_a_few_statements(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    events = [await paid_order(hot_uow) for _ in range(20)]
+    consumer = InvoiceConsumer(hot_uow)
+    counted = Counted(consumer._effects._records)
+
+    outcomes = await asyncio.gather(*(consumer.handle(e, _delivery()) for e in events))
+
+    assert outcomes == [Handled.DONE] * 20
+    assert counted.sizes, "no batch ran: each message had a statement of its own"
+    assert max(counted.sizes) > 1
+    orders = [e.order_id for e in events]
+    assert (
+        await _count(engine, "SELECT count(*) FROM invoices WHERE order_id = ANY(:ids)", orders)
+        == 20
+    )
+    lines = (
+        "SELECT count(*) FROM checkout_events"
+        " WHERE kind = 'effect.applied' AND order_id = ANY(:ids)"
+    )
+    assert await _count(engine, lines, orders) == 20
+
+
+async def test_a_batch_keeps_each_outcome_its_own(hot_uow: UnitOfWork, engine: AsyncEngine) -> None:
+    good = [await paid_order(hot_uow) for _ in range(4)]
+    forged = order_paid_event()  # about no checkout of this system
+    twice = _delivery()
+    consumer = InvoiceConsumer(hot_uow)
+
+    outcomes = await asyncio.gather(
+        *(consumer.handle(e, _delivery()) for e in good[:3]),
+        consumer.handle(forged, _delivery()),
+        consumer.handle(good[3], twice),
+        consumer.handle(good[3], twice),  # a second delivery of the same message
+        return_exceptions=True,
+    )
+
+    assert outcomes[:3] == [Handled.DONE] * 3
+    assert isinstance(outcomes[3], PermanentFailure)
+    assert "does not have" in str(outcomes[3])
+    assert sorted(map(str, outcomes[4:])) == sorted(map(str, [Handled.DONE, Handled.DUPLICATE]))
+    orders = [e.order_id for e in good]
+    assert (
+        await _count(engine, "SELECT count(*) FROM invoices WHERE order_id = ANY(:ids)", orders)
+        == 4
+    )
+    forged_rows = "SELECT count(*) FROM inbox WHERE message_id = ANY(:ids)"
+    assert await _count(engine, forged_rows, [forged.order_id]) == 0
+    assert (
+        await _count(
+            engine, "SELECT count(*) FROM invoices WHERE order_id = ANY(:ids)", [forged.order_id]
+        )
+        == 0
+    )
+
+
+async def test_a_failing_batch_is_run_message_by_message(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    events = [await paid_order(hot_uow) for _ in range(3)]
+    consumer = InvoiceConsumer(hot_uow)
+    records = consumer._effects._records
+    real = records._run_batch
+
+    async def broken(items: Sequence[Any]) -> Any:
+        raise ConnectionError("lost the connection mid-batch")
+
+    records._run_batch = broken
+    outcomes = await asyncio.gather(*(consumer.handle(e, _delivery()) for e in events))
+    records._run_batch = real
+
+    assert outcomes == [Handled.DONE] * 3
+    orders = [e.order_id for e in events]
+    assert (
+        await _count(engine, "SELECT count(*) FROM invoices WHERE order_id = ANY(:ids)", orders)
+        == 3
+    )
