@@ -78,8 +78,14 @@ def build_provider(
     return provider
 
 
+# A proxy: it follows whichever provider is installed, and caches the real tracer after
+# its first span. The SDK's `get_tracer` builds a new tracer on every call, which a
+# span per service call should not pay.
+_TRACER = trace.ProxyTracer(TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def inject(headers: MutableMapping[str, Any], context: Context | None = None) -> None:
