@@ -14,6 +14,7 @@ change tracking and flush cost several times the statements themselves.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ import structlog
 
 from contracts import ChargePayment, Customer, OrderPaid, OrderPaymentFailed
 from infra import metrics
+from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
 from infra.db.statements import Statement, as_one
 from infra.messaging import inbox
@@ -35,6 +37,7 @@ from saga.state_machine import (
     FailPayment,
     RequestPayment,
     SagaInput,
+    Transition,
     decide,
 )
 
@@ -43,17 +46,21 @@ log = structlog.get_logger()
 CONSUMER = "saga"
 
 _LOAD = (
-    f"WITH claimed AS ({inbox.CLAIM.format(rows='VALUES (%s, %s, %s)')})"  # noqa: S608 (constants)
-    " SELECT c.state, o.order_id, o.order_name, o.amount, o.currency,"
-    " o.customer_email, o.customer_name, p.payment_id, EXISTS (SELECT 1 FROM claimed)"
-    " FROM checkouts c JOIN orders o ON o.order_id = c.order_id"
+    "WITH m AS (SELECT * FROM unnest(%s::uuid[], %s::uuid[]) AS m (message_id, checkout_id)),"  # noqa: S608 (constants)
+    f" claimed AS ({inbox.CLAIM.format(rows='SELECT %s, message_id, %s FROM m')})"
+    " SELECT c.checkout_id, c.state, o.order_id, o.order_name, o.amount, o.currency,"
+    " o.customer_email, o.customer_name, p.payment_id,"
+    " EXISTS (SELECT 1 FROM claimed WHERE claimed.message_id = m.message_id)"
+    " FROM m JOIN checkouts c ON c.checkout_id = m.checkout_id"
+    " JOIN orders o ON o.order_id = c.order_id"
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
-    " WHERE c.checkout_id = %s FOR UPDATE OF c"
+    " ORDER BY c.checkout_id FOR UPDATE OF c"
 )
-"""The message claimed in the inbox, and the checkout, locked, with its order and its
-payment if it has one yet (only the saga writes payments, under this lock, so the row
-cannot change before the commit). A duplicate of a message being applied waits, on
-the lock or on the first copy's inbox row, until that commits, then is not claimed."""
+"""The messages claimed in the inbox, and their checkouts, locked (in id order, so two
+batches never wait on each other crosswise), each with its order and its payment if it
+has one yet (only the saga writes payments, under this lock, so the row cannot change
+before the commit). A duplicate of a message being applied waits, on the lock or on
+the first copy's inbox row, until that commits, then is not claimed."""
 _INSERT_PAYMENT = (
     "INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,"
     " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'PENDING', %s, %s)"
@@ -86,63 +93,106 @@ class _Loaded:
     payment_id: uuid.UUID | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """What applying one message did, for its handler to log and count after the commit."""
+
+    order_id: uuid.UUID
+    previous: CheckoutState
+    transition: Transition | None  # None: a duplicate, skipped
+
+    @staticmethod
+    def of(checkout: _Loaded, transition: Transition | None) -> _Applied:
+        return _Applied(checkout.order_id, CheckoutState(checkout.state), transition)
+
+
 class CheckoutSaga:
-    """Drives checkouts from STARTED to PAID or FAILED."""
+    """Drives checkouts from STARTED to PAID or FAILED.
+
+    The messages in hand at one moment are applied together (`infra.db.batching`), one
+    per checkout: one transaction loads and locks their checkouts and claims them, and
+    one statement writes every transition. Anything failing in a batch (a message for
+    no checkout, say) rolls it back, and its messages are applied one by one, each in a
+    transaction of its own, exactly as if they had never been batched.
+    """
 
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
+        self._batcher: Batcher[tuple[SagaInput, Delivery], _Applied] = Batcher(
+            "saga transitions",
+            self._apply_all,
+            self._apply_one,
+            key=lambda item: item[0].checkout_id,  # a checkout's messages in turn
+        )
 
     async def handle(self, message: SagaInput, delivery: Delivery) -> Handled:
-        # Pipelined: BEGIN travels with the claim and the lock (one statement), and the
-        # writes (one statement) with the COMMIT: two round trips for the transition.
+        applied = await self._batcher.submit((message, delivery))
+        structlog.contextvars.bind_contextvars(order_id=str(applied.order_id))
+        transition = applied.transition
+        if transition is None:
+            log.info("duplicate message skipped")
+            return Handled.DUPLICATE
+        if transition.changed:
+            metrics.SAGA_TRANSITIONS.labels(applied.previous, transition.state).inc()
+        log.info("checkout transition", state=transition.state, step=transition.step.name)
+        return Handled.DONE
+
+    async def _apply_one(self, item: tuple[SagaInput, Delivery]) -> _Applied:
+        return (await self._apply_all([item]))[0]
+
+    async def _apply_all(self, items: Sequence[tuple[SagaInput, Delivery]]) -> list[_Applied]:
+        """Apply each message to its checkout (one message per checkout), in one transaction."""
+        now = datetime.now(UTC)
+        # Pipelined: BEGIN travels with the claims and the locks (one statement), and
+        # every write (one statement) with the COMMIT: two round trips in all.
         async with self._uow.transaction() as conn, conn.pipeline():
             load = await conn.execute(
-                _LOAD, (CONSUMER, delivery.message_id, datetime.now(UTC), message.checkout_id)
-            )
-            found = await load.fetchone()
-            if found is None:
-                raise PermanentFailure(f"no checkout {message.checkout_id}")
-            *loaded, claimed = found
-            checkout = _Loaded(message.checkout_id, *loaded)
-            structlog.contextvars.bind_contextvars(order_id=str(checkout.order_id))
-            if not claimed:
-                log.info("duplicate message skipped")
-                return Handled.DUPLICATE
-
-            previous = CheckoutState(checkout.state)
-            transition = decide(previous, message)
-            now = datetime.now(UTC)
-            writes: list[Statement] = []
-            for effect in transition.effects:
-                writes.extend(self._apply(effect, checkout, now))
-            if transition.changed:
-                writes.append(
-                    (
-                        _SET_STATE,
-                        (
-                            str(transition.state),
-                            transition.failure_reason,
-                            now,
-                            checkout.checkout_id,
-                        ),
-                    )
-                )
-            step = transition.step
-            writes.append(
+                _LOAD,
                 (
-                    _INSERT_STEP,
-                    (checkout.checkout_id, step.name, str(step.status), now, step.detail),
-                )
+                    [delivery.message_id for _, delivery in items],
+                    [message.checkout_id for message, _ in items],
+                    CONSUMER,
+                    now,
+                ),
             )
-            await conn.execute(*as_one(writes))
+            found = {row[0]: (_Loaded(*row[:-1]), row[-1]) for row in await load.fetchall()}
+            applied: list[_Applied] = []
+            writes: list[Statement] = []
+            for message, _ in items:
+                if message.checkout_id not in found:
+                    raise PermanentFailure(f"no checkout {message.checkout_id}")
+                checkout, claimed = found[message.checkout_id]
+                if not claimed:
+                    applied.append(_Applied.of(checkout, None))
+                    continue
+                transition = decide(CheckoutState(checkout.state), message)
+                writes.extend(self._writes(transition, checkout, now))
+                applied.append(_Applied.of(checkout, transition))
+            if writes:
+                await conn.execute(*as_one(writes))
             # COMMIT as a statement of the pipeline: it travels with the writes and the
             # pipeline's closing sync, where `conn.commit()` would cost a round trip
             # more. A failed commit raises as the block ends, like any statement.
             await conn.execute("COMMIT")
+        return applied
+
+    def _writes(self, transition: Transition, checkout: _Loaded, now: datetime) -> list[Statement]:
+        """Everything one transition writes: its effects, its state, its step."""
+        writes: list[Statement] = []
+        for effect in transition.effects:
+            writes.extend(self._apply(effect, checkout, now))
         if transition.changed:
-            metrics.SAGA_TRANSITIONS.labels(previous, transition.state).inc()
-        log.info("checkout transition", state=transition.state, step=transition.step.name)
-        return Handled.DONE
+            writes.append(
+                (
+                    _SET_STATE,
+                    (str(transition.state), transition.failure_reason, now, checkout.checkout_id),
+                )
+            )
+        step = transition.step
+        writes.append(
+            (_INSERT_STEP, (checkout.checkout_id, step.name, str(step.status), now, step.detail))
+        )
+        return writes
 
     def _apply(self, effect: Effect, checkout: _Loaded, now: datetime) -> list[Statement]:
         """The writes of one effect, to be run with the transition's others."""

@@ -1,0 +1,153 @@
+"""The saga applies the messages in hand together, one per checkout, and each still gets
+exactly its own outcome: its transition, a duplicate skipped, or a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import CheckoutRequested
+from infra.db.models import Checkout, Order
+from infra.db.session import UnitOfWork, create_pool
+from infra.messaging.consumer import Delivery, Handled
+from infra.messaging.failures import PermanentFailure
+from infra.settings import Settings
+from saga.orchestrator import CheckoutSaga
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def hot_uow(engine: AsyncEngine, settings: Settings) -> AsyncIterator[UnitOfWork]:
+    pool = create_pool(settings, max_size=4)
+    await pool.open()
+    try:
+        yield UnitOfWork(engine, pool)
+    finally:
+        await pool.close()
+
+
+async def _started(uow: UnitOfWork) -> CheckoutRequested:
+    """An order and its checkout just STARTED, as the API leaves them."""
+    now = datetime.now(UTC)
+    order_id, checkout_id = uuid.uuid4(), uuid.uuid4()
+    async with uow() as session:
+        session.add(
+            Order(
+                order_id=order_id,
+                order_name="Batched poster",
+                amount=Decimal("12.50"),
+                currency="EUR",
+                customer_email="b@example.com",
+                customer_name="B",
+                status="PENDING",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.flush()
+        session.add(
+            Checkout(
+                checkout_id=checkout_id,
+                order_id=order_id,
+                state="STARTED",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.commit()
+    return CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now)
+
+
+def _delivery(message_id: uuid.UUID | None = None) -> Delivery:
+    return Delivery(message_id or uuid.uuid4(), None, CheckoutRequested.message_type, 1, "saga")
+
+
+class Counted:
+    """Counts the batches the saga's batcher runs, and their sizes."""
+
+    def __init__(self, batcher: Any) -> None:
+        self.sizes: list[int] = []
+        self._run = batcher._run_batch
+        batcher._run_batch = self
+
+    async def __call__(self, items: Sequence[Any]) -> Any:
+        self.sizes.append(len(items))
+        return await self._run(items)
+
+
+async def _states(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT state, count(*) FROM checkouts WHERE checkout_id = ANY(:ids) GROUP BY 1"),
+            {"ids": ids},
+        )
+        return {state: n for state, n in rows.all()}
+
+
+async def _charges(engine: AsyncEngine, ids: list[uuid.UUID]) -> int:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT count(*) FROM outbox WHERE message_type = 'ChargePayment'"
+                " AND correlation_id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+        return int(found.scalar_one())
+
+
+async def test_checkouts_requested_together_move_on_together(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    requests = [await _started(hot_uow) for _ in range(12)]
+    saga = CheckoutSaga(hot_uow)
+    counted = Counted(saga._batcher)
+
+    outcomes = await asyncio.gather(*(saga.handle(r, _delivery()) for r in requests))
+
+    assert outcomes == [Handled.DONE] * 12
+    assert counted.sizes, "no batch ran: each message had a transaction of its own"
+    assert max(counted.sizes) > 1
+    ids = [r.checkout_id for r in requests]
+    assert await _states(engine, ids) == {"PAYMENT_PENDING": 12}
+    assert await _charges(engine, ids) == 12  # one ChargePayment each, no more
+
+
+async def test_a_batch_keeps_each_outcome_its_own(hot_uow: UnitOfWork, engine: AsyncEngine) -> None:
+    requests = [await _started(hot_uow) for _ in range(3)]
+    nowhere = CheckoutRequested(
+        checkout_id=uuid.uuid4(), order_id=uuid.uuid4(), requested_at=datetime.now(UTC)
+    )
+    nowhere_delivery, twice = _delivery(), _delivery()
+    saga = CheckoutSaga(hot_uow)
+
+    outcomes = await asyncio.gather(
+        *(saga.handle(r, _delivery()) for r in requests[:2]),
+        saga.handle(nowhere, nowhere_delivery),
+        saga.handle(requests[2], twice),
+        saga.handle(requests[2], twice),  # the same message delivered twice
+        return_exceptions=True,
+    )
+
+    assert outcomes[:2] == [Handled.DONE] * 2
+    assert isinstance(outcomes[2], PermanentFailure)
+    assert str(nowhere.checkout_id) in str(outcomes[2])
+    assert sorted(map(str, outcomes[3:])) == sorted(map(str, [Handled.DONE, Handled.DUPLICATE]))
+    ids = [r.checkout_id for r in requests]
+    assert await _states(engine, ids) == {"PAYMENT_PENDING": 3}
+    assert await _charges(engine, ids) == 3
+    async with engine.connect() as conn:  # the refused message left no inbox row
+        claimed = await conn.execute(
+            text("SELECT count(*) FROM inbox WHERE message_id = :m"),
+            {"m": nowhere_delivery.message_id},
+        )
+        assert claimed.scalar_one() == 0
