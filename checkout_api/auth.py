@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from checkout_api.errors import problem, problem_type
-from infra.auth.keys import ApiKey, Role, authenticate
+from infra.auth.keys import ApiKey, KeyChecker, Role
 
 log = structlog.get_logger("checkout_api.auth")
 
@@ -160,8 +160,8 @@ class AuthMiddleware:
     async def _lookup(self, scope: Scope, token: str) -> ApiKey | None:
         if len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
             return None
-        async with scope["state"]["uow"].reads() as conn:
-            return await authenticate(conn, token)
+        keys: KeyChecker = scope["state"]["keys"]
+        return await keys.authenticate(token)
 
     async def _over_limit(self, key: ApiKey) -> int | None:
         """None if the request may go on, else whole seconds until it may."""

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from checkout_api.broker import BrokerLink
 from checkout_api.metrics import ApiMetrics
 from checkout_api.state import ApiState
+from infra.auth.keys import KeyChecker
 from infra.db.session import UnitOfWork, create_engine, create_pool
 from infra.settings import Settings
 
@@ -40,8 +41,13 @@ def make_lifespan(
         broker.start()
         log.info("api started", namespace=settings.namespace)
         try:
+            uow = UnitOfWork(engine, pool)
             yield ApiState(
-                settings=settings, uow=UnitOfWork(engine, pool), broker=broker, metrics=metrics
+                settings=settings,
+                uow=uow,
+                keys=KeyChecker(uow),
+                broker=broker,
+                metrics=metrics,
             )
         finally:
             await broker.close()

@@ -6,6 +6,7 @@ from typing import TypedDict
 
 from checkout_api.broker import BrokerLink
 from checkout_api.metrics import ApiMetrics
+from infra.auth.keys import KeyChecker
 from infra.db.session import UnitOfWork
 from infra.settings import Settings
 
@@ -13,5 +14,6 @@ from infra.settings import Settings
 class ApiState(TypedDict):
     settings: Settings
     uow: UnitOfWork
+    keys: KeyChecker
     broker: BrokerLink
     metrics: ApiMetrics

@@ -15,12 +15,15 @@ id, which the saga's inbox drops.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from contracts import ChargePayment, PaymentDeclined, PaymentSucceeded
+from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
@@ -41,9 +44,14 @@ def reply_id(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(command_id, "payment-reply")
 
 
-_PAYMENT = (
-    "SELECT order_id, amount, currency FROM payments WHERE payment_id = %s AND checkout_id = %s"
+_PAYMENTS = (
+    "SELECT payment_id, checkout_id, order_id, amount, currency FROM payments"
+    " WHERE payment_id = ANY(%s::uuid[])"
 )
+"""The payments the saga recorded, for the commands in hand (one statement for all)."""
+
+Recorded = tuple[uuid.UUID, Decimal, str] | None
+"""A payment as the saga recorded it: (order, amount, currency); None if it has none."""
 
 
 class PaymentStep:
@@ -56,12 +64,28 @@ class PaymentStep:
         self._payments = payments
         self._publisher = publisher
         self._exchange = exchange
+        # The commands in hand at one moment are checked by one read (group commit).
+        self._recorded: Batcher[ChargePayment, Recorded] = Batcher(
+            "payment checks", self._recorded_all, self._recorded_one
+        )
+
+    async def _recorded_all(self, commands: Sequence[ChargePayment]) -> list[Recorded]:
+        async with self._uow.reads() as conn:
+            cursor = await conn.execute(_PAYMENTS, ([c.payment_id for c in commands],))
+            found = {row[0]: row for row in await cursor.fetchall()}
+        recorded: list[Recorded] = []
+        for command in commands:
+            row = found.get(command.payment_id)
+            ours = row is not None and row[1] == command.checkout_id
+            recorded.append((row[2], row[3], row[4]) if row is not None and ours else None)
+        return recorded
+
+    async def _recorded_one(self, command: ChargePayment) -> Recorded:
+        return (await self._recorded_all([command]))[0]
 
     async def _check(self, command: ChargePayment) -> None:
         """PermanentFailure unless the saga recorded exactly this payment."""
-        async with self._uow.reads() as conn:
-            cursor = await conn.execute(_PAYMENT, (command.payment_id, command.checkout_id))
-            row = await cursor.fetchone()
+        row = await self._recorded.submit(command)
         if row is None:
             raise PermanentFailure(
                 f"no payment {command.payment_id} of checkout {command.checkout_id}: "

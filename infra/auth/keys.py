@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,7 +27,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infra.db.session import psycopg_connection
+from infra.db.batching import Batcher
+from infra.db.session import UnitOfWork, psycopg_connection
 
 TOKEN_PREFIX = "ck_"  # noqa: S105 -- the marker every token starts with, not a secret
 # "ck_" and 7 characters: enough to tell keys apart, useless to an attacker (_REVOKE
@@ -116,6 +118,10 @@ _AUTHENTICATE = (
     "SELECT key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
     "WHERE token_hash = %s AND revoked_at IS NULL"
 )
+_AUTHENTICATE_MANY = (
+    "SELECT token_hash, key_id, name, role, token_prefix, created_at, revoked_at FROM api_keys "
+    "WHERE token_hash = ANY(%s) AND revoked_at IS NULL"
+)
 
 
 async def create_key(
@@ -183,6 +189,38 @@ async def authenticate(conn: psycopg.AsyncConnection[Any], token: str) -> ApiKey
         return None
     key_id, name, role, prefix, created_at, revoked_at = found
     return ApiKey(key_id, name, Role(role), prefix, created_at, revoked_at)
+
+
+class KeyChecker:
+    """Finds the live key of each request's token, reading the database every time.
+
+    The lookups of the requests in hand at one moment share one read (group commit,
+    `infra.db.batching`): the first goes at once, those arriving meanwhile together
+    after it. A request is looked up by a statement sent after it arrived, so a key
+    revoked before a request is refused on that request, as with one read each.
+    """
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._lookups: Batcher[str, ApiKey | None] = Batcher(
+            "api key lookups", self._find_all, self._find_one
+        )
+
+    async def authenticate(self, token: str) -> ApiKey | None:
+        """The live key this token belongs to, or None."""
+        return await self._lookups.submit(token_hash(token))
+
+    async def _find_all(self, hashes: Sequence[str]) -> list[ApiKey | None]:
+        async with self._uow.reads() as conn:
+            cursor = await conn.execute(_AUTHENTICATE_MANY, (sorted(set(hashes)),))
+            found = {
+                row[0]: ApiKey(row[1], row[2], Role(row[3]), row[4], row[5], row[6])
+                for row in await cursor.fetchall()
+            }
+        return [found.get(h) for h in hashes]
+
+    async def _find_one(self, digest: str) -> ApiKey | None:
+        return (await self._find_all([digest]))[0]
 
 
 async def key_is_live(engine: AsyncEngine, token: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -237,3 +238,24 @@ async def test_a_key_cannot_be_checked_without_the_database_503_with_retry_after
     body = response.json()
     assert body["type"] == "urn:checkout:problem:auth-unavailable"
     assert "database is unreachable" in body["detail"]
+
+
+async def test_requests_in_hand_each_get_their_own_keys_verdict(
+    anonymous: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    # The key lookups of concurrent requests share reads; each request still gets its
+    # own key's answer: a live clerk, a live operator, a revoked key, an unknown token.
+    clerk = await _key(engine, Role.clerk)
+    operator = await _key(engine, Role.operator)
+    revoked = await create_key(engine, f"auth-gone-{uuid.uuid4().hex[:8]}", Role.operator)
+    await revoke_key(engine, revoked.key.name)
+    gone = {"Authorization": f"Bearer {revoked.token}"}
+    unknown = {"Authorization": "Bearer ck_" + "x" * 43}
+    timeline = f"/checkouts/{SOME_ID}/timeline"  # operators only
+
+    responses = await asyncio.gather(
+        *(anonymous.get(timeline, headers=h) for h in [clerk, operator, gone, unknown] * 5)
+    )
+
+    codes = [r.status_code for r in responses]
+    assert codes == [403, 404, 401, 401] * 5, codes

@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import CheckoutRequested
+from contracts import ChargePayment, CheckoutRequested
 from infra.db.models import Checkout, Order
 from infra.db.session import UnitOfWork, create_pool
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
 from infra.settings import Settings
 from saga.orchestrator import CheckoutSaga
+from saga.payment_step import PaymentStep
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +152,40 @@ async def test_a_batch_keeps_each_outcome_its_own(hot_uow: UnitOfWork, engine: A
             {"m": nowhere_delivery.message_id},
         )
         assert claimed.scalar_one() == 0
+
+
+async def test_payment_checks_in_hand_share_a_read_and_keep_their_verdicts(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    requests = [await _started(hot_uow) for _ in range(4)]
+    await asyncio.gather(*(CheckoutSaga(hot_uow).handle(r, _delivery()) for r in requests))
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT payment_id, checkout_id, order_id, amount, currency FROM payments"
+                " WHERE checkout_id = ANY(:ids)"
+            ),
+            {"ids": [r.checkout_id for r in requests]},
+        )
+        commands = [
+            ChargePayment(payment_id=p, checkout_id=c, order_id=o, amount=amount, currency=currency)
+            for p, c, o, amount, currency in rows.all()
+        ]
+    forged = [
+        commands[0].model_copy(update={"amount": Decimal("0.01")}),  # not what was recorded
+        commands[1].model_copy(update={"checkout_id": uuid.uuid4()}),  # another checkout's
+        commands[2].model_copy(update={"payment_id": uuid.uuid4()}),  # never recorded
+    ]
+    step = PaymentStep(hot_uow, None, None, "unused")  # type: ignore[arg-type]
+    counted = Counted(step._recorded)
+
+    verdicts = await asyncio.gather(
+        *(step._check(c) for c in [*commands, *forged]), return_exceptions=True
+    )
+
+    assert verdicts[:4] == [None] * 4
+    assert all(isinstance(v, PermanentFailure) for v in verdicts[4:]), verdicts
+    assert "does not match" in str(verdicts[4])
+    assert "not charging a payment this system did not record" in str(verdicts[5])
+    assert "not charging a payment this system did not record" in str(verdicts[6])
+    assert counted.sizes, "each check had a read of its own"
