@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 
@@ -16,8 +17,10 @@ def contains_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def to_order(row: Row[Any]) -> OrderOut:
-    m = row._mapping
+def to_order(row: Row[Any] | Mapping[str, Any]) -> OrderOut:
+    """An order of `select_orders` (or a search statement): an SQLAlchemy row, or a
+    psycopg one as a dict."""
+    m = row._mapping if isinstance(row, Row) else row
     return OrderOut(
         order_id=m["order_id"],
         order_name=m["order_name"],

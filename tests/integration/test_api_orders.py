@@ -8,12 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.testing import api_client
-from checkout_api.usecases.sql import select_orders
+from checkout_api.usecases import queries
+from checkout_api.usecases.order_views import contains_pattern, to_order
+from checkout_api.usecases.sql import search_matches, search_window, select_orders
+from infra.db.migrate import libpq_url
 from infra.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -373,3 +377,198 @@ async def test_search_statements_use_the_indexes(clean_db: AsyncEngine) -> None:
         limit=21,
     )
     assert "orders_created_idx" in paged
+    window = await _plan(clean_db, search_window(window=1200), pattern="%poster%", limit=21)
+    assert "orders_created_idx" in window
+    assert "orders_name_trgm_idx" not in window
+    assert "payments_order_idx" in window
+    matches = await _plan(clean_db, search_matches(), pattern="%poster%", limit=21)
+    assert "orders_name_trgm_idx" in matches
+    assert "payments_order_idx" in matches
+
+
+# Names for the search paths below: "poster" in 1 order of 3, "zyx" in 3 of 90, "Éclair"
+# and "éCLAIR" (case folding beyond ASCII), "100%" and "snake_case" (wildcards taken
+# literally), and texts without three word characters in a row, which give the trigram
+# index nothing.
+SEARCHED = [
+    "poster",
+    "POSTER 1",
+    "r 1",
+    "zyx",
+    "banner ZYX",
+    "éclair",
+    "yer",
+    "er",
+    "o",
+    "%",
+    "e_c",
+    "nothing like it",
+]
+
+
+def _search_orders() -> list[tuple[uuid.UUID, str, datetime]]:
+    """90 orders, three to a creation time (ties are broken by order_id)."""
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    made = []
+    for i in range(90):
+        if i in (5, 40, 77):
+            name = f"Banner zyx {i}"
+        elif i % 3 == 0:
+            name = f"Poster {i}"
+        elif i in (8, 50):
+            name = "Éclair box" if i == 8 else "boîte éCLAIR"
+        elif i in (13, 62):
+            name = "100% cotton" if i == 13 else "snake_case"
+        else:
+            name = f"Flyer {i}"
+        made.append((uuid.uuid4(), name, at + timedelta(minutes=i // 3)))
+    return made
+
+
+async def _insert_search_orders(engine: AsyncEngine) -> uuid.UUID:
+    """`_search_orders`, the fourth oldest with a payment and an invoice (its id)."""
+    made = _search_orders()
+    async with engine.begin() as conn:
+        for order_id, name, at in made:
+            await conn.execute(
+                text(
+                    "INSERT INTO orders VALUES (:o, :n, 1, 'USD', 'a@example.com', 'A', "
+                    "'PENDING', :t, :t)"
+                ),
+                {"o": order_id, "n": name, "t": at},
+            )
+        paid, _, at = made[3]
+        ids = {"c": uuid.uuid4(), "o": paid, "p": uuid.uuid4(), "i": uuid.uuid4(), "t": at}
+        for statement in (
+            "INSERT INTO checkouts VALUES (:c, :o, 'PAID', NULL, NULL, :t, :t)",
+            "INSERT INTO payments VALUES (:p, :c, :o, 1, 'USD', 'SUCCESSFUL', NULL, NULL, :t, :t)",
+            "INSERT INTO invoices VALUES (:i, :o, :c, 1, 'USD', 'CREATED', :p, :t, :t)",
+        ):
+            await conn.execute(text(statement), ids)
+    return paid
+
+
+async def _pages(client: httpx.AsyncClient, name: str, limit: int) -> list[list[dict[str, Any]]]:
+    """Every page of a search, following next_cursor."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor: str | None = None
+    while len(pages) < 100:
+        params: dict[str, Any] = {"name": name, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get("/orders", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    return pages
+
+
+async def _as_before(engine: AsyncEngine, name: str, limit: int, after: Any) -> list[Any]:
+    """A page as the search's one statement of before returns it (the planner's plan)."""
+    params: dict[str, Any] = {"pattern": contains_pattern(name), "limit": limit}
+    if after is not None:
+        params |= {"after_created_at": after[0], "after_order_id": after[1]}
+    async with engine.connect() as conn:
+        rows = await conn.execute(select_orders(by_name=True, after=after is not None), params)
+        return [to_order(row).model_dump(mode="json") for row in rows]
+
+
+@pytest.mark.parametrize("windows", [(1, 1, 1), (2, 3, 10), (4, 10, 20), queries.SEARCH_WINDOWS])
+async def test_every_search_path_pages_like_the_one_statement_of_before(
+    settings: Settings,
+    clean_db: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    windows: tuple[int, int, int],
+) -> None:
+    """Whichever way a page is found (in the first window of newest orders, in several,
+    through the trigram index, or by the planner's statement), every page of every
+    search is the one the single statement of before returned: the same orders with
+    their payment and invoice, in the same order, with the same cursors."""
+    paid = await _insert_search_orders(clean_db)
+    monkeypatch.setattr(queries, "SEARCH_WINDOWS", windows)
+    monkeypatch.setattr(queries, "WINDOWS_PAGE", 3)  # pages of 3+ walk bigger windows
+    statements: list[list[str]] = []  # the statements of each search, in order
+    search = queries.search_orders
+
+    async def spied_search(*args: Any, **kwargs: Any) -> Any:
+        statements.append([])
+        return await search(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "search_orders", spied_search)
+
+    def spy(build: Any) -> Any:
+        def built(*args: Any, **kwargs: Any) -> Any:
+            statements[-1].append(build.__name__)
+            return build(*args, **kwargs)
+
+        return built
+
+    for attribute in ("search_window", "search_matches", "select_orders"):
+        monkeypatch.setattr(queries, attribute, spy(getattr(queries, attribute)))
+
+    names_newest_first = await _names_newest_first(clean_db)
+    unlimited = settings.model_copy(update={"api_rate_limit": "100000/second"})
+    async with api_client(unlimited) as client:
+        await _check_every_page(client, clean_db, names_newest_first)
+        shown = {o["order_id"]: o for page in await _pages(client, "poster", 100) for o in page}
+    assert shown[str(paid)]["payment"]["status"] == "SUCCESSFUL"
+    assert shown[str(paid)]["invoice"]["status"] == "CREATED"
+    paths = {
+        "one window"
+        if steps == ["search_window"]
+        else "planner"
+        if steps == ["select_orders"]
+        else "trigram index"
+        if steps[-1] == "search_matches"
+        else "windows"
+        for steps in statements
+    }
+    if windows != queries.SEARCH_WINDOWS:
+        assert paths == {"one window", "windows", "trigram index", "planner"}
+
+
+async def _check_every_page(
+    client: httpx.AsyncClient, engine: AsyncEngine, names_newest_first: list[str]
+) -> None:
+    for name in SEARCHED:
+        expected = [n for n in names_newest_first if name.lower() in n.lower()]
+        assert expected or name == "nothing like it"
+        for limit in (1, 2, 5, 20):
+            pages = await _pages(client, name, limit)
+            assert [o["order_name"] for page in pages for o in page] == expected, (name, limit)
+            assert [len(page) for page in pages[:-1]] == [limit] * (len(pages) - 1)
+            after = None
+            for page in pages:
+                assert page == await _as_before(engine, name, limit, after), (name, limit)
+                if page:
+                    last = page[-1]
+                    after = (
+                        datetime.fromisoformat(last["created_at"]),
+                        uuid.UUID(last["order_id"]),
+                    )
+
+
+async def _names_newest_first(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text("SELECT order_name FROM orders ORDER BY created_at DESC, order_id DESC")
+        )
+        return list(result.scalars())
+
+
+async def test_the_windows_of_a_page_read_one_snapshot(
+    settings: Settings, clean_db: AsyncEngine
+) -> None:
+    """A page walked in several windows is read in one REPEATABLE READ transaction, so
+    an order committed between two of its statements cannot shift it."""
+    await _insert_search_orders(clean_db)
+    url = libpq_url(settings.database_url.get_secret_value())
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        params = {"pattern": contains_pattern("poster"), "limit": 3}
+        rows = await queries._orders_named(conn, "poster", params, after=False)
+        assert [row["order_name"] for row in rows] == ["Poster 87", "Poster 84", "Poster 81"]
+        isolation = await (await conn.execute("SHOW transaction_isolation")).fetchone()
+        assert isolation == ("repeatable read",)
