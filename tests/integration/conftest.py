@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkout_api.testing import api_client
 from consumers.main import build_worker as build_consumer
 from infra.db.migrate import libpq_url
+from infra.db.session import UnitOfWork, create_pool
 from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
@@ -68,3 +69,14 @@ async def pipeline(
         api = await stack.enter_async_context(api_client(run_settings))
         mocks = await stack.enter_async_context(httpx.AsyncClient(base_url=mocks_url))
         yield Pipeline(run_settings, api, mocks, publisher, engine)
+
+
+@pytest.fixture
+async def hot_uow(engine: AsyncEngine, settings: Settings) -> AsyncIterator[UnitOfWork]:
+    """A unit of work on a psycopg pool of its own, as the parts run their hot paths."""
+    pool = create_pool(settings, max_size=4)
+    await pool.open()
+    try:
+        yield UnitOfWork(engine, pool)
+    finally:
+        await pool.close()

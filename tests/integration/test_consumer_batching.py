@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.invoice import InvoiceConsumer
 from contracts import OrderPaid
-from infra.db.session import UnitOfWork, create_pool
+from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
-from infra.settings import Settings
+from tests.support.batching import Counted
 from tests.support.seed import order_paid_event, paid_order
 
 pytestmark = pytest.mark.integration
@@ -27,32 +27,9 @@ def _delivery(message_id: uuid.UUID | None = None) -> Delivery:
     return Delivery(message_id or uuid.uuid4(), None, OrderPaid.message_type, 1, "test.invoice")
 
 
-class Counted:
-    """Counts the batches a batcher runs, and their sizes."""
-
-    def __init__(self, batcher: Any) -> None:
-        self.sizes: list[int] = []
-        self._run = batcher._run_batch
-        batcher._run_batch = self
-
-    async def __call__(self, items: Sequence[Any]) -> Any:
-        self.sizes.append(len(items))
-        return await self._run(items)
-
-
 async def _count(engine: AsyncEngine, sql: str, ids: list[uuid.UUID]) -> int:
     async with engine.connect() as conn:
         return int((await conn.execute(text(sql), {"ids": ids})).scalar_one())
-
-
-@pytest.fixture
-async def hot_uow(engine: AsyncEngine, settings: Settings) -> Any:
-    pool = create_pool(settings, max_size=4)
-    await pool.open()
-    try:
-        yield UnitOfWork(engine, pool)
-    finally:
-        await pool.close()
 
 
 async def test_twenty_messages_in_hand_are_recorded_in_a_few_statements(

@@ -5,84 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import ChargePayment, CheckoutRequested
-from infra.db.models import Checkout, Order
-from infra.db.session import UnitOfWork, create_pool
+from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
-from infra.settings import Settings
 from saga.orchestrator import CheckoutSaga
 from saga.payment_step import PaymentStep
+from tests.support.batching import Counted
+from tests.support.seed import started_checkout
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def hot_uow(engine: AsyncEngine, settings: Settings) -> AsyncIterator[UnitOfWork]:
-    pool = create_pool(settings, max_size=4)
-    await pool.open()
-    try:
-        yield UnitOfWork(engine, pool)
-    finally:
-        await pool.close()
-
-
-async def _started(uow: UnitOfWork) -> CheckoutRequested:
-    """An order and its checkout just STARTED, as the API leaves them."""
-    now = datetime.now(UTC)
-    order_id, checkout_id = uuid.uuid4(), uuid.uuid4()
-    async with uow() as session:
-        session.add(
-            Order(
-                order_id=order_id,
-                order_name="Batched poster",
-                amount=Decimal("12.50"),
-                currency="EUR",
-                customer_email="b@example.com",
-                customer_name="B",
-                status="PENDING",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        await session.flush()
-        session.add(
-            Checkout(
-                checkout_id=checkout_id,
-                order_id=order_id,
-                state="STARTED",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        await session.commit()
-    return CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now)
-
-
 def _delivery(message_id: uuid.UUID | None = None) -> Delivery:
     return Delivery(message_id or uuid.uuid4(), None, CheckoutRequested.message_type, 1, "saga")
-
-
-class Counted:
-    """Counts the batches the saga's batcher runs, and their sizes."""
-
-    def __init__(self, batcher: Any) -> None:
-        self.sizes: list[int] = []
-        self._run = batcher._run_batch
-        batcher._run_batch = self
-
-    async def __call__(self, items: Sequence[Any]) -> Any:
-        self.sizes.append(len(items))
-        return await self._run(items)
 
 
 async def _states(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[str, int]:
@@ -109,7 +52,7 @@ async def _charges(engine: AsyncEngine, ids: list[uuid.UUID]) -> int:
 async def test_checkouts_requested_together_move_on_together(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
-    requests = [await _started(hot_uow) for _ in range(12)]
+    requests = [await started_checkout(hot_uow) for _ in range(12)]
     saga = CheckoutSaga(hot_uow)
     counted = Counted(saga._batcher)
 
@@ -124,7 +67,7 @@ async def test_checkouts_requested_together_move_on_together(
 
 
 async def test_a_batch_keeps_each_outcome_its_own(hot_uow: UnitOfWork, engine: AsyncEngine) -> None:
-    requests = [await _started(hot_uow) for _ in range(3)]
+    requests = [await started_checkout(hot_uow) for _ in range(3)]
     nowhere = CheckoutRequested(
         checkout_id=uuid.uuid4(), order_id=uuid.uuid4(), requested_at=datetime.now(UTC)
     )
@@ -157,7 +100,7 @@ async def test_a_batch_keeps_each_outcome_its_own(hot_uow: UnitOfWork, engine: A
 async def test_payment_checks_in_hand_share_a_read_and_keep_their_verdicts(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
-    requests = [await _started(hot_uow) for _ in range(4)]
+    requests = [await started_checkout(hot_uow) for _ in range(4)]
     await asyncio.gather(*(CheckoutSaga(hot_uow).handle(r, _delivery()) for r in requests))
     async with engine.connect() as conn:
         rows = await conn.execute(

@@ -11,10 +11,15 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from contracts import Customer, OrderPaid
+from contracts import CheckoutRequested, Customer, OrderPaid
 from infra.db.models import Checkout, Order, Payment
 from infra.db.session import UnitOfWork
+
+
+def _order(order_id: uuid.UUID, status: str, now: datetime, **fields: Any) -> Order:
+    return Order(order_id=order_id, status=status, created_at=now, updated_at=now, **fields)
 
 
 async def paid_order(
@@ -31,16 +36,15 @@ async def paid_order(
     order_id, checkout_id, payment_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with uow() as session:
         session.add(
-            Order(
-                order_id=order_id,
+            _order(
+                order_id,
+                "PAID",
+                now,
                 order_name=name,
                 amount=amount,
                 currency=currency,
                 customer_email=email,
                 customer_name=customer_name,
-                status="PAID",
-                created_at=now,
-                updated_at=now,
             )
         )
         await session.flush()
@@ -94,3 +98,35 @@ def order_paid_event(**changes: object) -> OrderPaid:
         "paid_at": datetime.now(UTC),
     }
     return OrderPaid.model_validate({**fields, **changes})
+
+
+async def started_checkout(uow: UnitOfWork) -> CheckoutRequested:
+    """Write a PENDING order and its checkout just STARTED, as the API leaves them; return
+    the CheckoutRequested the outbox would carry to the saga."""
+    now = datetime.now(UTC)
+    order_id, checkout_id = uuid.uuid4(), uuid.uuid4()
+    async with uow() as session:
+        session.add(
+            _order(
+                order_id,
+                "PENDING",
+                now,
+                order_name="Seeded poster",
+                amount=Decimal("12.50"),
+                currency="EUR",
+                customer_email="seeded@example.com",
+                customer_name="Seeded",
+            )
+        )
+        await session.flush()
+        session.add(
+            Checkout(
+                checkout_id=checkout_id,
+                order_id=order_id,
+                state="STARTED",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await session.commit()
+    return CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now)
