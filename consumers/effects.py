@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -42,8 +42,6 @@ from infra.messaging.failures import PermanentFailure
 from infra.timeline.record import EFFECT_APPLIED, clip
 
 log = structlog.get_logger()
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +144,10 @@ class Effects:
         self._records: Batcher[_Record, Found] = Batcher(
             f"{consumer} records",
             self._record_all,
-            lambda record: _alone(self._record_all, record),
             key=lambda record: record.delivery.message_id,
         )
         self._checks: Batcher[tuple[OrderPaid, Delivery], Found] = Batcher(
-            f"{consumer} checks", self._check_all, lambda check: _alone(self._check_all, check)
+            f"{consumer} checks", self._check_all
         )
 
     async def _record_all(self, records: Sequence[_Record]) -> list[Found]:
@@ -220,10 +217,6 @@ class Effects:
             return Handled.DUPLICATE
         log.info("effect applied", detail=detail(result))
         return Handled.DONE
-
-
-async def _alone(run: Callable[[Sequence[T]], Awaitable[list[Found]]], item: T) -> Found:
-    return (await run([item]))[0]
 
 
 def _not_paid(event: OrderPaid, state: str | None) -> PermanentFailure:

@@ -121,7 +121,6 @@ class CheckoutSaga:
         self._batcher: Batcher[tuple[SagaInput, Delivery], _Applied] = Batcher(
             "saga transitions",
             self._apply_all,
-            self._apply_one,
             key=lambda item: item[0].checkout_id,  # a checkout's messages in turn
         )
 
@@ -136,9 +135,6 @@ class CheckoutSaga:
             metrics.SAGA_TRANSITIONS.labels(applied.previous, transition.state).inc()
         log.info("checkout transition", state=transition.state, step=transition.step.name)
         return Handled.DONE
-
-    async def _apply_one(self, item: tuple[SagaInput, Delivery]) -> _Applied:
-        return (await self._apply_all([item]))[0]
 
     async def _apply_all(self, items: Sequence[tuple[SagaInput, Delivery]]) -> list[_Applied]:
         """Apply each message to its checkout (one message per checkout), in one transaction."""

@@ -66,7 +66,7 @@ class PaymentStep:
         self._exchange = exchange
         # The commands in hand at one moment are checked by one read (group commit).
         self._recorded: Batcher[ChargePayment, Recorded] = Batcher(
-            "payment checks", self._recorded_all, self._recorded_one
+            "payment checks", self._recorded_all
         )
 
     async def _recorded_all(self, commands: Sequence[ChargePayment]) -> list[Recorded]:
@@ -79,9 +79,6 @@ class PaymentStep:
             ours = row is not None and row[1] == command.checkout_id
             recorded.append((row[2], row[3], row[4]) if row is not None and ours else None)
         return recorded
-
-    async def _recorded_one(self, command: ChargePayment) -> Recorded:
-        return (await self._recorded_all([command]))[0]
 
     async def _check(self, command: ChargePayment) -> None:
         """PermanentFailure unless the saga recorded exactly this payment."""

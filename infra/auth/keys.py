@@ -202,9 +202,7 @@ class KeyChecker:
 
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
-        self._lookups: Batcher[str, ApiKey | None] = Batcher(
-            "api key lookups", self._find_all, self._find_one
-        )
+        self._lookups: Batcher[str, ApiKey | None] = Batcher("api key lookups", self._find_all)
 
     async def authenticate(self, token: str) -> ApiKey | None:
         """The live key this token belongs to, or None."""
@@ -218,9 +216,6 @@ class KeyChecker:
                 for row in await cursor.fetchall()
             }
         return [found.get(h) for h in hashes]
-
-    async def _find_one(self, digest: str) -> ApiKey | None:
-        return (await self._find_all([digest]))[0]
 
 
 async def key_is_live(engine: AsyncEngine, token: str) -> bool:

@@ -8,9 +8,10 @@ flush) for all of them. With one message in hand nothing waits for company, and 
 busier the process, the larger the batches, like the relay's.
 
 A batch that fails as a whole (the row of one item violating a constraint, say, or the
-connection lost) is run again item by item, so that each item gets its own result or
-its own error, exactly as if it had never been batched. Items with the same `key` (two
-deliveries of one message) never share a batch: the later one waits for the next.
+connection lost) is run again item by item (by default as batches of one), so that
+each item gets its own result or its own error, exactly as if it had never been
+batched. Items with the same `key` (two deliveries of one message) never share a
+batch: the later one waits for the next.
 """
 
 from __future__ import annotations
@@ -39,19 +40,23 @@ class Batcher(Generic[T, R]):
         self,
         name: str,
         run_batch: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
-        run_one: Callable[[T], Awaitable[R]],
+        run_one: Callable[[T], Awaitable[R]] | None = None,
         *,
         key: Callable[[T], Hashable] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
-        self._run_one = run_one
+        self._run_one = run_one or self._batch_of_one
         self._key = key
         self._max_batch = max_batch
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._in_flight: list[tuple[T, asyncio.Future[R]]] = []
+
+    async def _batch_of_one(self, item: T) -> R:
+        """How an item runs alone unless the owner says otherwise: a batch of one."""
+        return (await self._run_batch([item]))[0]
 
     async def submit(self, item: T) -> R:
         """Run `item` (in a batch if others are waiting); its result, or its error."""

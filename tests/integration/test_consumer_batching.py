@@ -97,13 +97,19 @@ async def test_a_failing_batch_is_run_message_by_message(
     records = consumer._effects._records
     real = records._run_batch
 
+    failed: list[int] = []
+
     async def broken(items: Sequence[Any]) -> Any:
-        raise ConnectionError("lost the connection mid-batch")
+        if len(items) > 1:  # a batch fails; each message alone (a batch of one) does not
+            failed.append(len(items))
+            raise ConnectionError("lost the connection mid-batch")
+        return await real(items)
 
     records._run_batch = broken
     outcomes = await asyncio.gather(*(consumer.handle(e, _delivery()) for e in events))
     records._run_batch = real
 
+    assert failed, "no batch was formed, so none could fail"
     assert outcomes == [Handled.DONE] * 3
     orders = [e.order_id for e in events]
     assert (

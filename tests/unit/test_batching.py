@@ -71,6 +71,19 @@ async def test_one_submitted_as_the_last_batch_ends_runs_too(hops: int) -> None:
     assert await second[0] == 4
 
 
+async def test_without_run_one_an_item_alone_is_a_batch_of_one() -> None:
+    recorder = Recorder(poison={3})
+    batcher: Batcher[int, int] = Batcher("test", recorder.run_batch)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(5)), return_exceptions=True)
+    assert results[:3] == [0, 2, 4]
+    assert isinstance(results[3], ValueError)
+    assert results[4] == 8
+    # The failed batch, then each item again on its own.
+    assert recorder.batches[0] == [0, 1, 2, 3, 4]
+    assert sorted(recorder.batches[1:]) == [[0], [1], [2], [3], [4]]
+    assert recorder.alone == []
+
+
 async def test_items_submitted_together_run_as_one_batch() -> None:
     recorder = Recorder()
     batcher = _batcher(recorder)
