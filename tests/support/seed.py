@@ -18,8 +18,12 @@ from infra.db.models import Checkout, Order, Payment
 from infra.db.session import UnitOfWork
 
 
+def _times(now: datetime) -> dict[str, datetime]:
+    return {"created_at": now, "updated_at": now}
+
+
 def _order(order_id: uuid.UUID, status: str, now: datetime, **fields: Any) -> Order:
-    return Order(order_id=order_id, status=status, created_at=now, updated_at=now, **fields)
+    return Order(order_id=order_id, status=status, **_times(now), **fields)
 
 
 async def paid_order(
@@ -49,13 +53,7 @@ async def paid_order(
         )
         await session.flush()
         session.add(
-            Checkout(
-                checkout_id=checkout_id,
-                order_id=order_id,
-                state="PAID",
-                created_at=now,
-                updated_at=now,
-            )
+            Checkout(checkout_id=checkout_id, order_id=order_id, state="PAID", **_times(now))
         )
         await session.flush()
         session.add(
@@ -120,13 +118,7 @@ async def started_checkout(uow: UnitOfWork) -> CheckoutRequested:
         )
         await session.flush()
         session.add(
-            Checkout(
-                checkout_id=checkout_id,
-                order_id=order_id,
-                state="STARTED",
-                created_at=now,
-                updated_at=now,
-            )
+            Checkout(checkout_id=checkout_id, order_id=order_id, state="STARTED", **_times(now))
         )
         await session.commit()
     return CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now)
