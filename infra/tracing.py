@@ -100,6 +100,18 @@ def extract(headers: Mapping[str, Any]) -> Context:
     return propagate.extract({k: str(v) for k, v in headers.items() if isinstance(v, str)})
 
 
+def spans_recorded(provider: trace.TracerProvider | None = None) -> bool:
+    """Whether `provider` (the installed one unless given) records spans: it has an
+    exporter, or a sampler was asked for.
+
+    When it does not, a consumer need not build a span per message: continuing the
+    trace carried by the message's headers gives its logs, the spans it starts and the
+    messages it sends the same trace id.
+    """
+    provider = provider or trace.get_tracer_provider()
+    return isinstance(provider, TracerProvider) and provider.sampler is not ALWAYS_OFF
+
+
 def current_trace_id() -> str | None:
     """The current trace id as 32 hex digits, or None outside a recorded span."""
     context = trace.get_current_span().get_span_context()
