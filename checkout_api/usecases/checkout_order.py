@@ -4,21 +4,20 @@ Concurrency, in the order the transaction meets it:
 
 1. An Idempotency-Key already stored answers at once with the first response, even if
    the order has been paid since; stored for another order, the request is refused.
-2. `SELECT ... FOR UPDATE` on the order serialises every checkout of that order.
-   The active checkout is looked up by a *separate* statement after the lock is held:
-   under READ COMMITTED a statement sees the rows committed before it started, so a
-   join in the locking statement would miss a checkout committed while it waited.
+2. One statement (`_START`) locks the order (`FOR UPDATE` serialises every checkout of
+   it), reads its active checkout, and inserts the new checkout, its step and its
+   outbox row only if the order is not PAID and has none active.
 3. The partial unique index checkouts_one_active_per_order is the guarantee; the lock
-   only makes violating it rare. A violation, or a concurrent request that stored the
-   same Idempotency-Key first (ON CONFLICT DO NOTHING inserts nothing), rolls the
-   attempt back and runs it again, which then finds the winner's checkout or key.
+   only makes violating it rare. The statement reads the active checkout on the
+   snapshot it started with, so one committed while it waited for the lock is missed and
+   the insert violates the index; that, or a concurrent request that stored the same
+   Idempotency-Key first (ON CONFLICT DO NOTHING inserts nothing), rolls the attempt
+   back and runs it again, which then finds the winner's checkout or key.
 
-Every checkout request runs this, so it is plain SQL on the transaction's psycopg
-connection in pipeline mode: the lock and the active-checkout lookup travel together
-(in that order: the server runs a pipeline's statements one after the other, so the
-lookup still starts after the lock is held), then the writes (the checkout, its
-step, its outbox row and the key: one statement of data-modifying CTEs) and the
-COMMIT. About three round trips, where SQLAlchemy statements one by one took ten.
+Every checkout request runs this, so it is plain SQL on a pooled psycopg connection in
+pipeline mode. Without a key it is one round trip: the statement and its COMMIT travel
+together. With a key, three: the key's lookup, the statement, the key's row with the
+COMMIT.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid,
 from contracts import CheckoutRequested
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
-from infra.db.statements import Statement, as_one
-from infra.messaging.outbox import outbox_row
+from infra.messaging.outbox import outbox_message
 from infra.tracing import current_trace_id
 
 log = structlog.get_logger(__name__)
@@ -51,25 +49,47 @@ _ATTEMPTS = 3
 _FIND_KEY = (
     "SELECT order_id, checkout_id, status_code, response FROM idempotency_keys WHERE key = %s"
 )
-_LOCK_ORDER = "SELECT status FROM orders WHERE order_id = %s FOR UPDATE"
-"""The order's status, locking its row until the transaction ends."""
-_ACTIVE_CHECKOUT = (
-    "SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,"
-    " s.name, s.status, s.at, s.detail"
-    " FROM checkouts c LEFT OUTER JOIN checkout_steps s ON s.checkout_id = c.checkout_id"
-    " WHERE c.order_id = %s AND c.state = ANY(%s) ORDER BY s.id"
+_START = """
+WITH locked AS (
+    SELECT status FROM orders WHERE order_id = %(order)s FOR UPDATE
+), active AS (
+    SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
+        s.name, s.status, s.at, s.detail, s.id AS step
+    FROM checkouts c LEFT OUTER JOIN checkout_steps s ON s.checkout_id = c.checkout_id
+    WHERE c.order_id = %(order)s AND c.state = ANY(%(active)s)
+), started AS (
+    INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,
+        created_at, updated_at)
+    SELECT %(checkout)s, %(order)s, 'STARTED', NULL, %(trace)s::varchar, %(now)s, %(now)s
+    FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
+    RETURNING checkout_id
+), step AS (
+    INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
+    SELECT checkout_id, %(step)s::varchar, 'STARTED', %(now)s, %(detail)s::text FROM started
+), message AS (
+    INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id,
+        headers, body, created_at)
+    SELECT %(message_id)s, %(exchange)s::varchar, %(routing_key)s::varchar,
+        %(message_type)s::varchar, checkout_id, %(headers)s, %(body)s::text, %(now)s
+    FROM started
+), reopened AS (
+    UPDATE orders SET status = 'PENDING', updated_at = %(now)s
+    WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
 )
-"""The order's active checkout with its steps; the partial unique index allows one."""
+SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
+    a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
+    a.name, a.status, a.at, a.detail
+FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
+"""
+"""Lock the order and start a checkout of it unless it is PAID or has an active one.
+
+One row each: the order's status (NULL: no such order), whether the checkout was
+started, then the active checkout with one of its steps (NULLs: none). The active
+checkout is read on the statement's snapshot, taken before the lock was granted, so it
+misses a checkout committed while this statement waited for the lock: the insert then
+violates checkouts_one_active_per_order, and the attempt runs again."""
 _ACTIVE_STATES = list(ACTIVE_CHECKOUT_STATES)
 
-_INSERT_CHECKOUT = (
-    "INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,"
-    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-)
-_INSERT_STEP = (
-    "INSERT INTO checkout_steps (checkout_id, name, status, at, detail) VALUES (%s, %s, %s, %s, %s)"
-)
-_REOPEN_ORDER = "UPDATE orders SET status = 'PENDING', updated_at = %s WHERE order_id = %s"
 _STORE_KEY = (
     "INSERT INTO idempotency_keys (key, order_id, checkout_id, status_code, response, created_at)"
     " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key"
@@ -117,50 +137,47 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
 
-        locked = await conn.execute(_LOCK_ORDER, (order_id,))
-        active = await conn.execute(_ACTIVE_CHECKOUT, (order_id, _ACTIVE_STATES))
-        found = await locked.fetchone()
-        if found is None:
+        new, params = _new_checkout(order_id, key)
+        result = await conn.execute(_START, params)
+        if key is None:
+            # Without a key nothing else is written: the COMMIT travels with the
+            # statement, one round trip in all. Were the order PAID or its checkout
+            # active, it commits nothing; were the statement to fail, the COMMIT is
+            # skipped and the error raised as the rows are fetched.
+            await conn.execute("COMMIT")
+        rows = await result.fetchall()
+        status, started = rows[0][:2]
+        if status is None:
             raise OrderNotFound(order_id)
-        status = found[0]
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
-
-        checkout = _checkout(await active.fetchall())
-        started = checkout is None
-        writes: list[Statement] = []
-        if checkout is None:
-            checkout, writes = _start(order_id, status, key)
+        checkout = new if started else _checkout(rows)
         body = checkout.model_dump(mode="json")
 
         if key is not None:
-            # Last, so that the statement's result is its RETURNING.
-            writes.append(
-                (
-                    _STORE_KEY,
-                    (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
-                )
+            stored_now = await conn.execute(
+                _STORE_KEY,
+                (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
             )
-        if writes:
-            # The checkout, its step, its outbox row and the key: one statement.
-            written = await conn.execute(*as_one(writes))
-            if key is not None and await written.fetchone() is None:
+            # A concurrent request with the same key stored it first: roll back.
+            if await stored_now.fetchone() is None:
                 raise _Raced()
-        # COMMIT as a statement of the pipeline: it travels with the writes and the
-        # pipeline's closing sync. A failed commit (or a unique violation of the
-        # inserts) raises as the block ends, like any statement.
-        await conn.execute("COMMIT")
+            # COMMIT as a statement of the pipeline: it travels with the pipeline's
+            # closing sync. A failed commit raises as the block ends, like any statement.
+            await conn.execute("COMMIT")
 
     if started:
         log.info("checkout started", checkout_id=str(checkout.checkout_id))
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)
 
 
-def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut | None:
-    """The active checkout and its steps from `_ACTIVE_CHECKOUT`'s rows, or None."""
-    if not rows:
-        return None
-    checkout_id, order_id, state, failure_reason, created_at, updated_at = rows[0][:6]
+def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
+    """The active checkout and its steps from `_START`'s rows."""
+    checkout_id, order_id, state, failure_reason, created_at, updated_at = rows[0][2:8]
+    if checkout_id is None:
+        # Not PAID, no checkout started and none active: only a row vanishing between
+        # the lock and the read could do this. Run the attempt again.
+        raise _Raced()
     return CheckoutOut(
         checkout_id=checkout_id,
         order_id=order_id,
@@ -168,7 +185,7 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut | None:
         failure_reason=failure_reason,
         steps=[
             StepOut(name=name, status=status, at=at.astimezone(UTC), detail=detail)
-            for name, status, at, detail in (row[6:] for row in rows)
+            for name, status, at, detail in (row[8:] for row in rows)
             if name is not None
         ],
         created_at=created_at.astimezone(UTC),
@@ -176,11 +193,9 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut | None:
     )
 
 
-def _start(
-    order_id: uuid.UUID, order_status: str, key: str | None
-) -> tuple[CheckoutOut, list[Statement]]:
-    """A new checkout, and the writes that insert it, its first step and its
-    CheckoutRequested outbox row."""
+def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, dict[str, Any]]:
+    """The checkout `_START` inserts if it may, and the statement's parameters: the
+    checkout, its first step and its CheckoutRequested outbox row."""
     now = datetime.now(UTC)
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
@@ -190,16 +205,25 @@ def _start(
         at=now,
         detail=_request_detail(key, trace_id),
     )
-    writes: list[Statement] = [
-        (_INSERT_CHECKOUT, (checkout_id, order_id, "STARTED", None, trace_id, now, now)),
-        (_INSERT_STEP, (checkout_id, step.name, step.status, step.at, step.detail)),
-        outbox_row(
-            CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now),
-            correlation_id=checkout_id,
-        ),
-    ]
-    if order_status != "PENDING":  # a FAILED order is pending again while it is retried
-        writes.append((_REOPEN_ORDER, (now, order_id)))
+    message = outbox_message(
+        CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now),
+        correlation_id=checkout_id,
+    )
+    params = {
+        "order": order_id,
+        "active": _ACTIVE_STATES,
+        "checkout": checkout_id,
+        "trace": trace_id,
+        "now": now,
+        "step": step.name,
+        "detail": step.detail,
+        "message_id": message.message_id,
+        "exchange": message.exchange,
+        "routing_key": message.routing_key,
+        "message_type": message.message_type,
+        "headers": message.headers,
+        "body": message.body,
+    }
     checkout = CheckoutOut(
         checkout_id=checkout_id,
         order_id=order_id,
@@ -209,7 +233,7 @@ def _start(
         created_at=now,
         updated_at=now,
     )
-    return checkout, writes
+    return checkout, params
 
 
 def _request_detail(key: str | None, trace_id: str | None) -> str | None:

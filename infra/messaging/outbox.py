@@ -1,18 +1,18 @@
 """Writing to the transactional outbox: a message is committed with the change that caused it.
 
-`insert_outbox` is the hot path's way (the API's checkout): one INSERT on the
-transaction's psycopg connection; `outbox_row` the same INSERT for a caller that folds it
-into a statement of its own (every saga transition). `add_to_outbox` stages the same row
-in an ORM session, for code that already works in one.
+`outbox_row` is the INSERT of a message's row, for a caller that folds it into a
+statement with its other writes (every saga transition); `outbox_message` the row's
+values, for a statement that inserts it its own way (a checkout). `add_to_outbox` stages
+the same row in an ORM session, for code that already works in one.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +41,52 @@ def _headers(message: Message, headers: dict[str, Any] | None) -> dict[str, Any]
     return row_headers
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxValues:
+    """The values of `message`'s outbox row (its id and creation time are the row's own)."""
+
+    message_id: uuid.UUID
+    exchange: str
+    routing_key: str
+    message_type: str
+    correlation_id: uuid.UUID
+    headers: Jsonb
+    body: str
+    created_at: datetime
+
+    def values(self) -> tuple[Any, ...]:
+        """In the order of `_INSERT`'s columns."""
+        return (
+            self.message_id,
+            self.exchange,
+            self.routing_key,
+            self.message_type,
+            self.correlation_id,
+            self.headers,
+            self.body,
+            self.created_at,
+        )
+
+
+def outbox_message(
+    message: Message,
+    *,
+    correlation_id: uuid.UUID,
+    headers: dict[str, Any] | None = None,
+) -> OutboxValues:
+    """`message`'s outbox row, for a statement that inserts it its own way (a checkout)."""
+    return OutboxValues(
+        message_id=uuid.uuid4(),
+        exchange=exchange_for(message),
+        routing_key=message.routing_key,
+        message_type=message.message_type,
+        correlation_id=correlation_id,
+        headers=Jsonb(_headers(message, headers)),
+        body=message.model_dump_json(),
+        created_at=datetime.now(UTC),
+    )
+
+
 def outbox_row(
     message: Message,
     *,
@@ -49,31 +95,11 @@ def outbox_row(
 ) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of `message`'s outbox row and its parameters, to run or to combine.
 
-    For a caller that folds several writes into one statement (the saga, a
-    checkout: `infra.db.statements.as_one`); others use `insert_outbox`.
+    For a caller that folds several writes into one statement (every saga transition:
+    `infra.db.statements.as_one`).
     """
-    params = (
-        uuid.uuid4(),
-        exchange_for(message),
-        message.routing_key,
-        message.message_type,
-        correlation_id,
-        Jsonb(_headers(message, headers)),
-        message.model_dump_json(),
-        datetime.now(UTC),
-    )
-    return _INSERT, params
-
-
-async def insert_outbox(
-    conn: psycopg.AsyncConnection[Any],
-    message: Message,
-    *,
-    correlation_id: uuid.UUID,
-    headers: dict[str, Any] | None = None,
-) -> None:
-    """Write `message` in `conn`'s transaction; the relay publishes it after commit."""
-    await conn.execute(*outbox_row(message, correlation_id=correlation_id, headers=headers))
+    row = outbox_message(message, correlation_id=correlation_id, headers=headers)
+    return _INSERT, row.values()
 
 
 def add_to_outbox(
