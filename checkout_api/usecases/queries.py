@@ -108,8 +108,16 @@ async def _orders_named(
             await cursor.execute(sql, defaults | values)
             return await cursor.fetchall()
 
+    async def run_last(statement: Select[Any], values: dict[str, Any]) -> list[dict[str, Any]]:
+        """`run` for the page's last statement: its transaction's end travels with it."""
+        sql, defaults = as_psycopg(statement)
+        async with conn.pipeline(), conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(sql, defaults | values)
+            await conn.execute("COMMIT")  # it only read: no ROLLBACK round trip after it
+            return await cursor.fetchall()
+
     if not _TRIGRAM.search(name):
-        return await run(select_orders(by_name=True, after=after), params)
+        return await run_last(select_orders(by_name=True, after=after), params)
     wanted: int = params["limit"]
     scale = -(-wanted // WINDOWS_PAGE)  # 1 for pages up to 20, up to 5 for 100
     windows = [size * scale for size in SEARCH_WINDOWS]
@@ -138,7 +146,7 @@ async def _orders_named(
             "after_order_id": marker["order_id"],
         }
         step_after = True
-    return await run(search_matches(after=after), params)
+    return await run_last(search_matches(after=after), params)
 
 
 async def get_checkout(uow: UnitOfWork, checkout_id: uuid.UUID) -> CheckoutOut:
