@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -93,6 +94,25 @@ class Sink(Protocol):
 
 
 SUPERVISOR = "supervisor"
+def _write_or_drop(stream: TextIO, text: str) -> None:
+    """Write `text`, or drop it (and every line after it) once nobody reads the stream.
+
+    `make run | tee run.log` and Ctrl-C: the terminal's SIGINT ends `tee` too, and the
+    supervisor's next line would raise BrokenPipeError, in the middle of stopping the
+    parts. Losing the output must never stop the stop: the stream's descriptor is
+    pointed at /dev/null instead, as the Python documentation advises for SIGPIPE, so
+    later lines, and the interpreter's last flush, go nowhere without failing.
+    """
+    try:
+        stream.write(text)
+        stream.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
 # Part colours (ANSI); red is kept for errors, so it is not among them.
 _PALETTE = ("36", "35", "34", "32", "33", "96", "95", "94", "92", "93")
 _LEVEL_COLOURS = {"warning": "33", "error": "31"}
@@ -112,10 +132,8 @@ class ConsoleSink:
         return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
 
     def _write(self, name: str, text: str) -> None:
-        stream = self._stream or sys.stdout
         prefix = self._paint(self._codes.get(name, "0"), f"{name:<{self._width}} |")
-        stream.write(f"{prefix} {text}\n")
-        stream.flush()
+        _write_or_drop(self._stream or sys.stdout, f"{prefix} {text}\n")
 
     def child_line(self, part: str, line: str) -> None:
         self._write(part, line)
@@ -143,9 +161,7 @@ class JsonSink:
         self._stream = stream
 
     def _emit(self, line: str) -> None:
-        stream = self._stream or sys.stdout
-        stream.write(line + "\n")
-        stream.flush()
+        _write_or_drop(self._stream or sys.stdout, line + "\n")
 
     @staticmethod
     def _record(component: str, event: str, level: str, **fields: Any) -> str:
@@ -227,19 +243,19 @@ class Supervisor:
         now = time.monotonic()
         if self._stop_requested_at is None:
             self._stop_requested_at = now
+            self._stopping.set()  # before saying so: the stop must not depend on the output
             self.sink.note(
                 f"{reason}: stopping every part",
                 signal="SIGTERM",
                 grace=f"{self.grace:g}s",
             )
-            self._stopping.set()
         elif now - self._stop_requested_at < REPEAT_WINDOW:
             # One event delivered twice (`timeout`, `kill` of the process group plus
             # the process, a service manager), not a person insisting.
             return
         elif not self._kill_now.is_set():
-            self.sink.note(f"{reason} again: killing what is left", level="warning")
             self._kill_now.set()
+            self.sink.note(f"{reason} again: killing what is left", level="warning")
 
     async def run(self) -> None:
         """Start every part and keep them running; return once all have stopped after `stop()`."""

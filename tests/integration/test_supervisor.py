@@ -258,3 +258,46 @@ async def test_a_part_that_ignores_sigterm_is_killed_after_the_grace_period(
     assert "part stopped  part=stubborn reason=signal SIGKILL" in output
     assert "part stopped  part=sleeper reason=signal SIGTERM" in output
     assert not any(alive(pid) for pid in pids)
+
+
+async def test_a_stop_goes_on_when_nobody_reads_the_output_any_more(tmp_path: Path) -> None:
+    """`make run | tee log` and Ctrl-C: the same SIGINT ends `tee`, and the supervisor's
+    lines about stopping go to a pipe nobody reads. Every part must still stop."""
+    script = tmp_path / "supervisor.py"
+    script.write_text(
+        SUPERVISOR_SCRIPT.format(children={"sleeper": SLEEPER, "graceful": GRACEFUL}, grace=10)
+    )
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdout=write_end,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=Path(__file__).parents[2],
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as output:  # the "tee"
+
+            def two_pids() -> list[int]:
+                pids: list[int] = []
+                while len(pids) < 2:
+                    line = output.readline().decode()
+                    if not line:
+                        break
+                    if "| pid " in line:
+                        pids.append(int(line.rsplit(" ", 1)[1]))
+                return pids
+
+            pids = await asyncio.wait_for(asyncio.to_thread(two_pids), 15)
+            assert len(pids) == 2
+        # The reader is gone; the children go on printing into the supervisor's pipe.
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert code == 0
+    assert not any(alive(pid) for pid in pids)
