@@ -31,10 +31,10 @@ from bench.load import Checkout
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 
-MOCK_PATHS = {
-    "payments": "/mock/payments",
-    "emails": "/mock/emails",
-    "production": "/mock/production/orders",
+MOCK_PATHS = {  # with each stored answer's status code
+    "payments": "/mock/payments?include=status_code",
+    "emails": "/mock/emails?include=status_code",
+    "production": "/mock/production/orders?include=status_code",
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, StrictBool
 
@@ -14,6 +14,10 @@ from mock_services.service import MockService
 from mock_services.store import JsonObject
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+Include = Annotated[
+    Literal["status_code"] | None,
+    Query(description="`status_code`: also the status code of each entry's stored answer"),
+]
 
 
 class OutageSwitch(BaseModel):
@@ -54,9 +58,14 @@ def service_router(service: MockService[Any]) -> APIRouter:
         return respond(await service.handle(idempotency_key or None, await request.body()))
 
     @router.get(spec.inspect_path, name=f"{spec.name}:inspect")
-    async def inspect() -> list[JsonObject]:
-        """Every entry: one per idempotency key, or per request without one."""
-        return [entry.as_json() for entry in service.store.entries()]
+    async def inspect(include: Include = None) -> list[JsonObject]:
+        """Every entry: one per idempotency key, or per request without one.
+
+        Each is `{"idempotency_key", "attempts", "request", "response"}`;
+        `?include=status_code` adds the status code of the stored answer.
+        """
+        with_status = include == "status_code"
+        return [entry.as_json(status_code=with_status) for entry in service.store.entries()]
 
     @router.post(spec.outage_path, name=f"{spec.name}:outage")
     async def outage(switch: OutageSwitch) -> OutageState:

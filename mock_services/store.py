@@ -24,16 +24,19 @@ class Entry:
     final: tuple[int, JsonObject] | None = None
     """The stored answer (status code, body), replayed to every later request."""
 
-    def as_json(self) -> JsonObject:
-        """The inspection view: the four contract fields plus the stored status code."""
-        status_code, response = self.final or (None, None)
-        return {
+    def as_json(self, *, status_code: bool = False) -> JsonObject:
+        """The inspection view: the contract's four fields, and the stored answer's status
+        code (null while there is none) if asked for."""
+        code, response = self.final or (None, None)
+        view = {
             "idempotency_key": self.idempotency_key,
             "attempts": self.attempts,
             "request": self.request,
             "response": response,
-            "status_code": status_code,
         }
+        if status_code:
+            view["status_code"] = code
+        return view
 
 
 class EffectStore:

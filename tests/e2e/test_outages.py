@@ -81,7 +81,7 @@ async def _status(client: httpx.AsyncClient, system: System, order_id: str) -> s
 async def entries(
     client: httpx.AsyncClient, system: System, path: str, order_ids: list[str]
 ) -> list[dict[str, Any]]:
-    found = (await client.get(f"{system.mocks}{path}")).json()
+    found = (await client.get(f"{system.mocks}{path}?include=status_code")).json()
     return [e for e in found if any(oid in json.dumps(e["request"]) for oid in order_ids)]
 
 

@@ -60,10 +60,10 @@ BROKER_LOST = {
     "relay lost a connection; retrying",
     "relay could not publish; retrying",
 }
-SERVICE_PATHS = {
-    "payments": "/mock/payments",
-    "emails": "/mock/emails",
-    "production": "/mock/production/orders",
+SERVICE_PATHS = {  # with each stored answer's status code
+    "payments": "/mock/payments?include=status_code",
+    "emails": "/mock/emails?include=status_code",
+    "production": "/mock/production/orders?include=status_code",
 }
 _ORDER_IN_TEXT = re.compile(r"order ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 

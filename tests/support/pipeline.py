@@ -53,7 +53,7 @@ class Pipeline:
         )
 
     async def effects(self, path: str, order_id: str) -> list[dict[str, Any]]:
-        entries = (await self.mocks.get(path)).json()
+        entries = (await self.mocks.get(path, params={"include": "status_code"})).json()
         return [e for e in entries if order_id in str(e["request"])]
 
     async def rows(self, model: type, order_id: str) -> int:

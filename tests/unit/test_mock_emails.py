@@ -55,7 +55,7 @@ async def test_a_bouncing_mailbox_is_a_permanent_422_that_the_key_replays(
     assert (problem["status"], problem["title"]) == (422, "Mailbox bounced")
     assert to not in problem["detail"]
     assert (again.status_code, again.json()) == (422, problem)
-    [entry] = (await mocks.get("/mock/emails")).json()
+    [entry] = (await mocks.get("/mock/emails", params={"include": "status_code"})).json()
     assert (entry["attempts"], entry["status_code"], entry["response"]) == (2, 422, problem)
 
 

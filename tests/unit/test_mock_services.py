@@ -86,8 +86,11 @@ def _key() -> dict[str, str]:
     return {"Idempotency-Key": str(uuid4())}
 
 
+CONTRACT_FIELDS = {"idempotency_key", "attempts", "request", "response"}
+
+
 async def _entries(mocks: httpx.AsyncClient, service: Service) -> list[dict[str, Any]]:
-    response = await mocks.get(service.inspect_path)
+    response = await mocks.get(service.inspect_path, params={"include": "status_code"})
     assert response.status_code == 200
     entries: list[dict[str, Any]] = response.json()
     return entries
@@ -114,6 +117,22 @@ async def test_success_is_recorded_with_its_request_and_response(
             "status_code": service.status,
         }
     ]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_an_entry_has_exactly_the_contracts_fields_unless_more_is_asked_for(
+    mocks: httpx.AsyncClient, service: Service
+) -> None:
+    await mocks.post(service.path, json=service.valid(), headers=_key())
+    await mocks.post(service.path, json=service.invalid, headers=_key())
+
+    plain = (await mocks.get(service.inspect_path)).json()
+    assert [set(entry) for entry in plain] == [CONTRACT_FIELDS, CONTRACT_FIELDS]
+    with_status = await _entries(mocks, service)
+    assert [entry["status_code"] for entry in with_status] == [service.status, 422]
+    assert [{k: e[k] for k in CONTRACT_FIELDS} for e in with_status] == plain
+    unknown = await mocks.get(service.inspect_path, params={"include": "everything"})
+    assert unknown.status_code == 422
 
 
 @pytest.mark.parametrize("service", SERVICES)
