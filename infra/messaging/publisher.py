@@ -254,8 +254,17 @@ def _unconfirmed(result: object) -> BaseException | None:
     return NotConfirmed(f"the broker answered {result!r}, not an ack")
 
 
+def connection_lost(exc: BaseException | None) -> bool:
+    """Whether a connection's close callback reports a loss, not our own close.
+
+    aio-pika calls the callbacks with None or, when the connection is closed on purpose
+    (shutdown), with CancelledError: neither is worth a warning.
+    """
+    return exc is not None and not isinstance(exc, asyncio.CancelledError)
+
+
 def _log_lost(_connection: object, exc: BaseException | None = None) -> None:
-    if exc is not None:
+    if connection_lost(exc):
         log.warning("broker connection lost; reconnecting", error=repr(exc))
 
 

@@ -32,7 +32,7 @@ from infra.db.session import UnitOfWork, create_engine, create_pool
 from infra.health import ReadinessCheck, serving_health
 from infra.http import ServiceClient, build_breakers, build_http_client
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
-from infra.messaging.publisher import Publisher
+from infra.messaging.publisher import Publisher, connection_lost
 from infra.messaging.topology import Topology, declare_topology
 from infra.settings import Settings
 from infra.timeline.record import Event, write_events
@@ -78,7 +78,7 @@ def engine_ok(engine: AsyncEngine) -> ReadinessCheck:
 
 
 def _log_broker_lost(_connection: object, exc: BaseException | None = None) -> None:
-    if exc is not None:
+    if connection_lost(exc):
         structlog.get_logger().warning("broker connection lost; reconnecting", error=repr(exc))
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from prometheus_client import REGISTRY
 
 from consumers.main import build_worker
@@ -14,7 +17,7 @@ from contracts import OrderPaid
 from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
 from infra.messaging.outbox import add_to_outbox
-from infra.messaging.publisher import Outgoing, Publisher
+from infra.messaging.publisher import Outgoing, Publisher, connection_lost
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
@@ -120,3 +123,20 @@ async def test_the_relay_counts_what_it_publishes(
     after = REGISTRY.get_sample_value("checkout_messages_published_total", labels) or 0.0
     assert after - before == moved
     assert (REGISTRY.get_sample_value("checkout_relay_lag_seconds_count") or 0.0) > lag_before
+
+
+async def test_stopping_a_worker_is_not_reported_as_a_lost_connection(settings: Settings) -> None:
+    """A normal shutdown closes the broker connections on purpose: no warning about them
+    (an operator reading the logs of a Ctrl-C would take it for a fault)."""
+    worker = build_worker(settings, "invoice")
+    with structlog.testing.capture_logs() as logs:
+        async with worker.running():
+            pass
+    lost = [entry for entry in logs if "connection lost" in entry["event"]]
+    assert lost == []
+
+
+def test_only_a_loss_counts_as_a_lost_connection() -> None:
+    assert not connection_lost(None)
+    assert not connection_lost(asyncio.CancelledError())  # closed on purpose
+    assert connection_lost(ConnectionResetError("reset by peer"))
