@@ -99,6 +99,10 @@ class ServiceClient:
         self._attempts = attempts
         self._max_backoff = max_backoff
         self._breakers = breakers
+        # What the service last failed with, for the message of a call the open breaker
+        # stops: "breaker is open" alone would hide the cause from whoever reads it (a
+        # dead letter's last error, say).
+        self._last_failure: str | None = None
 
     async def post(self, path: str, payload: dict[str, Any], *, idempotency_key: str) -> Any:
         """POST JSON; return the decoded 2xx body, or raise a classified failure."""
@@ -129,7 +133,11 @@ class ServiceClient:
                 return await self._post_once(path, payload, key)
         except OpenedState as exc:
             metrics.SERVICE_CALLS.labels(self.name, "circuit_open").inc()
-            raise TransientFailure(f"{self.name} service circuit breaker is open") from exc
+            cause = f"; the last failure: {self._last_failure}" if self._last_failure else ""
+            raise TransientFailure(f"{self.name} service circuit breaker is open{cause}") from exc
+        except TransientFailure as exc:
+            self._last_failure = str(exc)
+            raise
 
     async def _post_once(self, path: str, payload: dict[str, Any], key: str) -> Any:
         url = f"{self._base_url}{path}"

@@ -160,9 +160,11 @@ async def test_the_breaker_opens_and_stops_calling_a_service_that_is_down(
     for _ in range(3):
         with pytest.raises(TransientFailure, match="503"):
             await client.post("/p", {}, idempotency_key="k")
-    with pytest.raises(TransientFailure, match="circuit breaker is open"):
+    with pytest.raises(TransientFailure, match="circuit breaker is open") as stopped:
         await client.post("/p", {}, idempotency_key="k")
     assert len(script.requests) == 3  # the fourth call never left the process
+    # The cause stays visible (in a dead letter's last error, say).
+    assert "the last failure: payment service answered 503" in str(stopped.value)
 
 
 async def test_permanent_failures_do_not_open_the_breaker(service: Factory) -> None:
