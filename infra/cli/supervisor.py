@@ -94,6 +94,8 @@ class Sink(Protocol):
 
 
 SUPERVISOR = "supervisor"
+
+
 def _write_or_drop(stream: TextIO, text: str) -> None:
     """Write `text`, or drop it (and every line after it) once nobody reads the stream.
 
