@@ -23,7 +23,10 @@ import rich.progress
 import typer
 from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 
 from infra.cli.output import console, fail, is_terminal, print_json, quiet_loggers, settings_or_exit
 from infra.db.session import UnitOfWork, create_engine
@@ -31,6 +34,7 @@ from infra.dlq import audit, inspect, operations
 from infra.dlq.audit import AuditRecord
 from infra.dlq.errors import AuditUnavailable, Interrupted, QueueNotDeclared, UnknownQueue
 from infra.dlq.inspect import Peek, QueueDepth
+from infra.dlq.letters import DeadLetter
 from infra.dlq.outcome import Outcome, Progress
 from infra.dlq.queues import resolve
 from infra.dlq.selection import Selection
@@ -42,7 +46,8 @@ T = TypeVar("T")
 
 ACTOR_ENV = "CHECKOUT_ACTOR"
 CONNECT_TIMEOUT = 10.0
-ERROR_WIDTH = 60
+ERROR_WIDTH = 60  # `dlq show` on a terminal cuts an error's message to this many characters
+ERROR_MIN_WIDTH = 24  # the table has at least this much room for the error, else blocks
 
 dlq_app = typer.Typer(
     name="dlq",
@@ -121,7 +126,7 @@ def show(
     if json_ or not is_terminal():
         print_json([letter.as_json() for letter in peeked.letters])
     else:
-        console().print(letters_table(peeked))
+        console().print(LettersView(peeked))
 
 
 @dlq_app.command(context_settings={"allow_extra_args": True})
@@ -419,28 +424,97 @@ def depth_table(depths: list[QueueDepth]) -> Table:
     return table
 
 
+class LettersView:
+    """`dlq show` on a terminal, laid out for the console's width when it is printed.
+
+    The table (`letters_table`) when the console is wide enough for its ids and times
+    whole and some room for the error; otherwise (80 columns are too few) one block of
+    lines a message (`letters_blocks`), so that the attempts and the error always show.
+    """
+
+    def __init__(self, peeked: Peek) -> None:
+        self.peeked = peeked
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = letters_table(self.peeked)
+        if options.max_width >= _whole_width(table):
+            yield table
+        elif self.peeked.letters:
+            yield letters_blocks(self.peeked)
+        else:
+            yield Text(_letters_title(self.peeked))
+
+
 def letters_table(peeked: Peek) -> Table:
-    """`dlq show` on a terminal: two lines a message, so that the ids fit whole."""
-    shown = len(peeked.letters)
-    table = Table(title=f"{peeked.queue.dlq}: {shown} of {peeked.depth} messages")
+    """`dlq show` on a wide terminal: two lines a message, so that the ids fit whole."""
+    table = Table(title=_letters_title(peeked))
     table.add_column("Message id / checkout id", no_wrap=True)
     table.add_column("Type", no_wrap=True)
-    table.add_column("Attempts", justify="right")
+    table.add_column("Attempts", justify="right", no_wrap=True)
     table.add_column("First / last failure (UTC)", no_wrap=True)
-    table.add_column("Error", min_width=24)
+    table.add_column("Error", min_width=ERROR_MIN_WIDTH)
     for letter in peeked.letters:
-        attempts = letter.attempts
-        kind, _, message = letter.error.partition(": ")
+        kind, message = _error_lines(letter)
         table.add_row(
-            f"{letter.message_id or '-'}\n{letter.correlation_id or '-'}",
-            letter.message_type or "-",
-            str(attempts) if attempts is not None else "-",
-            f"{_when(letter.headers.get(failures.FIRST_FAILURE_AT))}\n"
-            f"{_when(letter.headers.get(failures.LAST_FAILURE_AT))}",
-            f"{kind}\n{shorten(message, ERROR_WIDTH)}" if message else kind,
+            Text(f"{letter.message_id or '-'}\n{letter.correlation_id or '-'}"),
+            Text(letter.message_type or "-"),
+            Text(_attempts(letter)),
+            Text(
+                f"{_when(letter.headers.get(failures.FIRST_FAILURE_AT))}\n"
+                f"{_when(letter.headers.get(failures.LAST_FAILURE_AT))}"
+            ),
+            Text(f"{kind}\n{message}" if message else kind),
             end_section=True,
         )
     return table
+
+
+def letters_blocks(peeked: Peek) -> Table:
+    """`dlq show` on a narrow terminal: a block of labelled lines a message."""
+    table = Table(title=_letters_title(peeked), show_header=False)
+    table.add_column("Field", style="bold", no_wrap=True)
+    table.add_column("Value", overflow="fold")
+    for letter in peeked.letters:
+        kind, message = _error_lines(letter)
+        first = _when(letter.headers.get(failures.FIRST_FAILURE_AT))
+        last = _when(letter.headers.get(failures.LAST_FAILURE_AT))
+        for field, value in (
+            ("Message id", letter.message_id or "-"),
+            ("Checkout id", letter.correlation_id or "-"),
+            ("Type", letter.message_type or "-"),
+            ("Attempts", _attempts(letter)),
+            ("Failed (UTC)", f"first {first}, last {last}"),
+        ):
+            table.add_row(field, Text(value))
+        table.add_row("Error", Text(f"{kind}\n{message}" if message else kind), end_section=True)
+    return table
+
+
+def _letters_title(peeked: Peek) -> str:
+    return f"{peeked.queue.dlq}: {len(peeked.letters)} of {peeked.depth} messages"
+
+
+def _attempts(letter: DeadLetter) -> str:
+    return str(letter.attempts) if letter.attempts is not None else "-"
+
+
+def _error_lines(letter: DeadLetter) -> tuple[str, str]:
+    """The error's type, and its message on one line shortened to `ERROR_WIDTH` (or "")."""
+    kind, _, message = letter.error.partition(": ")
+    return kind or "-", shorten(message, ERROR_WIDTH) if message else ""
+
+
+def _whole_width(table: Table) -> int:
+    """The width `table` needs for its no-wrap columns whole and the others at their minimum."""
+    widths = []
+    for column in table.columns:
+        if column.no_wrap:
+            texts = [str(column.header), *(str(cell) for cell in column.cells)]
+            widths.append(max(cell_len(line) for text in texts for line in text.split("\n")))
+        else:
+            widths.append(column.min_width or 1)
+    # Each column is padded by a space either side; a line between columns and at the edges.
+    return sum(widths) + 3 * len(widths) + 1
 
 
 def history_table(records: list[AuditRecord]) -> Table:
@@ -456,15 +530,18 @@ def history_table(records: list[AuditRecord]) -> Table:
         ids = ", ".join(str(i) for i in r.message_ids[:3])
         if len(r.message_ids) > 3:
             ids += f" (+{len(r.message_ids) - 3} more)"
+        outcome = r.outcome
+        if r.missing:
+            outcome += f"\n{len(r.missing)} not found"
         table.add_row(
             _when(r.at),
-            r.actor,
+            Text(r.actor),
             r.action,
             r.dlq,
             str(r.messages),
-            r.outcome,
-            r.reason or "",
-            ids,
+            outcome,
+            Text(r.reason or ""),
+            Text(ids),
         )
     return table
 

@@ -208,7 +208,9 @@ class DlqAuditEntry(Base):
     __tablename__ = "dlq_audit"
     __table_args__ = (
         CheckConstraint("action IN ('replay', 'purge')", name="dlq_audit_action"),
-        CheckConstraint("outcome IN ('completed', 'interrupted')", name="dlq_audit_outcome"),
+        CheckConstraint(
+            "outcome IN ('completed', 'interrupted', 'incomplete')", name="dlq_audit_outcome"
+        ),
         Index("dlq_audit_at_idx", text("at DESC"), text("id DESC")),
     )
 

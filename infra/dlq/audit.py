@@ -3,6 +3,11 @@
 Written after the operation, in its own transaction. The operations check first that
 the log can be written (`ensure_available`), so a database that is down stops them
 before any message moves.
+
+An entry's `outcome` is `completed` only when the operation did all it was asked:
+`interrupted` when the broker stopped it part-way, `incomplete` when it ran to its end
+but some of the message ids asked for were not in the queue (`missing` names them;
+with none found the entry has 0 messages). The command exits 1 in both cases.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from infra.db.models import DlqAuditEntry
 from infra.db.session import UnitOfWork
 from infra.dlq.errors import AuditUnavailable
 from infra.dlq.outcome import Outcome
+
+COMPLETED = "completed"
+INTERRUPTED = "interrupted"
+INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ async def record(
 ) -> AuditRecord:
     """Write what `outcome` did; `completed=False` for an operation the broker interrupted.
 
+    Recorded as `incomplete` when ids asked for were not found (see `outcome_of`).
     `at` is when the operation began (default: now): a replayed message may be handled
     before a long replay ends, and `checkout trace` shows the replay before that.
     """
@@ -101,7 +111,7 @@ async def record(
         message_ids=list(outcome.message_ids),
         missing=list(outcome.missing),
         reason=reason,
-        outcome="completed" if completed else "interrupted",
+        outcome=outcome_of(outcome, completed=completed),
     )
     try:
         async with uow() as session:
@@ -110,6 +120,15 @@ async def record(
             return AuditRecord.of(row)
     except SQLAlchemyError as exc:
         raise AuditUnavailable(exc, outcome) from exc
+
+
+def outcome_of(outcome: Outcome, *, completed: bool) -> str:
+    """The entry's `outcome`: `interrupted` if the operation did not run to its end,
+    `incomplete` if it did but did not find every message id it was asked for, else
+    `completed`."""
+    if not completed:
+        return INTERRUPTED
+    return INCOMPLETE if outcome.missing else COMPLETED
 
 
 async def history(uow: UnitOfWork, limit: int | None = None) -> list[AuditRecord]:

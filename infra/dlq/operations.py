@@ -2,7 +2,9 @@
 
 The entry points for the command line and for a later HTTP endpoint. A dry run is
 not recorded. An operation the broker interrupts is recorded with what it did before
-(`outcome = 'interrupted'`), then the error goes on to the caller.
+(`outcome = 'interrupted'`), then the error goes on to the caller. One that did not
+find some of the message ids it was asked for is recorded as `incomplete`, with those
+ids in `missing` (`Outcome.missing` tells the caller).
 """
 
 from __future__ import annotations

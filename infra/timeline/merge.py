@@ -135,7 +135,7 @@ class AuditRow:
     dlq: str
     message_ids: Sequence[str | None]
     reason: str | None
-    outcome: str  # completed | interrupted
+    outcome: str  # completed | interrupted | incomplete (ids asked for and not found)
 
 
 @dataclass(frozen=True)
@@ -464,7 +464,8 @@ def _audit_entries(audit: Iterable[AuditRow], mine: dict[str, str | None]) -> li
                     detail=_join(
                         f"reason: {row.reason}" if row.reason else "no reason given",
                         _count(len(row.message_ids), f"message in this {row.action}"),
-                        "interrupted" if row.outcome != "completed" else None,
+                        # (`incomplete`: other ids asked for were not found; this one was.)
+                        "interrupted" if row.outcome == "interrupted" else None,
                         f"audit #{row.id}",
                     ),
                     message_id=message_id,

@@ -21,6 +21,7 @@ import aio_pika
 import pytest
 from typer.testing import CliRunner, Result
 
+from infra.cli import dlq as dlq_cli
 from infra.cli.dlq import dlq_app
 from infra.messaging import failures
 from infra.messaging.publisher import Outgoing, Publisher
@@ -99,6 +100,11 @@ def output(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+def cells(text: str) -> list[str]:
+    """The stripped cells of every table line in `text`, in order."""
+    return [cell.strip() for line in text.splitlines() for cell in line.split("│")[1:-1]]
+
+
 async def test_list_shows_every_dead_letter_queue_with_its_depth(
     publisher: Publisher, purge_queues: Topology
 ) -> None:
@@ -164,6 +170,80 @@ async def test_show_gives_a_body_that_is_not_json_as_text(
     assert shown["body"] == "{not json"
     assert shown["message_id"] == "not-a-uuid"
     assert shown["correlation_id"] is None
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+async def test_show_on_a_terminal_shows_the_attempts_and_the_error_at_80_columns_and_wider(
+    publisher: Publisher,
+    purge_queues: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    queue = purge_queues.queues["email"]
+    sent = await dead_letter(publisher, queue, 2)
+    monkeypatch.setattr(dlq_cli, "is_terminal", lambda: True)
+
+    result = await cli("show", "email", COLUMNS=str(columns))
+
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= columns
+    assert f"{queue.dlq}: 2 of 2 messages" in text
+    for message in sent:  # the ids whole, not cut to fit
+        assert str(message.message_id) in text
+        assert str(message.correlation_id) in text
+    shown = cells(text)
+    assert shown.count("4") == 2  # each message's attempts, a cell of its own
+    assert shown.count("TransientFailure") == 2
+    assert shown.count("email service answered 503") == 2
+    assert "Attempts" in text
+    if columns >= 120:  # room for the table: one column each, under one header line
+        [header] = [line for line in text.splitlines() if "Attempts" in line]
+        assert "Message id / checkout id" in header
+        assert "Error" in header
+
+
+async def test_show_and_history_on_a_terminal_print_brackets_in_the_data_as_they_are(
+    publisher: Publisher,
+    purge_queues: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_db: object,
+) -> None:
+    queue = purge_queues.queues["email"]
+    error = "bad value [/] near [errno 5]"
+    await publisher.publish(
+        Outgoing(
+            exchange="",
+            routing_key=queue.dlq,
+            body=b"{}",
+            message_id="m-[1]",
+            correlation_id=None,
+            message_type="OrderPaid",
+            headers={failures.ERROR_TYPE: "ValueError", failures.ERROR_MESSAGE: error},
+        )
+    )
+    await publisher.publish(
+        Outgoing(
+            exchange="",
+            routing_key=queue.dlq,
+            body=b"{}",
+            message_id="m-2",
+            correlation_id=None,
+            message_type="OrderPaid",
+            headers={failures.ATTEMPTS: 2},
+        )
+    )
+    output(await cli("purge", "email", "--message-id", "m-2", "--yes", "--reason", "[/]"))
+    monkeypatch.setattr(dlq_cli, "is_terminal", lambda: True)
+
+    shown = await cli("show", "email", COLUMNS="200")
+    history = await cli("history", COLUMNS="200")
+
+    assert shown.exit_code == 0, shown.stderr
+    assert "m-[1]" in shown.stdout
+    assert error in shown.stdout
+    assert history.exit_code == 0, history.stderr
+    assert "[/]" in cells(history.stdout)
 
 
 async def test_replay_of_one_message_moves_only_that_one_to_its_own_queue(
@@ -249,7 +329,10 @@ async def test_a_dry_run_moves_nothing_and_records_nothing(
 
 
 async def test_replay_of_ids_not_there_replays_the_others_and_fails(
-    publisher: Publisher, purge_queues: Topology, channel: aio_pika.abc.AbstractChannel
+    publisher: Publisher,
+    purge_queues: Topology,
+    channel: aio_pika.abc.AbstractChannel,
+    clean_db: object,
 ) -> None:
     queue = purge_queues.queues["email"]
     [present] = await dead_letter(publisher, queue, 1)
@@ -267,6 +350,40 @@ async def test_replay_of_ids_not_there_replays_the_others_and_fails(
     }
     assert absent in result.stderr
     assert await ids_in(channel, queue.name) == [str(present.message_id)]
+    [entry] = output(await cli("history", "--json"))
+    assert (entry["messages"], entry["missing"]) == (1, [absent])
+    assert entry["outcome"] == "incomplete"  # not all that was asked for was done
+
+
+@pytest.mark.parametrize("action", ["purge", "replay"])
+async def test_a_purge_or_replay_that_finds_none_of_its_ids_fails_and_is_recorded_so(
+    publisher: Publisher,
+    purge_queues: Topology,
+    channel: aio_pika.abc.AbstractChannel,
+    clean_db: object,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    queue = purge_queues.queues["email"]
+    sent = await dead_letter(publisher, queue, 2)
+    confirm = ["--yes"] if action == "purge" else []
+
+    result = await cli(action, "email", "--message-id", "nosuch", *confirm, "--reason", "r")
+
+    assert result.exit_code == 1
+    assert "nosuch" in result.stderr
+    assert json.loads(result.stdout)["message_ids"] == []
+    assert await depth(channel, queue.name) == 0
+    assert await ids_in(channel, queue.dlq) == ids(sent)
+    [entry] = output(await cli("history", "--json"))
+    assert (entry["action"], entry["messages"], entry["message_ids"]) == (action, 0, [])
+    assert entry["missing"] == ["nosuch"]
+    assert entry["reason"] == "r"
+    assert entry["outcome"] == "incomplete"
+    monkeypatch.setattr(dlq_cli, "is_terminal", lambda: True)
+    table = await cli("history", COLUMNS="200")
+    assert table.exit_code == 0, table.stderr
+    assert {"incomplete", "1 not found"} <= set(cells(table.stdout))
 
 
 async def test_purge_drops_only_the_selected_messages(

@@ -162,3 +162,48 @@ async def test_a_replay_the_broker_interrupts_is_recorded_with_what_it_did(
     assert entry.message_ids == sent[:1]
     assert await depth(channel, full_queue.name) == 1
     assert [m.message_id for m in await take(channel, full_queue.dlq, 2)] == sent[1:]
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+async def test_an_operation_that_finds_none_of_its_ids_is_recorded_as_not_completed(
+    connection: aio_pika.abc.AbstractConnection,
+    channel: aio_pika.abc.AbstractChannel,
+    purge_queues: Topology,
+    uow: UnitOfWork,
+    clean_db: object,
+    action: str,
+) -> None:
+    queue = purge_queues.queues["invoice"]
+    present, absent = str(uuid.uuid4()), str(uuid.uuid4())
+    await put(channel, queue.dlq, message(present))
+    operation = replay_recorded if action == "replay" else purge_recorded
+
+    outcome = await operation(connection, uow, queue, Selection.of([absent]), actor="dan")
+
+    assert (outcome.message_ids, outcome.missing) == ([], [absent])
+    [entry] = await audit.history(uow)
+    assert (entry.action, entry.messages, entry.missing) == (action, 0, [absent])
+    assert entry.outcome == "incomplete"
+    assert await depth(channel, queue.name) == 0
+    assert [m.message_id for m in await take(channel, queue.dlq, 1)] == [present]
+
+
+async def test_an_operation_that_finds_every_id_it_was_asked_for_is_completed(
+    connection: aio_pika.abc.AbstractConnection,
+    channel: aio_pika.abc.AbstractChannel,
+    purge_queues: Topology,
+    uow: UnitOfWork,
+    clean_db: object,
+) -> None:
+    queue = purge_queues.queues["invoice"]
+    wanted = [str(uuid.uuid4()), str(uuid.uuid4())]
+    for message_id in wanted:
+        await put(channel, queue.dlq, message(message_id))
+
+    await purge_recorded(connection, uow, queue, Selection.of(wanted), actor="dan")
+    await purge_recorded(connection, uow, queue, Selection.every(), actor="dan")  # an empty queue
+
+    assert [(e.messages, e.missing, e.outcome) for e in await audit.history(uow)] == [
+        (0, [], "completed"),
+        (2, [], "completed"),
+    ]
