@@ -6,17 +6,106 @@ A bad value stops the process with one line naming the variable (see `load_setti
 
 from __future__ import annotations
 
+import re
 import sys
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from limits import RateLimitItem, parse_many
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 ENV_PREFIX = "CHECKOUT_"
+
+# What the URL settings accept. SQLAlchemy knows `postgresql` (its default driver
+# differs by version) but not `postgres`; both are stored as `postgresql+psycopg`, the
+# driver the engines are built with (`infra.db.session`, `infra.db.migrate`).
+DATABASE_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
+DATABASE_DRIVER = "postgresql+psycopg"
+DATABASE_EXAMPLE = "postgresql+psycopg://user:password@host:5432/checkout"
+RABBIT_SCHEMES = ("amqp", "amqps")
+RABBIT_EXAMPLE = "amqp://user:password@host:5672/ (or amqps://)"
+_BAD_PORT = "the port is not a number from 1 to 65535"
+
+
+def _port_in_range(port: int | None) -> bool:
+    return port is None or 1 <= port <= 65535
+
+
+def check_database_url(url: str) -> str:
+    """`url` as a PostgreSQL URL with the psycopg driver; ValueError saying what is wrong.
+
+    `postgresql://` and `postgres://` are rewritten to `postgresql+psycopg://`, the rest
+    of the URL kept as given. The messages never repeat the URL: it may carry a password.
+    """
+    expected = f"expected {DATABASE_EXAMPLE}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    except ValueError:  # SQLAlchemy found a port that is not a number
+        raise ValueError(f"{_BAD_PORT}; {expected}") from None
+    if parsed is None or parsed.drivername not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"not a PostgreSQL URL; {expected} (postgresql:// and postgres:// work too)"
+        )
+    # No host is libpq's default: the local socket (`postgresql:///checkout`).
+    if not _port_in_range(parsed.port):
+        raise ValueError(f"{_BAD_PORT}; {expected}")
+    if not parsed.database:
+        raise ValueError(f"names no database; {expected}")
+    if parsed.drivername == DATABASE_DRIVER:
+        return url
+    return f"{DATABASE_DRIVER}://{url.split('://', 1)[1]}"
+
+
+def check_rabbit_url(url: str) -> str:
+    """`url` if it is an AMQP URL aio-pika can connect to; ValueError saying what is wrong.
+
+    The messages never repeat the URL: it may carry a password.
+    """
+    expected = f"expected {RABBIT_EXAMPLE}"
+    try:
+        parsed = urlsplit(url)
+    except ValueError:  # a broken [IPv6] address
+        raise ValueError(f"not a valid URL; {expected}") from None
+    if parsed.scheme not in RABBIT_SCHEMES or not url.partition(":")[2].startswith("//"):
+        raise ValueError(f"not an AMQP URL; {expected}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"{_BAD_PORT}; {expected}") from None
+    if not parsed.hostname:
+        raise ValueError(f"names no host; {expected}")
+    if not _port_in_range(port):
+        raise ValueError(f"{_BAD_PORT}; {expected}")
+    return url
+
+
+def redact_url(value: str) -> str | None:
+    """`value` with any password replaced by `***`, or None if that cannot be done for sure.
+
+    Only a `scheme://...` URL whose every `@` lies in its network location is shown: a
+    value that is not such a URL (a libpq `key=value` string, `user:secret`, a password
+    containing `/`, `?` or `#`) may hide a password anywhere.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    if "://" not in value or not parts.netloc or "@" in parts.path + parts.query + parts.fragment:
+        return None
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    # libpq also takes `password` (and `sslpassword`) as query parameters.
+    query = re.sub(r"(?i)(^|[&;])([^&;=]*password=)[^&;]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hostinfo}", query=query))
 
 
 def _default_log_format() -> Literal["console", "json"]:
@@ -90,6 +179,17 @@ class Settings(BaseSettings):
     # unset: the development key in `dev_key_file`.
     api_key: SecretStr | None = None
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(check_database_url(value.get_secret_value()))
+
+    @field_validator("rabbit_url")
+    @classmethod
+    def _check_rabbit_url(cls, value: SecretStr) -> SecretStr:
+        check_rabbit_url(value.get_secret_value())
+        return value
+
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _parse_delays(cls, value: object) -> object:
@@ -148,13 +248,38 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return False
+    annotation = info.annotation
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+def _shown(field: str, value: Any) -> str | None:
+    """How the bad value is quoted in the message: a secret's password never is."""
+    if not _is_secret(field):
+        return repr(value)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    redacted = redact_url(value) if isinstance(value, str) else None
+    return None if redacted is None else repr(redacted)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning pydantic's report into one line per bad variable."""
+    """Read the settings, turning pydantic's report into one line naming the first bad variable.
+
+    The line says what is wrong and quotes the value, except a secret's: a URL is quoted
+    with its password masked (`amqp://guest:***@host/`), anything else not at all.
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
-        raise SettingsError(
-            f"{ENV_PREFIX}{field.upper()}: {first['msg']} (got {first.get('input')!r})"
-        ) from None
+        error = first.get("ctx", {}).get("error")
+        # Our validators' own words, without pydantic's "Value error, " in front.
+        reason = str(error) if first["type"] == "value_error" and error else first["msg"]
+        shown = _shown(field, first.get("input"))
+        got = f" (got {shown})" if shown is not None else ""
+        raise SettingsError(f"{ENV_PREFIX}{field.upper()}: {reason}{got}") from None

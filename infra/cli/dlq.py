@@ -16,13 +16,11 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
-import aio_pika
 import rich.progress
 import typer
 from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
+from aio_pika.exceptions import AMQPError
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
@@ -39,6 +37,7 @@ from infra.dlq.outcome import Outcome, Progress
 from infra.dlq.queues import resolve
 from infra.dlq.selection import Selection
 from infra.messaging import failures
+from infra.messaging.connect import broker_failure, connect
 from infra.messaging.topology import ConsumedQueue, Topology
 from infra.settings import Settings
 
@@ -270,24 +269,13 @@ def _selection_or_exit(all_: bool, ids: list[str] | None, extra: list[str]) -> S
 @asynccontextmanager
 async def _broker(settings: Settings) -> AsyncIterator[AbstractConnection]:
     url = settings.rabbit_url.get_secret_value()
-    where = _host_port(url, 5672)
     try:
-        with quiet_loggers(
-            "aio_pika", "aiormq"
-        ):  # they log the failure; our one line says it better
+        # aio-pika logs the failure; our one line says it better.
+        with quiet_loggers("aio_pika", "aiormq"):
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                connection = await aio_pika.connect(
-                    url, client_properties={"connection_name": f"{settings.namespace}.dlq-cli"}
-                )
-    except ProbableAuthenticationError as exc:
-        raise _Failure(
-            f"RabbitMQ at {where} refused the login ({_first_line(exc)}): check CHECKOUT_RABBIT_URL"
-        ) from None
-    except (AMQPError, OSError):  # AMQPConnectionError and TimeoutError are OSErrors
-        raise _Failure(
-            f"RabbitMQ at {where} is not answering: start it (rabbitmq-server -detached, or "
-            "docker compose up -d rabbitmq) or set CHECKOUT_RABBIT_URL"
-        ) from None
+                connection = await connect(url, name=f"{settings.namespace}.dlq-cli")
+    except (AMQPError, OSError) as exc:  # AMQPConnectionError and TimeoutError are OSErrors
+        raise _Failure(broker_failure(url, exc, refused="the connection")) from None
     try:
         yield connection
     finally:
@@ -338,16 +326,6 @@ def _audit_failure(settings: Settings, exc: AuditUnavailable) -> str:
     verb = "replayed" if done.action == "replay" else "purged"
     ids = ", ".join(str(i) for i in done.message_ids)
     return f"{done.count} messages were {verb} ({ids}) but the audit log was not written: {problem}"
-
-
-def _host_port(url: str, default_port: int) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- output

@@ -3,13 +3,17 @@
 Each command loads the settings first (a bad one ends it with one line naming the
 variable, exit 1) and imports its part only when it runs, so `checkout --help` and
 `checkout migrate` stay fast and do not depend on every part being importable.
-Exit codes: 0 success, 1 failure, 2 bad usage.
+A part that cannot run without RabbitMQ (relay, saga, consumers) checks first that the
+broker lets it in, and ends with one line saying what to start if not, as `checkout up`
+does; the API starts without it (not ready until it answers), and every part waits for
+PostgreSQL. Exit codes: 0 success, 1 failure, 2 bad usage.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -17,8 +21,12 @@ import typer
 
 from infra.cli.apikey import apikey_app
 from infra.cli.dlq import dlq_app
-from infra.cli.output import fail, settings_or_exit
+from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.cli.trace import trace
+from infra.settings import Settings
+
+# Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).
+BROKER_PATIENCE = 15.0
 
 app = typer.Typer(
     name="checkout",
@@ -39,6 +47,52 @@ def _part(module: str) -> Callable[..., None]:
         fail(f"{module} is not available in this installation ({exc})")
     run: Callable[..., Any] = loaded.run
     return run
+
+
+async def _connect_once(settings: Settings) -> None:
+    import asyncio
+
+    from infra.messaging.connect import connect
+
+    async with asyncio.timeout(BROKER_PATIENCE):
+        connection = await connect(settings.rabbit_url.get_secret_value())
+    await connection.close()
+
+
+def _broker_failure(settings: Settings, exc: BaseException) -> str:
+    """One line for a broker a part cannot use, in the words of `checkout up`."""
+    from infra.messaging.connect import broker_failure
+
+    return broker_failure(
+        settings.rabbit_url.get_secret_value(),
+        exc,
+        refused="the connection",
+        hint=": check the virtual host in CHECKOUT_RABBIT_URL and the user's permissions on it",
+    )
+
+
+@contextmanager
+def _needs_broker(settings: Settings) -> Iterator[None]:
+    """Run a part that cannot start without RabbitMQ: one line and exit 1 if it is not there.
+
+    The broker is tried once before the part starts (its client libraries would log the
+    failure and the part end with a traceback); should it go away in between, the part's
+    own failed connection at start ends with the same line. Once a part runs, losing the
+    broker is no error: it reconnects by itself.
+    """
+    import asyncio
+
+    from aio_pika.exceptions import AMQPConnectionError, AMQPError
+
+    with quiet_loggers("aio_pika", "aiormq"):  # they log the failure; our line says it better
+        try:
+            asyncio.run(_connect_once(settings))
+        except (AMQPError, OSError) as exc:  # TimeoutError is an OSError
+            fail(_broker_failure(settings, exc))
+    try:
+        yield
+    except AMQPConnectionError as exc:
+        fail(_broker_failure(settings, exc))
 
 
 class ConsumerName(StrEnum):
@@ -102,14 +156,18 @@ def api() -> None:
 def relay() -> None:
     """Run the outbox relay alone."""
     settings = settings_or_exit()
-    _part("infra.messaging.relay")(settings)
+    run = _part("infra.messaging.relay")
+    with _needs_broker(settings):
+        run(settings)
 
 
 @app.command()
 def saga() -> None:
     """Run the saga orchestrator and the payment step alone."""
     settings = settings_or_exit()
-    _part("saga.main")(settings)
+    run = _part("saga.main")
+    with _needs_broker(settings):
+        run(settings)
 
 
 @app.command()
@@ -125,7 +183,9 @@ def consumer(
 ) -> None:
     """Run one consumer of `order.paid` alone."""
     settings = settings_or_exit()
-    _part("consumers.main")(settings, name.value)
+    run = _part("consumers.main")
+    with _needs_broker(settings):
+        run(settings, name.value)
 
 
 @app.command()

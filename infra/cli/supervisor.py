@@ -38,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -447,13 +446,11 @@ async def prepare_broker(settings: Settings, patience: float = 15.0) -> None:
     """Declare every exchange and queue; StartupError if the broker cannot be used."""
     import logging
 
-    from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
+    from aio_pika.exceptions import AMQPError
 
+    from infra.messaging.connect import broker_failure
     from infra.messaging.topology import declare_from_settings
 
-    parts = urlsplit(settings.rabbit_url.get_secret_value())
-    host = parts.hostname or "localhost"
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
     # aio-pika logs a failed connection itself; our one line says it better.
     quiet = [logging.getLogger(n) for n in ("aio_pika", "aiormq")]
     levels = [logger.level for logger in quiet]
@@ -462,21 +459,9 @@ async def prepare_broker(settings: Settings, patience: float = 15.0) -> None:
     try:
         async with asyncio.timeout(patience):
             await declare_from_settings(settings)
-    except ProbableAuthenticationError as exc:
-        raise StartupError(
-            f"RabbitMQ at {host}:{port} refused the login ({_first_line(exc)}): "
-            "check CHECKOUT_RABBIT_URL"
-        ) from None
-    except (TimeoutError, OSError) as exc:  # AMQPConnectionError is an OSError
-        raise StartupError(
-            f"RabbitMQ at {host}:{port} is not answering: start it "
-            "(rabbitmq-server -detached, or docker compose up -d rabbitmq) "
-            "or set CHECKOUT_RABBIT_URL"
-        ) from exc
-    except AMQPError as exc:
-        raise StartupError(
-            f"RabbitMQ at {host}:{port} refused the topology: {_first_line(exc)}"
-        ) from None
+    except (AMQPError, OSError) as exc:  # a timeout and a refused connection are OSErrors
+        url = settings.rabbit_url.get_secret_value()
+        raise StartupError(broker_failure(url, exc, refused="the topology")) from None
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)

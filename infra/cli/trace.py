@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 from urllib.parse import urlsplit
 
-import aio_pika
 import sqlalchemy.exc
 import typer
 from aio_pika.abc import AbstractConnection
@@ -33,6 +32,7 @@ from infra.cli.output import (
     settings_or_exit,
 )
 from infra.db.session import create_engine
+from infra.messaging.connect import connect
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from infra.timeline.merge import Trace
@@ -121,10 +121,7 @@ async def _rabbit(
         try:
             with quiet_loggers("aio_pika", "aiormq"):
                 async with asyncio.timeout(BROKER_TIMEOUT):
-                    connection = await aio_pika.connect(
-                        url,
-                        client_properties={"connection_name": f"{settings.namespace}.trace-cli"},
-                    )
+                    connection = await connect(url, name=f"{settings.namespace}.trace-cli")
         except (AMQPError, OSError) as exc:  # timeouts and refused connections are OSErrors
             error = f"RabbitMQ at {where} is not answering ({type(exc).__name__})"
     try:

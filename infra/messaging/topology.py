@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
+from infra.messaging.connect import connect
 from infra.settings import Settings
 
 DELIVERY_LIMIT = 20
@@ -176,7 +176,7 @@ async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
 async def declare_from_settings(settings: Settings) -> Topology:
     """Connect, declare, disconnect: what `checkout up` does before starting the parts."""
     topology = Topology.from_settings(settings)
-    connection = await aio_pika.connect(settings.rabbit_url.get_secret_value())
+    connection = await connect(settings.rabbit_url.get_secret_value())
     async with connection:
         await declare_topology(await connection.channel(), topology)
     return topology

@@ -100,3 +100,32 @@ def test_up_without_rabbitmq_stops_with_one_line(settings: Settings) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"error: RabbitMQ at 127.0.0.1:{port} is not answering")
+
+
+@pytest.mark.parametrize("argv", [["relay"], ["saga"], ["consumer", "invoice"]])
+def test_a_part_alone_without_rabbitmq_stops_with_one_line(
+    settings: Settings, argv: list[str]
+) -> None:
+    port = _closed_port()
+
+    result = runner.invoke(
+        app, argv, env={"CHECKOUT_RABBIT_URL": f"amqp://guest:guest@127.0.0.1:{port}/"}
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: RabbitMQ at 127.0.0.1:{port} is not answering: start it "
+        "(rabbitmq-server -detached, or docker compose up -d rabbitmq) or set CHECKOUT_RABBIT_URL"
+    ]
+
+
+def test_a_part_alone_refused_by_rabbitmq_says_so_in_one_line(settings: Settings) -> None:
+    url = settings.rabbit_url.get_secret_value().replace("guest:guest@", "guest:wrong@", 1)
+
+    result = runner.invoke(app, ["saga"], env={"CHECKOUT_RABBIT_URL": url})
+
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "refused the login" in lines[0]
+    assert lines[0].endswith("check CHECKOUT_RABBIT_URL")
