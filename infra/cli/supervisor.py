@@ -42,6 +42,7 @@ from typing import Any, Protocol, TextIO
 import httpx
 
 from infra.auth.devkey import DevKey
+from infra.messaging.connect import first_line
 from infra.settings import Settings
 
 GRACE_SECONDS = 20.0
@@ -390,11 +391,6 @@ def _answers(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def database_error(settings: Settings, exc: BaseException) -> StartupError:
     """One line for a database that cannot be used: not running, or refusing us."""
     from sqlalchemy.engine import make_url
@@ -409,7 +405,7 @@ def database_error(settings: Settings, exc: BaseException) -> StartupError:
         )
     where = f"{host}:{port}" if host else "the local socket"
     return StartupError(
-        f"PostgreSQL at {where} refused us ({_first_line(exc)}): check CHECKOUT_DATABASE_URL"
+        f"PostgreSQL at {where} refused us ({first_line(exc)}): check CHECKOUT_DATABASE_URL"
     )
 
 

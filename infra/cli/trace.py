@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import sqlalchemy.exc
 import typer
@@ -32,7 +31,7 @@ from infra.cli.output import (
     settings_or_exit,
 )
 from infra.db.session import create_engine
-from infra.messaging.connect import connect
+from infra.messaging.connect import broker_address, connect
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from infra.timeline.merge import Trace
@@ -116,8 +115,7 @@ async def _rabbit(
     error: str | None = None
     if wanted:
         url = settings.rabbit_url.get_secret_value()
-        parts = urlsplit(url)
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 5672}"
+        where = broker_address(url)
         try:
             with quiet_loggers("aio_pika", "aiormq"):
                 async with asyncio.timeout(BROKER_TIMEOUT):
