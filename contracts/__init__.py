@@ -4,7 +4,14 @@ Public events (``OrderPaid``, ``OrderPaymentFailed``) are what downstream teams
 subscribe to; the internal saga messages are documented here too, but may change.
 """
 
-from contracts.commands import ChargePayment, CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from contracts.commands import (
+    CancelProductionOrder,
+    ChargePayment,
+    CheckoutRequested,
+    PaymentDeclined,
+    PaymentSucceeded,
+    RefundPayment,
+)
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import PUBLIC_EVENTS, Customer, Money, OrderPaid, OrderPaymentFailed
 
@@ -12,6 +19,7 @@ __all__ = [
     "CONTENT_TYPE",
     "PUBLIC_EVENTS",
     "SCHEMA_VERSION_HEADER",
+    "CancelProductionOrder",
     "ChargePayment",
     "CheckoutRequested",
     "Customer",
@@ -21,4 +29,5 @@ __all__ = [
     "OrderPaymentFailed",
     "PaymentDeclined",
     "PaymentSucceeded",
+    "RefundPayment",
 ]

@@ -1,7 +1,8 @@
 """Internal messages of the checkout saga on ``{namespace}.internal``.
 
 Commands are imperative and have exactly one handler (``ChargePayment`` -> the payment
-step). ``CheckoutRequested`` starts the saga; ``PaymentSucceeded``/``PaymentDeclined``
+step, ``RefundPayment`` -> the refund step, ``CancelProductionOrder`` -> the production
+cancellation step). ``CheckoutRequested`` starts the saga; ``PaymentSucceeded``/``PaymentDeclined``
 are the payment step's replies to the orchestrator. Not part of the public contract.
 """
 
@@ -60,3 +61,33 @@ class PaymentDeclined(Message):
     declined_at: datetime
     attempts: int = 1
     """Calls to the Payment Service this outcome took (retries included)."""
+
+
+class RefundPayment(Message):
+    """Refund a payment in full at the Payment Service (idempotency key: `idempotency_key`).
+
+    The key is the cancellation id for a cancellation's refund, `str(refund_id)` for the
+    refund of a charge that succeeded after its checkout had ended (no cancellation).
+    """
+
+    routing_key = "payment.refund"
+
+    refund_id: UUID
+    payment_id: UUID
+    provider_payment_id: str
+    order_id: UUID
+    checkout_id: UUID
+    cancellation_id: UUID | None
+    amount: Money
+    currency: str
+    reason: str
+    idempotency_key: str
+
+
+class CancelProductionOrder(Message):
+    """Cancel the order at the Production Service (idempotency key: the cancellation)."""
+
+    routing_key = "production.cancel"
+
+    cancellation_id: UUID
+    order_id: UUID
