@@ -97,4 +97,52 @@ class OrderPaymentFailed(Message):
     failed_at: datetime
 
 
+class RefundSummary(BaseModel):
+    """The refund an `OrderCancelled` came with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    refund_id: UUID
+    amount: Money
+    currency: str
+
+
+class OrderCancelled(Message):
+    """The order is cancelled (with its refund when it had been paid)."""
+
+    routing_key = "order.cancelled"
+
+    order_id: UUID
+    cancellation_id: UUID
+    reason: str
+    refund: RefundSummary | None
+    cancelled_at: datetime
+
+
+class OrderCancellationRejected(Message):
+    """The cancellation was refused (the order is already in production); nothing changed."""
+
+    routing_key = "order.cancellation_rejected"
+
+    order_id: UUID
+    cancellation_id: UUID
+    reason: str
+    rejected_at: datetime
+
+
+class OrderPaymentRefunded(Message):
+    """A payment was refunded in full, whatever caused it."""
+
+    routing_key = "order.payment_refunded"
+
+    order_id: UUID
+    checkout_id: UUID
+    payment_id: UUID
+    refund_id: UUID
+    amount: Money
+    currency: str
+    reason: str
+    refunded_at: datetime
+
+
 PUBLIC_EVENTS: tuple[type[Message], ...] = (OrderPaid, OrderPaymentFailed)

@@ -33,7 +33,12 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.exc import IntegrityError
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
+from checkout_api.usecases.errors import (
+    IdempotencyKeyReused,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+)
 from contracts import CheckoutRequested
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
@@ -52,6 +57,9 @@ _FIND_KEY = (
 _START = """
 WITH locked AS (
     SELECT status FROM orders WHERE order_id = %(order)s FOR UPDATE
+), cancelling AS (
+    SELECT 1 FROM cancellations
+    WHERE order_id = %(order)s AND state NOT IN ('CANCELLED', 'REJECTED')
 ), active AS (
     SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
         s.name, s.status, s.at, s.detail, s.id AS step
@@ -61,7 +69,8 @@ WITH locked AS (
     INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,
         created_at, updated_at)
     SELECT %(checkout)s, %(order)s, 'STARTED', NULL, %(trace)s::varchar, %(now)s, %(now)s
-    FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
+    FROM locked WHERE locked.status NOT IN ('PAID', 'CANCELLED')
+        AND NOT EXISTS (SELECT 1 FROM active) AND NOT EXISTS (SELECT 1 FROM cancelling)
     RETURNING checkout_id
 ), step AS (
     INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
@@ -76,12 +85,14 @@ WITH locked AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
 )
-SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
+SELECT (SELECT CASE WHEN EXISTS (SELECT 1 FROM cancelling) THEN 'CANCELLED' ELSE status END
+        FROM locked), EXISTS (SELECT 1 FROM started),
     a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
     a.name, a.status, a.at, a.detail
 FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
 """
-"""Lock the order and start a checkout of it unless it is PAID or has an active one.
+"""Lock the order and start a checkout of it unless it is PAID, CANCELLED, being cancelled
+or has an active checkout (an order being cancelled reads as CANCELLED).
 
 One row each: the order's status (NULL: no such order), whether the checkout was
 started, then the active checkout with one of its steps (NULLs: none). The active
@@ -151,6 +162,8 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
             raise OrderNotFound(order_id)
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
+        if status == "CANCELLED":
+            raise OrderCancelled(order_id)
         checkout = new if started else _checkout(rows)
         body = checkout.model_dump(mode="json")
 
