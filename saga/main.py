@@ -1,4 +1,5 @@
-"""`checkout saga`: the orchestrator and the payment step in one process."""
+"""`checkout saga`: the orchestrator and the steps (charge, refund, production
+cancellation) in one process."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import uvloop
 from faststream import FastStream
 
 from contracts import (
+    CancelProductionOrder,
     ChargePayment,
     CheckoutRequested,
     Message,
     PaymentDeclined,
     PaymentSucceeded,
+    RefundPayment,
 )
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
@@ -20,6 +23,10 @@ from infra.tracing import configure_tracing
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
+from saga.production_cancel_client import ProductionCancelClient
+from saga.production_cancel_step import ProductionCancelStep
+from saga.refund_client import RefundClient
+from saga.refund_step import RefundStep
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -41,8 +48,19 @@ def build_worker(settings: Settings) -> Worker:
         )
         return {ChargePayment: step.handle}
 
+    def refund_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("refunds", res.settings.payment_base_url)
+        return {RefundPayment: RefundStep(res.uow, RefundClient(service)).handle}
+
+    def production_cancel_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("production", res.settings.production_base_url)
+        step = ProductionCancelStep(res.uow, ProductionCancelClient(service))
+        return {CancelProductionOrder: step.handle}
+
     worker.consume("saga", saga_routes)
     worker.consume("payment", payment_routes)
+    worker.consume("refund", refund_routes)
+    worker.consume("production-cancel", production_cancel_routes)
     return worker
 
 

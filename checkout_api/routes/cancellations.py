@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from structlog.contextvars import bind_contextvars
 
-from checkout_api.deps import SettingsDep, UowDep
+from checkout_api.deps import MetricsDep, SettingsDep, UowDep
 from checkout_api.routes.checkouts import IdempotencyKeyHeader
 from checkout_api.routes.docs import problems
 from checkout_api.schemas.cancellations import CancellationOut, CancelOrder
@@ -39,6 +39,7 @@ async def post_cancel(
     body: CancelOrder,
     uow: UowDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Cancel the order (refunding it if it was paid), or return its active cancellation."""
@@ -51,6 +52,8 @@ async def post_cancel(
         idempotency_key=idempotency_key,
     )
     bind_contextvars(cancellation_id=str(outcome.cancellation_id))
+    if outcome.created:
+        metrics.cancellations_requested.labels(outcome.state).inc()
     return JSONResponse(
         outcome.body,
         status_code=outcome.status_code,

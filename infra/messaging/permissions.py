@@ -186,9 +186,14 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
         BrokerUser(
             "saga",
             user_name(namespace, "saga"),
-            part_rights(["internal"], ["saga", "payment"], default_exchange=True),
+            part_rights(
+                ["internal"],
+                ["saga", "payment", "refund", "production-cancel"],
+                default_exchange=True,
+            ),
             (),
-            f"Consumes {namespace}.saga and {namespace}.payment; the payment step publishes "
+            f"Consumes {namespace}.saga, {namespace}.payment, {namespace}.refund and "
+            f"{namespace}.production-cancel; the payment step publishes "
             f"its reply to {namespace}.internal; retry and dead-letter copies go through "
             f"amq.default. Cannot publish to {namespace}.orders (its events go through the "
             f"outbox).{declaring}",

@@ -6,6 +6,8 @@
 {ns}.internal  (topic)  saga messages   checkout.requested, payment.succeeded,
                                          payment.declined ──▶ {ns}.saga
                                          payment.charge   ──▶ {ns}.payment
+                                         payment.refund   ──▶ {ns}.refund
+                                         production.cancel ─▶ {ns}.production-cancel
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -77,6 +79,8 @@ class Topology:
                 ("checkout.requested", "payment.succeeded", "payment.declined"),
             ),
             "payment": (self.internal_exchange, ("payment.charge",)),
+            "refund": (self.internal_exchange, ("payment.refund",)),
+            "production-cancel": (self.internal_exchange, ("production.cancel",)),
             "invoice": (self.orders_exchange, ("order.paid",)),
             "email": (self.orders_exchange, ("order.paid",)),
             "production": (self.orders_exchange, ("order.paid",)),
