@@ -1,17 +1,10 @@
 """Message contracts of the checkout system: the public, versioned part.
 
 Public events (``OrderPaid``, ``OrderPaymentFailed``) are what downstream teams
-subscribe to; the internal saga messages are documented here too, but may change.
+subscribe to; the internal saga command is documented here too, but may change.
 """
 
-from contracts.commands import (
-    CancelProductionOrder,
-    ChargePayment,
-    CheckoutRequested,
-    PaymentDeclined,
-    PaymentSucceeded,
-    RefundPayment,
-)
+from contracts.commands import CancelProductionOrder, ChargePayment, RefundPayment
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import PUBLIC_EVENTS, Customer, Money, OrderPaid, OrderPaymentFailed
 
@@ -21,13 +14,10 @@ __all__ = [
     "SCHEMA_VERSION_HEADER",
     "CancelProductionOrder",
     "ChargePayment",
-    "CheckoutRequested",
     "Customer",
     "Message",
     "Money",
     "OrderPaid",
     "OrderPaymentFailed",
-    "PaymentDeclined",
-    "PaymentSucceeded",
     "RefundPayment",
 ]

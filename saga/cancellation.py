@@ -18,6 +18,7 @@ behind and the message is redelivered; after it, the redelivery is a duplicate.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -56,8 +57,8 @@ _LOAD = (
 """The cancellation, locked, with the payment of its checkout and its refund if any."""
 _CLAIM = inbox.CLAIM.format(rows="VALUES (%s, %s, %s)")
 _WAITING = (
-    "SELECT cancellation_id FROM cancellations"
-    " WHERE checkout_id = %s AND state = 'WAITING_FOR_CHECKOUT'"
+    "SELECT cancellation_id, checkout_id FROM cancellations"
+    " WHERE checkout_id = ANY(%s::uuid[]) AND state = 'WAITING_FOR_CHECKOUT'"
 )
 
 
@@ -114,27 +115,36 @@ async def apply(
     return Applied(cancellation_id, cancelling.order_id, previous, transition)
 
 
-async def checkout_ended(
-    conn: psycopg.AsyncConnection[Any], checkout_id: uuid.UUID, *, paid: bool, now: datetime
-) -> Applied | None:
-    """The checkout's final transition meets the cancellation waiting for it, if any.
+async def checkouts_ended(
+    conn: psycopg.AsyncConnection[Any], ended: Sequence[tuple[uuid.UUID, bool]], now: datetime
+) -> list[Applied]:
+    """The checkouts' final transitions meet the cancellations waiting for them, if any.
 
-    Called in the checkout's own transaction, after it has written the order (so it
-    holds the order's lock: a cancel request committed before that lock was granted is
-    seen here, one after it sees the checkout's end). FAILED: the order is cancelled
+    `ended`: (checkout, paid) of each checkout that has just reached PAID or FAILED,
+    in the checkouts' own transaction, after it has written their orders (so it holds
+    the orders' locks: a cancel request committed before a lock was granted is seen
+    here, one after it sees the checkout's end). FAILED: the order is cancelled
     without refund; PAID: its production order is cancelled, then it is refunded.
+    One statement looks for all of them; most find none.
     """
-    row = await (await conn.execute(_WAITING, (checkout_id,))).fetchone()
-    if row is None:
-        return None
-    applied = await apply(conn, row[0], CheckoutEnded(paid=paid), now, claim=None)
-    log.info(
-        "cancellation took over from its checkout",
-        cancellation_id=str(row[0]),
-        checkout_id=str(checkout_id),
-        paid=paid,
-    )
-    return applied
+    if not ended:
+        return []
+    paid = dict(ended)
+    rows = await (await conn.execute(_WAITING, (list(paid),))).fetchall()
+    moved = []
+    for cancellation_id, checkout_id in sorted(rows):
+        moved.append(
+            await apply(
+                conn, cancellation_id, CheckoutEnded(paid=paid[checkout_id]), now, claim=None
+            )
+        )
+        log.info(
+            "cancellation took over from its checkout",
+            cancellation_id=str(cancellation_id),
+            checkout_id=str(checkout_id),
+            paid=paid[checkout_id],
+        )
+    return moved
 
 
 def observe(applied: Applied) -> None:

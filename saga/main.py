@@ -6,15 +6,7 @@ from __future__ import annotations
 import uvloop
 from faststream import FastStream
 
-from contracts import (
-    CancelProductionOrder,
-    ChargePayment,
-    CheckoutRequested,
-    Message,
-    PaymentDeclined,
-    PaymentSucceeded,
-    RefundPayment,
-)
+from contracts import CancelProductionOrder, ChargePayment, Message, RefundPayment
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
@@ -30,22 +22,12 @@ from saga.refund_step import RefundStep
 
 
 def build_worker(settings: Settings) -> Worker:
-    """The saga process: the orchestrator's queue and the payment step's queue."""
+    """The saga process: the payment step's queue, whose outcomes the orchestrator applies."""
     worker = Worker(settings, "saga")
-
-    def saga_routes(res: Resources) -> dict[type[Message], Handler]:
-        saga = CheckoutSaga(res.uow)
-        return {
-            CheckoutRequested: saga.handle,
-            PaymentSucceeded: saga.handle,
-            PaymentDeclined: saga.handle,
-        }
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(
-            res.uow, PaymentClient(service), res.publisher, res.topology.internal_exchange
-        )
+        step = PaymentStep(res.uow, PaymentClient(service), CheckoutSaga(res.uow))
         return {ChargePayment: step.handle}
 
     def refund_routes(res: Resources) -> dict[type[Message], Handler]:
@@ -57,7 +39,6 @@ def build_worker(settings: Settings) -> Worker:
         step = ProductionCancelStep(res.uow, ProductionCancelClient(service))
         return {CancelProductionOrder: step.handle}
 
-    worker.consume("saga", saga_routes)
     worker.consume("payment", payment_routes)
     worker.consume("refund", refund_routes)
     worker.consume("production-cancel", production_cancel_routes)

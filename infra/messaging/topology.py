@@ -3,11 +3,9 @@
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
-{ns}.internal  (topic)  saga messages   checkout.requested, payment.succeeded,
-                                         payment.declined ──▶ {ns}.saga
-                                         payment.charge   ──▶ {ns}.payment
-                                         payment.refund   ──▶ {ns}.refund
-                                         production.cancel ─▶ {ns}.production-cancel
+{ns}.internal  (topic)  saga commands   payment.charge    ──▶ {ns}.payment
+                                         payment.refund    ──▶ {ns}.refund
+                                         production.cancel ──▶ {ns}.production-cancel
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -74,10 +72,6 @@ class Topology:
     def __post_init__(self) -> None:
         ns = self.namespace
         specs = {
-            "saga": (
-                self.internal_exchange,
-                ("checkout.requested", "payment.succeeded", "payment.declined"),
-            ),
             "payment": (self.internal_exchange, ("payment.charge",)),
             "refund": (self.internal_exchange, ("payment.refund",)),
             "production-cancel": (self.internal_exchange, ("production.cancel",)),

@@ -86,20 +86,21 @@ async def paid_order(
     """An order whose checkout ended PAID, as the saga leaves it: (order, checkout, payment)."""
     order_id = await new_order(client)
     checkout_id = await start_checkout(client, order_id)
-    payment_id = str(uuid.uuid4())
     at = paid_at or datetime.now(UTC)
     await execute(
         engine,
         "UPDATE checkouts SET state = 'PAID' WHERE checkout_id = :c;"
         " UPDATE orders SET status = 'PAID' WHERE order_id = :o;"
-        " INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,"
-        " provider_payment_id, created_at, updated_at)"
-        " VALUES (:p, :c, :o, 19.99, 'USD', 'SUCCESSFUL', 'pay-1', :at, :at)",
+        " UPDATE payments SET status = 'SUCCESSFUL', provider_payment_id = 'pay-1',"
+        " updated_at = :at WHERE checkout_id = :c",
         c=checkout_id,
         o=order_id,
-        p=payment_id,
         at=at,
     )
+    (payment,) = await rows(
+        engine, "SELECT payment_id FROM payments WHERE checkout_id = :c", c=checkout_id
+    )
+    payment_id = str(payment["payment_id"])
     return order_id, checkout_id, payment_id
 
 
