@@ -83,7 +83,9 @@ def test_asyncapi_describes_each_public_event_on_the_orders_exchange() -> None:
         body = event_json_schema(event)
         assert schemas[event.message_type]["properties"].keys() == body["properties"].keys()
         assert schemas[event.message_type]["required"] == body["required"]
-    assert schemas["OrderPaid"]["properties"]["amount"] == {"title": "Amount", "type": "string"}
+    amount = schemas["OrderPaid"]["properties"]["amount"]
+    assert amount["type"] == "string"
+    assert amount["pattern"] == r"^[0-9]{1,10}\.[0-9]{2}$"
     assert "{namespace}.orders" in document["info"]["description"]
 
 
