@@ -229,4 +229,10 @@ class OrderPaymentRefunded(PublicEvent):
     refunded_at: datetime
 
 
-PUBLIC_EVENTS: tuple[type[PublicEvent], ...] = (OrderPaid, OrderPaymentFailed)
+PUBLIC_EVENTS: tuple[type[PublicEvent], ...] = (
+    OrderPaid,
+    OrderPaymentFailed,
+    OrderCancelled,
+    OrderCancellationRejected,
+    OrderPaymentRefunded,
+)

@@ -56,7 +56,13 @@ def test_asyncapi_describes_each_public_event_on_the_orders_exchange() -> None:
     document = load("asyncapi.json")
     assert document["asyncapi"] == "3.0.0"
     channels = {c["address"]: c for c in document["channels"].values()}
-    assert set(channels) == {"order.paid", "order.payment_failed"}
+    assert set(channels) == {
+        "order.paid",
+        "order.payment_failed",
+        "order.cancelled",
+        "order.cancellation_rejected",
+        "order.payment_refunded",
+    }
     messages = document["components"]["messages"]
     schemas = document["components"]["schemas"]
     for event in PUBLIC_EVENTS:
