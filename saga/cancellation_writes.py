@@ -14,7 +14,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from contracts import CancelProductionOrder, RefundPayment
-from contracts.events import OrderCancellationRejected, OrderCancelled, OrderPaymentRefunded
+from contracts.events import (
+    CancellationRefund,
+    OrderCancellationRejected,
+    OrderCancelled,
+    OrderPaymentRefunded,
+)
 from infra.db.statements import Statement
 from infra.messaging.failures import PermanentFailure
 from infra.messaging.outbox import outbox_row
@@ -167,19 +172,15 @@ def _apply(
             if refunded:
                 if refund is None:
                     raise PermanentFailure(f"cancellation {correlation} has no refund to report")
-                summary = {
-                    "refund_id": refund.refund_id,
-                    "amount": refund.amount,
-                    "currency": refund.currency,
-                }
-            event = OrderCancelled.model_validate(
-                {
-                    "order_id": c.order_id,
-                    "cancellation_id": c.cancellation_id,
-                    "reason": c.reason,
-                    "refund": summary,
-                    "cancelled_at": now,
-                }
+                summary = CancellationRefund(
+                    refund_id=refund.refund_id, amount=refund.amount, currency=refund.currency
+                )
+            event = OrderCancelled(
+                order_id=c.order_id,
+                cancellation_id=c.cancellation_id,
+                reason=c.reason,
+                refund=summary,
+                cancelled_at=now,
             )
             return [
                 (_CANCEL_ORDER, (now, c.order_id)),
@@ -232,7 +233,7 @@ def _apply(
             return [
                 (SUCCEED_REFUND, (reference, now, refund.refund_id)),
                 (REFUND_PAYMENT, (now, payment.payment_id)),
-                outbox_row(done, correlation_id=correlation),
+                outbox_row(done, correlation_id=done.correlation_id()),
             ], refund
         case Reject(reason=reason):
             rejected = OrderCancellationRejected(

@@ -17,16 +17,10 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import PUBLIC_EVENTS, SCHEMA_VERSION_HEADER, Message
-from contracts.events import OrderCancellationRejected, OrderCancelled, OrderPaymentRefunded
 from infra.db.models import OutboxMessage
 from infra.tracing import inject
 
-_CANCELLATION_EVENTS: tuple[type[Message], ...] = (
-    OrderCancelled,
-    OrderCancellationRejected,
-    OrderPaymentRefunded,
-)
-PUBLIC_TYPES = {event.message_type for event in (*PUBLIC_EVENTS, *_CANCELLATION_EVENTS)}
+PUBLIC_TYPES = frozenset(event.message_type for event in PUBLIC_EVENTS)
 
 
 def exchange_for(message: Message) -> Literal["orders", "internal"]:
