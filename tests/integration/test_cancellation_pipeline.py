@@ -19,6 +19,8 @@ from sqlalchemy import text
 from contracts import RefundPayment
 from infra.db.models import ProductionSubmission
 from infra.messaging.outbox import outbox_row
+from infra.timeline.query import trace as load_trace
+from infra.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 
@@ -258,3 +260,44 @@ async def _one(p: Pipeline, sql: str, **params: Any) -> tuple[Any, ...]:
     async with p.engine.connect() as conn:
         row = (await conn.execute(text(sql), params)).one()
     return tuple(row)
+
+
+async def test_the_trace_shows_the_cancellation_beside_the_checkout(pipeline: Pipeline) -> None:
+    order_id, checkout_id = await paid(pipeline, "80.00")
+    started = await cancel(pipeline, order_id)
+    await settled(pipeline, started["cancellation_id"])
+
+    async def traced() -> dict[str, Any]:
+        async with pipeline.engine.connect() as conn:
+            found = await load_trace(conn, uuid.UUID(started["cancellation_id"]))
+        assert found is not None
+        return trace_json(found)
+
+    # The relay records each publish after it confirmed it: wait for the last one.
+    document = await eventually(
+        traced,
+        until=lambda d: (
+            any(
+                e["what"].startswith("OrderCancelled published")
+                for c in d["cancellations"]
+                for e in c["entries"]
+            )
+            and any(
+                e["message_type"] == "OrderPaymentRefunded"
+                for c in d["checkouts"]
+                for e in c["entries"]
+            )
+        ),
+        what="the cancellation's publishes in its trace",
+    )
+    assert [c["checkout_id"] for c in document["checkouts"]] == [checkout_id]
+    [one] = document["cancellations"]
+    assert one["cancellation_id"] == started["cancellation_id"]
+    assert one["state"] == "CANCELLED"
+    whats = [e["what"] for e in one["entries"]]
+    assert whats[0] == "cancellation requested → REQUESTED"
+    for published in ("CancelProductionOrder", "RefundPayment", "OrderCancelled"):
+        assert any(w.startswith(f"{published} published") for w in whats), whats
+    # OrderPaymentRefunded is correlated with the checkout whose payment it returns.
+    [paid_checkout] = document["checkouts"]
+    assert any(e["message_type"] == "OrderPaymentRefunded" for e in paid_checkout["entries"])
