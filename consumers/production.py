@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.effects import Effects, Row
+from consumers.effects import PAID_CHECKOUT, Effects, Row
 from contracts import OrderPaid
 from infra.db.session import UnitOfWork
 from infra.http import ServiceClient
@@ -40,7 +40,7 @@ class ProductionConsumer:
     """One production order per paid order, keyed by the event's message id."""
 
     def __init__(self, uow: UnitOfWork, service: ServiceClient) -> None:
-        self._effects = Effects(uow, CONSUMER)
+        self._effects = Effects(uow, CONSUMER, PAID_CHECKOUT)
         self._service = service
 
     async def handle(self, event: OrderPaid, delivery: Delivery) -> Handled:

@@ -2,6 +2,7 @@
 
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
+                                         order.cancelled ──▶ {ns}.invoice, {ns}.email
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
 {ns}.internal  (topic)  saga messages   checkout.requested, payment.succeeded,
                                          payment.declined ──▶ {ns}.saga
@@ -77,8 +78,8 @@ class Topology:
                 ("checkout.requested", "payment.succeeded", "payment.declined"),
             ),
             "payment": (self.internal_exchange, ("payment.charge",)),
-            "invoice": (self.orders_exchange, ("order.paid",)),
-            "email": (self.orders_exchange, ("order.paid",)),
+            "invoice": (self.orders_exchange, ("order.paid", "order.cancelled")),
+            "email": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "production": (self.orders_exchange, ("order.paid",)),
         }
         queues = {
