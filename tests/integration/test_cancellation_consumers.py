@@ -2,7 +2,8 @@
 
 The cancellation saga is not part of this test: each test writes what its final
 transition commits (the order CANCELLED) and publishes the `OrderCancelled` it would,
-then watches the invoice and e-mail consumers act on it, in any order with `OrderPaid`.
+then watches the invoice and e-mail consumers act on it, in any order with `OrderPaid`,
+and the production consumer meet an order cancelled before it reached production.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.invoice import InvoiceConsumer
+from consumers.production import CANCELLED_MEANWHILE
 from contracts import CancellationRefund, OrderCancelled, OrderPaid
-from infra.db.models import CancellationEmail, Invoice
+from infra.db.models import CancellationEmail, Invoice, ProductionSubmission
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.publisher import Outgoing
@@ -242,6 +244,55 @@ async def test_an_order_cancelled_about_an_order_that_is_not_cancelled_is_dead_l
     assert not await _inboxed(pipeline, "invoice", message_id)
     for queue in dlqs:  # leave the dead-letter queues as the other tests expect them
         await (await channel.get_queue(queue)).purge()
+
+
+async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhile(
+    pipeline: Pipeline, topology: Topology, channel: Any
+) -> None:
+    paid = await paid_order(UnitOfWork(pipeline.engine), email=_address())
+    # The cancellation reached the Production Service first.
+    cancelled = await pipeline.mocks.post(
+        f"/production/orders/{paid.order_id}/cancel", json={}, headers={"Idempotency-Key": "c"}
+    )
+    assert cancelled.status_code == 200
+    dlq = topology.queues["production"].dlq
+    before = await depth(channel, dlq)
+
+    message_id = await _publish(pipeline, topology, paid)
+
+    [(kind, detail)] = await eventually(
+        lambda: _lines(pipeline, paid.checkout_id, "production"), until=bool
+    )
+    assert kind == CANCELLED_MEANWHILE
+    assert detail.startswith("cancelled meanwhile")
+    assert await _inboxed(pipeline, "production", message_id)
+    assert await pipeline.rows(ProductionSubmission, str(paid.order_id)) == 0
+    assert await depth(channel, dlq) == before
+    [refused] = await pipeline.effects("/mock/production/orders", str(paid.order_id))
+    assert (refused["status_code"], refused["attempts"]) == (409, 1)
+
+    # A redelivery is a duplicate like any other: no second call.
+    await _publish_again(pipeline, topology, paid, message_id)
+    await eventually(
+        lambda: _lines(pipeline, paid.checkout_id, "production"),
+        until=lambda lines: len(lines) == 2,
+        what="the duplicate's line",
+    )
+    [refused] = await pipeline.effects("/mock/production/orders", str(paid.order_id))
+    assert refused["attempts"] == 1
+
+
+async def _publish_again(
+    p: Pipeline, topology: Topology, event: OrderPaid, message_id: uuid.UUID
+) -> None:
+    await p.publisher.publish(
+        Outgoing.of(
+            event,
+            exchange=topology.orders_exchange,
+            message_id=message_id,
+            correlation_id=event.checkout_id,
+        )
+    )
 
 
 async def _waiting_on_a_lock(engine: AsyncEngine) -> int:
