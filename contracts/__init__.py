@@ -4,7 +4,7 @@ Public events (``OrderPaid``, ``OrderPaymentFailed``) are what downstream teams
 subscribe to; the internal saga command is documented here too, but may change.
 """
 
-from contracts.commands import ChargePayment
+from contracts.commands import ChargePayment, ReconcilePayment
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import PUBLIC_EVENTS, Customer, Money, OrderPaid, OrderPaymentFailed
 
@@ -18,4 +18,5 @@ __all__ = [
     "Money",
     "OrderPaid",
     "OrderPaymentFailed",
+    "ReconcilePayment",
 ]

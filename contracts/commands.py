@@ -23,3 +23,13 @@ class ChargePayment(Message):
     payment_id: UUID
     amount: Money
     currency: str
+
+
+class ReconcilePayment(Message):
+    """Ask the Payment Service what became of the checkout's charge (its deadline passed)."""
+
+    routing_key = "payment.reconcile"
+
+    checkout_id: UUID
+    order_id: UUID
+    payment_id: UUID

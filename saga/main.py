@@ -5,27 +5,35 @@ from __future__ import annotations
 import uvloop
 from faststream import FastStream
 
-from contracts import ChargePayment, Message
+from contracts import ChargePayment, Message, ReconcilePayment
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
 from infra.settings import Settings
 from infra.tracing import configure_tracing
+from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
 
 
 def build_worker(settings: Settings) -> Worker:
-    """The saga process: the payment step's queue, whose outcomes the orchestrator applies."""
+    """The saga process: the payment step's queue, whose outcomes the orchestrator
+    applies, and the deadline claimer."""
     worker = Worker(settings, "saga")
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(res.uow, PaymentClient(service), CheckoutSaga(res.uow))
-        return {ChargePayment: step.handle}
+        saga = CheckoutSaga(res.uow, res.settings.payment_deadline)
+        step = PaymentStep(res.uow, PaymentClient(service), saga)
+        return {ChargePayment: step.handle, ReconcilePayment: step.reconcile}
 
     worker.consume("payment", payment_routes)
+
+    async def deadlines(res: Resources) -> None:
+        await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))
+
+    worker.background("deadlines", deadlines)
     return worker
 
 

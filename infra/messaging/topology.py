@@ -3,7 +3,7 @@
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
-{ns}.internal  (topic)  saga commands   payment.charge ──▶ {ns}.payment
+{ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -70,7 +70,7 @@ class Topology:
     def __post_init__(self) -> None:
         ns = self.namespace
         specs = {
-            "payment": (self.internal_exchange, ("payment.charge",)),
+            "payment": (self.internal_exchange, ("payment.charge", "payment.reconcile")),
             "invoice": (self.orders_exchange, ("order.paid",)),
             "email": (self.orders_exchange, ("order.paid",)),
             "production": (self.orders_exchange, ("order.paid",)),
