@@ -38,7 +38,12 @@ from tenacity import (
 )
 
 from infra import metrics
-from infra.messaging.failures import PermanentFailure, TransientFailure, is_transient_status
+from infra.messaging.failures import (
+    PermanentFailure,
+    ServiceRefused,
+    TransientFailure,
+    is_transient_status,
+)
 from infra.settings import Settings
 from infra.tracing import inject, tracer
 
@@ -202,7 +207,15 @@ class ServiceClient:
             log.warning("service call failed; transient", service=self.name, status=status)
             raise TransientFailure(detail)
         metrics.SERVICE_CALLS.labels(self.name, "permanent").inc()
-        raise PermanentFailure(detail)
+        raise ServiceRefused(detail, status=status, body=_json_or_text(content))
+
+
+def _json_or_text(content: bytes) -> Any:
+    """A refusal's body: its JSON if it is JSON, else its text."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", errors="replace")
 
 
 class _NotFound(PermanentFailure):

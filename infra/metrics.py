@@ -59,3 +59,18 @@ BREAKER_OPEN = Gauge(
     "1 while a service's circuit breaker is open (or half-open), else 0",
     ["service"],
 )
+CANCELLATION_TRANSITIONS = Counter(
+    "checkout_cancellation_transitions_total",
+    "Cancellation saga transitions applied by the saga, by state before and after",
+    ["from_state", "to_state"],
+)
+ACTIVE_CANCELLATIONS = Gauge(
+    "checkout_active_cancellations",
+    "Cancellations not yet final, by state (sampled by the relay)",
+    ["state"],
+)
+REFUNDS = Counter(
+    "checkout_refunds_total",
+    "Refund attempts by outcome: succeeded, failed (retried or dead-lettered)",
+    ["outcome"],
+)

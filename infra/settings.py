@@ -174,6 +174,9 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
 
+    # How long after its payment an order may still be cancelled with a refund.
+    refund_window_days: int = Field(default=30, ge=0, le=3650)
+
     # Security. Requests per API key and API process, in the `limits` notation
     # ("100/second", "1000/minute", several separated by ";").
     api_rate_limit: str = "100/second"

@@ -1,11 +1,18 @@
-"""`checkout saga`: the orchestrator and the payment step in one process."""
+"""`checkout saga`: the orchestrator and the steps (charge, refund, production
+cancellation) in one process."""
 
 from __future__ import annotations
 
 import uvloop
 from faststream import FastStream
 
-from contracts import ChargePayment, Message, ReconcilePayment
+from contracts import (
+    CancelProductionOrder,
+    ChargePayment,
+    Message,
+    ReconcilePayment,
+    RefundPayment,
+)
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
@@ -15,6 +22,10 @@ from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
+from saga.production_cancel_client import ProductionCancelClient
+from saga.production_cancel_step import ProductionCancelStep
+from saga.refund_client import RefundClient
+from saga.refund_step import RefundStep
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -28,7 +39,18 @@ def build_worker(settings: Settings) -> Worker:
         step = PaymentStep(res.uow, PaymentClient(service), saga)
         return {ChargePayment: step.handle, ReconcilePayment: step.reconcile}
 
+    def refund_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("refunds", res.settings.payment_base_url)
+        return {RefundPayment: RefundStep(res.uow, RefundClient(service)).handle}
+
+    def production_cancel_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("production", res.settings.production_base_url)
+        step = ProductionCancelStep(res.uow, ProductionCancelClient(service))
+        return {CancelProductionOrder: step.handle}
+
     worker.consume("payment", payment_routes)
+    worker.consume("refund", refund_routes)
+    worker.consume("production-cancel", production_cancel_routes)
 
     async def deadlines(res: Resources) -> None:
         await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))

@@ -27,7 +27,7 @@ from decimal import Decimal
 
 import structlog
 
-from contracts import Customer, OrderPaid, OrderPaymentFailed, ReconcilePayment
+from contracts import Customer, OrderPaid, OrderPaymentFailed, ReconcilePayment, RefundPayment
 from infra import metrics
 from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
@@ -35,6 +35,7 @@ from infra.db.statements import Statement, as_one
 from infra.messaging import inbox
 from infra.messaging.failures import PermanentFailure
 from infra.messaging.outbox import outbox_row
+from saga import cancellation
 from saga import state_machine as sm
 from saga.inputs import DeadlineReached, SagaInput
 from saga.state_machine import (
@@ -80,6 +81,16 @@ _RECORD_LATE_CHARGE = (
 )
 """A charge that succeeded after its checkout failed: the money was taken, so the payment
 says so (with the provider's id, which its refund needs), while the order stays FAILED."""
+_INSERT_LATE_REFUND = (
+    "INSERT INTO refunds (refund_id, payment_id, order_id, cancellation_id, amount, currency,"
+    " status, provider_refund_id, reason, idempotency_key, created_at, updated_at)"
+    " VALUES (%s, %s, %s, NULL, %s, %s, 'PENDING', NULL, %s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
+"""The late charge's refund, which the refund step (`saga.refund_step`) carries out: payment
+REFUNDED, `OrderPaymentRefunded`, the order left FAILED. A second late success of the
+same payment finds it recorded."""
+LATE_CHARGE_REASON = "charged after its checkout had failed"
 _SET_ORDER_STATUS = "UPDATE orders SET status = %s, updated_at = %s WHERE order_id = %s"
 _SET_STATE = (
     "UPDATE checkouts SET state = %s, failure_reason = %s, updated_at = %s WHERE checkout_id = %s"
@@ -208,6 +219,7 @@ class CheckoutSaga:
             found = {row[0]: (_Loaded(*row[:-1]), row[-1]) for row in await load.fetchall()}
             applied: list[Applied] = []
             writes: list[Statement] = []
+            ended: list[tuple[uuid.UUID, bool]] = []
             for message, _ in items:
                 if message.checkout_id not in found:
                     raise PermanentFailure(f"no checkout {message.checkout_id}")
@@ -218,12 +230,22 @@ class CheckoutSaga:
                 transition = decide(CheckoutState(checkout.state), message)
                 writes.extend(self._writes(transition, checkout, now))
                 applied.append(Applied.of(checkout, transition))
+                if transition.state.is_final and transition.state != checkout.state:
+                    ended.append((checkout.checkout_id, transition.state is CheckoutState.PAID))
             if writes:
                 await conn.execute(*as_one(writes))
+            # Cancel meets checkout: the writes above hold the orders' locks (they set
+            # their status), so a cancellation requested before them is seen here (its
+            # request held the lock first), and one requested after them sees the
+            # checkout ended. A statement of its own: its snapshot is taken after the
+            # locks were granted. Whatever was waiting goes on in this transaction.
+            taken_over = await cancellation.checkouts_ended(conn, ended, now)
             # COMMIT as a statement of the pipeline: it travels with the writes and the
             # pipeline's closing sync, where `conn.commit()` would cost a round trip
             # more. A failed commit raises as the block ends, like any statement.
             await conn.execute("COMMIT")
+        for moved in taken_over:
+            cancellation.observe(moved)
         return applied
 
     async def fire_due(self, limit: int = 50) -> list[Applied]:
@@ -334,8 +356,40 @@ class CheckoutSaga:
                 )
                 return [outbox_row(reconcile, correlation_id=checkout.checkout_id)]
             case RefundLateCharge(provider_payment_id=reference):
-                # The refund itself is the refund step's (RefundPayment): see the README.
-                return [(_RECORD_LATE_CHARGE, (reference, now, _payment_of(checkout)))]
+                payment_id = _payment_of(checkout)
+                # One refund per late charge whatever is redelivered: its id (and so its
+                # idempotency key at the Payment Service) is derived from the payment.
+                refund_id = uuid.uuid5(payment_id, "late-charge-refund")
+                refund = RefundPayment(
+                    refund_id=refund_id,
+                    payment_id=payment_id,
+                    provider_payment_id=reference,
+                    order_id=checkout.order_id,
+                    checkout_id=checkout.checkout_id,
+                    cancellation_id=None,
+                    amount=checkout.amount,
+                    currency=checkout.currency,
+                    reason=LATE_CHARGE_REASON,
+                    idempotency_key=str(refund_id),
+                )
+                return [
+                    (_RECORD_LATE_CHARGE, (reference, now, payment_id)),
+                    (
+                        _INSERT_LATE_REFUND,
+                        (
+                            refund_id,
+                            payment_id,
+                            checkout.order_id,
+                            checkout.amount,
+                            checkout.currency,
+                            LATE_CHARGE_REASON,
+                            str(refund_id),
+                            now,
+                            now,
+                        ),
+                    ),
+                    outbox_row(refund, correlation_id=checkout.checkout_id),
+                ]
             case RequestPayment():
                 # Only STARTED requests a payment, and no checkout is STARTED outside
                 # the API's own statement, which applies that transition itself.

@@ -41,7 +41,12 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.exc import IntegrityError
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
+from checkout_api.usecases.errors import (
+    IdempotencyKeyReused,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+)
 from contracts import ChargePayment
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
@@ -69,6 +74,9 @@ _FIND_KEY = (
 _START = """
 WITH locked AS (
     SELECT status, amount, currency FROM orders WHERE order_id = %(order)s FOR UPDATE
+), cancelling AS (
+    SELECT 1 FROM cancellations
+    WHERE order_id = %(order)s AND state NOT IN ('CANCELLED', 'REJECTED')
 ), active AS (
     SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
         s.name, s.status, s.at, s.detail, s.id AS step
@@ -79,7 +87,8 @@ WITH locked AS (
         created_at, updated_at)
     SELECT %(checkout)s, %(order)s, %(state)s::varchar, NULL, %(trace)s::varchar, %(now)s,
         %(now)s
-    FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
+    FROM locked WHERE locked.status NOT IN ('PAID', 'CANCELLED')
+        AND NOT EXISTS (SELECT 1 FROM active) AND NOT EXISTS (SELECT 1 FROM cancelling)
     RETURNING checkout_id
 ), step AS (
     INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
@@ -116,12 +125,14 @@ WITH locked AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
 )
-SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
+SELECT (SELECT CASE WHEN EXISTS (SELECT 1 FROM cancelling) THEN 'CANCELLED' ELSE status END
+        FROM locked), EXISTS (SELECT 1 FROM started),
     a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
     a.name, a.status, a.at, a.detail
 FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
 """
-"""Lock the order and start a checkout of it unless it is PAID or has an active one.
+"""Lock the order and start a checkout of it unless it is PAID, CANCELLED, being cancelled
+or has an active checkout (an order being cancelled reads as CANCELLED).
 
 The checkout starts as the saga's first transition leaves it: PAYMENT_PENDING with its
 request step and the transition's, the payment PENDING and its `ChargePayment` in the
@@ -206,6 +217,8 @@ async def _attempt(
             raise OrderNotFound(order_id)
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
+        if status == "CANCELLED":
+            raise OrderCancelled(order_id)
         checkout = new if started else _checkout(rows)
         body = checkout.model_dump(mode="json")
 

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE_CHECKOUT_STATES = ("STARTED", "PAYMENT_PENDING")
+FINAL_CANCELLATION_STATES = ("CANCELLED", "REJECTED")
 
 
 class Base(DeclarativeBase):
@@ -45,7 +46,9 @@ class Base(DeclarativeBase):
 class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'PAID', 'FAILED')", name="orders_status"),
+        CheckConstraint(
+            "status IN ('PENDING', 'PAID', 'FAILED', 'CANCELLED')", name="orders_status"
+        ),
         CheckConstraint("amount > 0", name="orders_amount_positive"),
         # Newest-first paging: (created_at, order_id) is the cursor.
         Index("orders_created_idx", text("created_at DESC"), text("order_id DESC")),
@@ -110,7 +113,9 @@ class CheckoutStep(Base):
 class Payment(Base):
     __tablename__ = "payments"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'SUCCESSFUL', 'FAILED')", name="payments_status"),
+        CheckConstraint(
+            "status IN ('PENDING', 'SUCCESSFUL', 'FAILED', 'REFUNDED')", name="payments_status"
+        ),
         Index("payments_order_idx", "order_id", "created_at"),
     )
 
@@ -126,10 +131,101 @@ class Payment(Base):
     updated_at: Mapped[datetime]
 
 
+class Cancellation(Base):
+    """A cancellation saga (migration 0007); at most one active per order."""
+
+    __tablename__ = "cancellations"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('REQUESTED', 'WAITING_FOR_CHECKOUT', 'CANCELLING_PRODUCTION',"
+            " 'REFUNDING', 'CANCELLED', 'REJECTED')",
+            name="cancellations_state",
+        ),
+        # One active cancellation per order, by the database, not a check-then-insert.
+        Index(
+            "cancellations_one_active_per_order",
+            "order_id",
+            unique=True,
+            postgresql_where=text("state NOT IN ('CANCELLED', 'REJECTED')"),
+        ),
+        Index("cancellations_order_idx", "order_id", "created_at"),
+        Index(
+            "cancellations_waiting_idx",
+            "checkout_id",
+            postgresql_where=text("state = 'WAITING_FOR_CHECKOUT'"),
+        ),
+    )
+
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.order_id"))
+    checkout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("checkouts.checkout_id"))
+    reason: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(24))
+    rejection_reason: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CancellationStep(Base):
+    __tablename__ = "cancellation_steps"
+    __table_args__ = (Index("cancellation_steps_cancellation_idx", "cancellation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cancellations.cancellation_id"))
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class CancellationKey(Base):
+    """The first response to a cancel request carrying an Idempotency-Key."""
+
+    __tablename__ = "cancellation_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    order_id: Mapped[uuid.UUID]
+    cancellation_id: Mapped[uuid.UUID]
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class Refund(Base):
+    """A full refund of one payment: of a cancellation, or of a charge that came too late."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        CheckConstraint("status IN ('PENDING', 'SUCCEEDED')", name="refunds_status"),
+        CheckConstraint("amount > 0", name="refunds_amount_positive"),
+        # A payment is refunded in full, once.
+        Index("refunds_one_per_payment", "payment_id", unique=True),
+        Index("refunds_order_idx", "order_id"),
+    )
+
+    refund_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.payment_id"))
+    order_id: Mapped[uuid.UUID]
+    cancellation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cancellations.cancellation_id")
+    )
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    provider_refund_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
-        CheckConstraint("status IN ('CREATED', 'SENT', 'FAILED')", name="invoices_status"),
+        CheckConstraint(
+            "status IN ('CREATED', 'SENT', 'FAILED', 'VOIDED')", name="invoices_status"
+        ),
     )
 
     invoice_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -4,6 +4,8 @@
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
 {ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
+                                         payment.refund    ──▶ {ns}.refund
+                                         production.cancel ──▶ {ns}.production-cancel
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -71,6 +73,8 @@ class Topology:
         ns = self.namespace
         specs = {
             "payment": (self.internal_exchange, ("payment.charge", "payment.reconcile")),
+            "refund": (self.internal_exchange, ("payment.refund",)),
+            "production-cancel": (self.internal_exchange, ("production.cancel",)),
             "invoice": (self.orders_exchange, ("order.paid",)),
             "email": (self.orders_exchange, ("order.paid",)),
             "production": (self.orders_exchange, ("order.paid",)),

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import ChargePayment, ReconcilePayment
+from contracts import ChargePayment, ReconcilePayment, RefundPayment
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import TransientFailure
@@ -227,3 +227,25 @@ async def test_a_success_after_the_checkout_failed_is_recorded_for_its_refund(
             {"p": command.payment_id},
         )
         assert provider.scalar_one() == "p-late"
+        refund = await conn.execute(
+            text("SELECT status, idempotency_key FROM refunds WHERE payment_id = :p"),
+            {"p": command.payment_id},
+        )
+        [(status, key)] = refund.all()
+        commands = await conn.execute(
+            text(
+                "SELECT body FROM outbox WHERE message_type = 'RefundPayment'"
+                " AND correlation_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+        [(body,)] = commands.all()
+    # The refund step takes it from here (payment REFUNDED, OrderPaymentRefunded).
+    assert status == "PENDING"
+    sent = RefundPayment.model_validate_json(body)
+    assert (sent.provider_payment_id, sent.cancellation_id, sent.idempotency_key) == (
+        "p-late",
+        None,
+        key,
+    )
+    assert sent.amount == command.amount

@@ -6,7 +6,7 @@ one that makes it moot; any saga instance claims due rows with FOR UPDATE SKIP L
 `attempts` counts how often it fired, for the backoff of the next one.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-04
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
