@@ -18,6 +18,7 @@ from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
 from infra.settings import Settings
 from infra.tracing import configure_tracing
+from operations.stuck import run_stuck_gauge
 from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
@@ -56,6 +57,11 @@ def build_worker(settings: Settings) -> Worker:
         await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))
 
     worker.background("deadlines", deadlines)
+
+    async def stuck_gauge(res: Resources) -> None:
+        await run_stuck_gauge(res.uow.engine)
+
+    worker.background("stuck gauge", stuck_gauge)
     return worker
 
 
