@@ -5,7 +5,12 @@ Public events (``OrderPaid``, ``OrderPaymentFailed``, ``OrderCancelled``,
 subscribe to; the internal saga commands are documented here too, but may change.
 """
 
-from contracts.commands import CancelProductionOrder, ChargePayment, RefundPayment
+from contracts.commands import (
+    CancelProductionOrder,
+    ChargePayment,
+    ReconcilePayment,
+    RefundPayment,
+)
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import (
     PUBLIC_EVENTS,
@@ -40,5 +45,6 @@ __all__ = [
     "OrderPaymentFailed",
     "OrderPaymentRefunded",
     "PublicEvent",
+    "ReconcilePayment",
     "RefundPayment",
 ]

@@ -27,6 +27,16 @@ class ChargePayment(Message):
     currency: str
 
 
+class ReconcilePayment(Message):
+    """Ask the Payment Service what became of the checkout's charge (its deadline passed)."""
+
+    routing_key = "payment.reconcile"
+
+    checkout_id: UUID
+    order_id: UUID
+    payment_id: UUID
+
+
 class RefundPayment(Message):
     """Refund a payment in full at the Payment Service (idempotency key: `idempotency_key`).
 

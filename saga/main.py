@@ -6,12 +6,20 @@ from __future__ import annotations
 import uvloop
 from faststream import FastStream
 
-from contracts import CancelProductionOrder, ChargePayment, Message, RefundPayment
+from contracts import (
+    CancelProductionOrder,
+    ChargePayment,
+    Message,
+    ReconcilePayment,
+    RefundPayment,
+)
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
 from infra.settings import Settings
 from infra.tracing import configure_tracing
+from operations.stuck import run_stuck_gauge
+from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
@@ -22,13 +30,15 @@ from saga.refund_step import RefundStep
 
 
 def build_worker(settings: Settings) -> Worker:
-    """The saga process: the payment step's queue, whose outcomes the orchestrator applies."""
+    """The saga process: the payment step's queue, whose outcomes the orchestrator
+    applies, and the deadline claimer."""
     worker = Worker(settings, "saga")
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(res.uow, PaymentClient(service), CheckoutSaga(res.uow))
-        return {ChargePayment: step.handle}
+        saga = CheckoutSaga(res.uow, res.settings.payment_deadline)
+        step = PaymentStep(res.uow, PaymentClient(service), saga)
+        return {ChargePayment: step.handle, ReconcilePayment: step.reconcile}
 
     def refund_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("refunds", res.settings.payment_base_url)
@@ -42,6 +52,16 @@ def build_worker(settings: Settings) -> Worker:
     worker.consume("payment", payment_routes)
     worker.consume("refund", refund_routes)
     worker.consume("production-cancel", production_cancel_routes)
+
+    async def deadlines(res: Resources) -> None:
+        await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))
+
+    worker.background("deadlines", deadlines)
+
+    async def stuck_gauge(res: Resources) -> None:
+        await run_stuck_gauge(res.uow.engine)
+
+    worker.background("stuck gauge", stuck_gauge)
     return worker
 
 

@@ -4,8 +4,9 @@ The checkout saga's first transition (STARTED to PAYMENT_PENDING: record the pay
 and command its charge) is applied here, in the checkout's own statement, as the pure
 state machine decides it (`saga.state_machine.decide`): no broker hop stands between
 the request and the charge. The checkout is written PAYMENT_PENDING with both its
-steps (the request, then `payment.requested`), the payment PENDING, and `ChargePayment`
-in the outbox.
+steps (the request, then `payment.requested`), the payment PENDING, `ChargePayment`
+in the outbox and the payment deadline (`CHECKOUT_PAYMENT_DEADLINE` from now) in
+`deadlines`, with its timeline line.
 
 Concurrency, in the order the transaction meets it:
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -52,7 +53,14 @@ from infra.db.session import UnitOfWork
 from infra.messaging.outbox import outbox_envelope
 from infra.tracing import current_trace_id
 from saga.inputs import CheckoutRequested
-from saga.state_machine import CheckoutState, RequestPayment, Transition, decide
+from saga.state_machine import (
+    PAYMENT_DEADLINE,
+    CheckoutState,
+    RequestPayment,
+    SetDeadline,
+    Transition,
+    decide,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +113,14 @@ WITH locked AS (
             'currency', locked.currency)::text,
         %(now)s
     FROM started, locked
+), deadline AS (
+    INSERT INTO deadlines (deadline_id, saga, saga_id, kind, due_at, attempts, created_at)
+    SELECT %(deadline)s, 'checkout', checkout_id, %(deadline_kind)s, %(due)s, 0, %(now)s
+    FROM started
+), deadline_set AS (
+    INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, detail)
+    SELECT checkout_id, %(order)s, %(now)s, 'api', 'deadline.set', %(deadline_detail)s
+    FROM started
 ), reopened AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
@@ -152,12 +168,20 @@ class _Raced(Exception):
 
 
 async def checkout_order(
-    uow: UnitOfWork, order_id: uuid.UUID, idempotency_key: str | None = None
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+    idempotency_key: str | None = None,
+    *,
+    payment_deadline: float,
 ) -> CheckoutOutcome:
-    """Start a checkout of the order, or return the active one (202 either way)."""
+    """Start a checkout of the order, or return the active one (202 either way).
+
+    `payment_deadline`: seconds until the checkout, if still PAYMENT_PENDING, is
+    reconciled (`CHECKOUT_PAYMENT_DEADLINE`).
+    """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return await _attempt(uow, order_id, idempotency_key)
+            return await _attempt(uow, order_id, idempotency_key, payment_deadline)
         except (_Raced, IntegrityError, psycopg.IntegrityError):
             if attempt == _ATTEMPTS:
                 raise
@@ -165,7 +189,9 @@ async def checkout_order(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> CheckoutOutcome:
+async def _attempt(
+    uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> CheckoutOutcome:
     async with uow.transaction() as conn, conn.pipeline():
         if key is not None:
             stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
@@ -177,7 +203,7 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
 
-        new, params = _new_checkout(order_id, key)
+        new, params = _new_checkout(order_id, key, payment_deadline)
         result = await conn.execute(_START, params)
         if key is None:
             # Without a key nothing else is written: the COMMIT travels with the
@@ -238,16 +264,19 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
 def first_transition(checkout_id: uuid.UUID) -> Transition:
     """The saga's answer to a new checkout's request, as `_START` applies it.
 
-    The statement knows how to apply exactly one effect, the payment's request; a state
-    machine that answered otherwise would be applied wrongly, so it is refused here.
+    The statement knows how to apply exactly these effects, the payment's request and its
+    deadline (the configured one); a state machine that answered otherwise would be
+    applied wrongly, so it is refused here.
     """
     transition = decide(CheckoutState.STARTED, CheckoutRequested(checkout_id))
-    if transition.effects != (RequestPayment(),):
+    if transition.effects != (RequestPayment(), SetDeadline(PAYMENT_DEADLINE)):
         raise AssertionError(f"the checkout statement cannot apply {transition.effects!r}")
     return transition
 
 
-def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, dict[str, Any]]:
+def _new_checkout(
+    order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> tuple[CheckoutOut, dict[str, Any]]:
     """The checkout `_START` inserts if it may, and the statement's parameters: the
     checkout after the saga's first transition, its two steps, its payment and its
     ChargePayment outbox row."""
@@ -255,6 +284,7 @@ def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, di
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
     transition = first_transition(checkout_id)
+    due = now + timedelta(seconds=payment_deadline)
     step = StepOut(
         name=REQUESTED_STEP,
         status=str(CheckoutState.STARTED),
@@ -285,6 +315,10 @@ def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, di
         "routing_key": message.routing_key,
         "message_type": message.message_type,
         "headers": message.headers,
+        "deadline": uuid.uuid4(),
+        "deadline_kind": PAYMENT_DEADLINE,
+        "due": due,
+        "deadline_detail": f"{PAYMENT_DEADLINE} deadline due at {due:%Y-%m-%dT%H:%M:%S%z}",
     }
     checkout = CheckoutOut.model_validate(
         {

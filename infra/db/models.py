@@ -391,3 +391,23 @@ Index(
     DlqAuditEntry.__table__.c.message_ids,
     postgresql_using="gin",
 )
+
+
+class Deadline(Base):
+    """A saga's timer: due at `due_at`, claimed by any saga instance (`saga.deadlines`)."""
+
+    __tablename__ = "deadlines"
+    __table_args__ = (
+        CheckConstraint("saga IN ('checkout', 'cancellation')", name="deadlines_saga"),
+        CheckConstraint("attempts >= 0", name="deadlines_attempts"),
+        Index("deadlines_one_per_kind", "saga", "saga_id", "kind", unique=True),
+        Index("deadlines_due_at", "due_at"),
+    )
+
+    deadline_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    saga: Mapped[str] = mapped_column(String(20))
+    saga_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(Text)
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime]
