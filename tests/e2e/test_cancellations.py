@@ -116,6 +116,27 @@ async def test_a_paid_order_is_refunded_and_cancelled(client: Client) -> None:
     order = await client.get(f"/orders/{order_id}")
     assert (order["status"], order["payment"]["status"]) == ("CANCELLED", "REFUNDED")
     assert len(await client.refunds_with(started["cancellation_id"])) == 1
+    # order.cancelled: the invoice consumer voids the invoice, the e-mail consumer tells
+    # the customer what was refunded.
+    voided = await eventually(
+        lambda: client.get(f"/orders/{order_id}"),
+        until=lambda o: o["invoice"] is not None and o["invoice"]["status"] == "VOIDED",
+        timeout=30,
+        what="the invoice voided",
+    )
+    assert voided["invoice"]["amount"] == "22.00"
+
+    async def cancellation_emails() -> list[Any]:
+        sent = (await client.http.get(f"{client.mocks}/mock/emails")).json()
+        return [
+            e
+            for e in sent
+            if e["request"].get("subject", "").startswith("Order cancelled")
+            and order_id in str(e["request"])
+        ]
+
+    [email] = await eventually(cancellation_emails, what="the cancellation e-mail")
+    assert "22.00" in email["request"]["body"]
 
 
 async def test_an_order_in_production_is_rejected(client: Client) -> None:
