@@ -300,6 +300,9 @@ async def _settle_state(
             ).fetchall()
         )
         outbox = await _scalar(conn, "SELECT count(*) FROM outbox")
+        open_cancellations = await _scalar(
+            conn, "SELECT count(*) FROM cancellations WHERE state NOT IN ('CANCELLED', 'REJECTED')"
+        )
         missing_effects = await _scalar(
             conn,
             "SELECT count(*) FROM orders o WHERE o.status = 'PAID' AND ("
@@ -310,6 +313,7 @@ async def _settle_state(
     depths = await queue_depths(connection, system.topology)
     state: dict[str, Any] = {
         "open_checkouts": sum(n for s, n in states.items() if s not in ("PAID", "FAILED")),
+        "open_cancellations": open_cancellations,
         "outbox": outbox,
         "paid_without_effects": missing_effects,
         "queued": sum(depths.values()),
