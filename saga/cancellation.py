@@ -3,7 +3,8 @@
 Every place a cancellation moves calls this with the transaction it already holds (the
 production cancellation step, the refund step, the checkout's final transition):
 
-1. lock the cancellation's order, then the cancellation (`FOR UPDATE`), in that order
+1. lock the cancellation's order, then the cancellation (`FOR NO KEY UPDATE`: movers
+   wait for each other, rows referring to them may still be inserted), in that order
    everywhere (the API and the checkout's final transition lock the order first too),
    so two movers of one cancellation never wait on each other crosswise;
 2. claim the message in the inbox (a redelivered command finds its claim: skipped);
@@ -43,7 +44,7 @@ log = structlog.get_logger()
 
 _LOCK_ORDER = (
     "SELECT o.order_id FROM orders o JOIN cancellations c ON c.order_id = o.order_id"
-    " WHERE c.cancellation_id = %s FOR UPDATE OF o"
+    " WHERE c.cancellation_id = %s FOR NO KEY UPDATE OF o"
 )
 _LOAD = (
     "SELECT c.cancellation_id, c.order_id, c.reason, c.state,"
@@ -52,7 +53,7 @@ _LOAD = (
     " FROM cancellations c"
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
     " LEFT JOIN refunds r ON r.cancellation_id = c.cancellation_id"
-    " WHERE c.cancellation_id = %s FOR UPDATE OF c"
+    " WHERE c.cancellation_id = %s FOR NO KEY UPDATE OF c"
 )
 """The cancellation, locked, with the payment of its checkout and its refund if any."""
 _CLAIM = inbox.CLAIM.format(rows="VALUES (%s, %s, %s)")

@@ -64,10 +64,14 @@ _LOAD = (
     " FROM m JOIN checkouts c ON c.checkout_id = m.checkout_id"
     " JOIN orders o ON o.order_id = c.order_id"
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
-    " ORDER BY c.checkout_id FOR UPDATE OF c"
+    " ORDER BY c.checkout_id FOR NO KEY UPDATE OF c"
 )
 """The inputs claimed in the inbox, and their checkouts, locked (in id order, so two
-batches never wait on each other crosswise), each with its order and its payment if it
+batches never wait on each other crosswise; NO KEY UPDATE: it serialises the saga's
+movers of a checkout all the same, but lets a row that refers to the checkout be
+inserted meanwhile, such as a cancellation recorded against it by the API, which holds
+the order's lock; with FOR UPDATE that insert and this transaction's write of the order
+waited on each other: a deadlock), each with its order and its payment if it
 has one yet (only the saga writes payments, under this lock, so the row cannot change
 before the commit). A duplicate of a message being applied waits, on the lock or on
 the first copy's inbox row, until that commits, then is not claimed."""

@@ -4,9 +4,11 @@ Concurrency, in the order the transaction meets it:
 
 1. An Idempotency-Key already stored answers at once with the first response; stored
    for another order, the request is refused (422).
-2. The order is locked `FOR UPDATE`, alone in its statement. Every checkout start locks
-   it too, and so does the checkout's final transition (it writes the order), so a
-   cancellation and a checkout of one order never decide on stale news of each other.
+2. The order is locked (`FOR NO KEY UPDATE`: it waits for a checkout's start and end,
+   not for the consumers' rows that refer to the order), alone in its statement. Every
+   checkout start locks it too, and so does the checkout's final transition (it writes
+   the order), so a cancellation and a checkout of one order never decide on stale news
+   of each other.
 3. Then, in statements of their own (so each reads what committed before the lock was
    granted): the active cancellation (returned as it is: never a second one), the
    active checkout, the paid payment. The pure state machine decides from that
@@ -14,8 +16,9 @@ Concurrency, in the order the transaction meets it:
    (order CANCELLED with `OrderCancelled`, or `CancelProductionOrder`) are written.
 4. The partial unique index `cancellations_one_active_per_order` is the guarantee that
    an order has one active cancellation; the lock only makes violating it rare. A
-   violation (or a concurrent request storing the same key first) rolls the attempt
-   back and runs it again, which then finds the winner's cancellation.
+   violation (or a concurrent request storing the same key first, or a deadlock
+   PostgreSQL broke by rolling this attempt back) rolls the attempt back and runs it
+   again, which then finds the winner's cancellation.
 
 A cancellation recorded against an active checkout (WAITING_FOR_CHECKOUT) is taken on
 by that checkout's final transition, which holds the order's lock when it looks for it.
@@ -67,7 +70,7 @@ _ATTEMPTS = 3
 _FIND_KEY = (
     "SELECT order_id, cancellation_id, status_code, response FROM cancellation_keys WHERE key = %s"
 )
-_LOCK_ORDER = "SELECT status FROM orders WHERE order_id = %s FOR UPDATE"
+_LOCK_ORDER = "SELECT status FROM orders WHERE order_id = %s FOR NO KEY UPDATE"
 _ACTIVE_CANCELLATION = (
     "SELECT cancellation_id FROM cancellations"
     " WHERE order_id = %s AND state NOT IN ('CANCELLED', 'REJECTED')"
@@ -111,7 +114,7 @@ async def cancel_order(
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return await _attempt(uow, order_id, reason, refund_window_days, idempotency_key)
-        except (_Raced, psycopg.errors.UniqueViolation):
+        except (_Raced, psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             if attempt == _ATTEMPTS:
                 raise
             log.info("cancellation raced with a concurrent request; retrying", attempt=attempt)

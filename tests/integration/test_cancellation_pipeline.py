@@ -418,3 +418,41 @@ async def peek(
             if letter.message_id == message_id:
                 found.append(letter)
     return found
+
+
+async def test_cancels_racing_payments_never_keep_or_invent_a_charge(pipeline: Pipeline) -> None:
+    """Cancel meets checkout at every timing: a cancel sent 0-60 ms after the checkout,
+    for paid and declined charges alike. Whatever each interleaving, a cancelled order
+    keeps no charge, a charge is refunded at most once, and nothing is refunded that was
+    not charged."""
+    amounts = [f"{20 + i}.{'01' if i % 3 == 0 else '00'}" for i in range(12)]
+    orders = [await pipeline.order(amount) for amount in amounts]
+
+    async def race(order_id: str, delay_ms: int) -> str:
+        await pipeline.checkout(order_id)
+        await asyncio.sleep(delay_ms / 1000)  # the race's own timing, not a wait
+        return str((await cancel(pipeline, order_id))["cancellation_id"])
+
+    ids = await asyncio.gather(*(race(o["order_id"], (i * 7) % 60) for i, o in enumerate(orders)))
+    finals = [await settled(pipeline, c) for c in ids]
+    assert {f["state"] for f in finals} == {"CANCELLED"}
+    charges = {
+        str(e["response"]["payment_id"]): e["request"]["order_id"]
+        for e in (await pipeline.mocks.get("/mock/payments")).json()
+        if e["response"].get("status") == "SUCCESSFUL"
+    }
+    refunded = [
+        e["request"]["payment_id"] for e in (await pipeline.mocks.get("/mock/refunds")).json()
+    ]
+    for order in orders:
+        order_id = order["order_id"]
+        view = (await pipeline.api.get(f"/orders/{order_id}")).json()
+        assert view["status"] == "CANCELLED"
+        charged = [p for p, o in charges.items() if o == order_id]
+        for payment in charged:
+            assert refunded.count(payment) == 1, (order_id, payment)
+        if charged:
+            assert view["payment"]["status"] == "REFUNDED"
+        else:
+            assert view["payment"]["status"] == "FAILED"
+    assert all(p in charges for p in refunded)
