@@ -50,7 +50,10 @@ def trace(
         str,
         typer.Argument(
             metavar="ORDER_ID",
-            help="An order id (every checkout of it), or a checkout id (that one).",
+            help=(
+                "An order id (every checkout and cancellation of it), a checkout id (that "
+                "one and the cancellations waiting for it), or a cancellation id (its order)."
+            ),
             show_default=False,
         ),
     ],
@@ -63,17 +66,18 @@ def trace(
         typer.Option("--no-broker", help="Do not read the dead-letter queues."),
     ] = False,
 ) -> None:
-    """Every hop of an order's checkout in time order, with durations: the request,
-    the publishes, the saga, the payment, each consumer, retries, dead letters, replays."""
+    """Every hop of an order's checkouts and cancellations in time order, with durations:
+    the request, the publishes, the sagas, the payment, the production cancellation, the
+    refund, each consumer, retries, dead letters, replays."""
     try:
         target_id = uuid.UUID(target.strip())
     except ValueError:
-        fail(f"{target!r} is not a UUID: give an order id or a checkout id", 2)
+        fail(f"{target!r} is not a UUID: give an order, checkout or cancellation id", 2)
     settings = settings_or_exit()
     try:
         found = asyncio.run(_trace(settings, target_id, broker=not no_broker))
     except _Unknown:
-        fail(f"no order or checkout has the id {target_id}")
+        fail(f"no order, checkout or cancellation has the id {target_id}")
     except sqlalchemy.exc.ProgrammingError as exc:
         if type(getattr(exc, "orig", None)).__name__ == "UndefinedTable":
             fail("the database is not migrated to this version: run `checkout migrate`")

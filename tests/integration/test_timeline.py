@@ -468,7 +468,7 @@ async def test_an_unknown_id_fails_with_one_line(settings: Settings) -> None:
     missing = uuid.uuid4()
     result = await cli(str(missing), "--no-broker")
     assert result.exit_code == 1
-    assert result.stderr == f"error: no order or checkout has the id {missing}\n"
+    assert result.stderr == f"error: no order, checkout or cancellation has the id {missing}\n"
     assert result.stdout == ""
 
 
