@@ -17,7 +17,7 @@ import aio_pika
 import pytest
 from sqlalchemy import text
 
-from contracts import RefundPayment
+from contracts import CancelProductionOrder, RefundPayment
 from infra.db.models import ProductionSubmission
 from infra.db.session import UnitOfWork
 from infra.dlq.letters import DeadLetter
@@ -456,3 +456,28 @@ async def test_cancels_racing_payments_never_keep_or_invent_a_charge(pipeline: P
         else:
             assert view["payment"]["status"] == "FAILED"
     assert all(p in charges for p in refunded)
+
+
+async def test_a_production_cancel_nobody_asked_for_cancels_nothing(
+    pipeline: Pipeline, rabbit: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> None:
+    """A CancelProductionOrder of no cancellation of this system is dead-lettered at once:
+    production is not asked, the paid order stays as it is."""
+    order_id, _ = await paid(pipeline, "97.00")
+    forged = CancelProductionOrder(cancellation_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
+    message_id = uuid.uuid4()
+    await pipeline.publisher.publish(
+        Outgoing.of(
+            forged,
+            exchange=topology.internal_exchange,
+            message_id=message_id,
+            correlation_id=forged.cancellation_id,
+        )
+    )
+    [letter] = await eventually(
+        lambda: peek(rabbit, topology.queues["production-cancel"].dlq, str(message_id)),
+        what="the forged production cancel dead-lettered",
+    )
+    assert letter.error
+    assert await pipeline.effects("/mock/production/cancellations", order_id) == []
+    assert (await pipeline.api.get(f"/orders/{order_id}")).json()["status"] == "PAID"
