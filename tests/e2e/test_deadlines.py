@@ -269,3 +269,55 @@ async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_r
         # Each firing once: time 1, time 2, ... without a repeat.
         assert len(fired) == len(set(fired)), fired
         await cli(system, "dlq", "purge", "payment", "--all", "--yes", "--reason", "test over")
+
+
+async def test_two_saga_instances_fire_each_deadline_once(system: System) -> None:
+    """A second `checkout saga` beside the one `checkout up` runs: both claim deadlines."""
+    second = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "saga",
+        env={**system.env, "CHECKOUT_HEALTH_PORT": "0"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(headers=system.auth) as client:
+            await outage(client, system, True)
+            try:
+                started = [await start(client, system, f"7{n}.00") for n in range(6)]
+                ids = [checkout_id for _, checkout_id in started]
+
+                async def reconciled() -> int:
+                    found = [await checkout_of(client, system, c) for c in ids]
+                    return sum("payment.reconciliation" in step_names(c) for c in found)
+
+                await eventually(
+                    reconciled, until=lambda n: n == len(ids), timeout=60, what="every deadline"
+                )
+                await eventually(
+                    lambda: dlq_depth(system, "payment"),
+                    until=lambda n: n >= len(ids),
+                    timeout=60,
+                    what="every charge dead-lettered",
+                )
+            finally:
+                await outage(client, system, False)
+            for checkout_id in ids:
+                failed = await eventually(
+                    lambda c=checkout_id: checkout_of(client, system, c),
+                    until=lambda c: c["state"] == "FAILED",
+                    timeout=90,
+                    what="FAILED by a reconciliation",
+                )
+                assert failed["failure_reason"] == "payment_timeout"
+                fired = [s["detail"] for s in failed["steps"] if s["name"] == "deadline.fired"]
+                assert fired
+                assert len(fired) == len(set(fired)), fired  # no firing twice
+                done = [s for s in failed["steps"] if s["name"] == "payment.timed_out"]
+                assert len(done) == 1
+        await cli(system, "dlq", "purge", "payment", "--all", "--yes", "--reason", "test over")
+    finally:
+        second.kill()
+        await second.wait()
