@@ -11,8 +11,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from infra.http import ServiceClient
-from infra.messaging.failures import PermanentFailure, ServiceRefused
+from infra.http import ServiceClient, ServiceRefused
+from infra.messaging.failures import PermanentFailure
 
 CONFLICT = 409
 
@@ -47,11 +47,7 @@ class ProductionCancelClient:
         except ServiceRefused as refused:
             if refused.status != CONFLICT:
                 raise
-            match refused.body:
-                case {"reason": str(reason)}:
-                    return Refused(reason)
-                case _:
-                    return Refused("conflict")
+            return Refused(refused.reason or "conflict")
         match body:
             case {"status": "CANCELLED"}:
                 return Released(attempts)

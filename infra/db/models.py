@@ -259,6 +259,21 @@ class ProductionSubmission(Base):
     submitted_at: Mapped[datetime]
 
 
+class CancellationEmail(Base):
+    """A cancellation's e-mail, sent once (migration 0011)."""
+
+    __tablename__ = "cancellation_emails"
+    __table_args__ = (Index("cancellation_emails_order_idx", "order_id"),)
+
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.order_id"))
+    source_message_id: Mapped[uuid.UUID]
+    recipient: Mapped[str] = mapped_column(String(320))
+    refund_amount: Mapped[Decimal | None]
+    refund_currency: Mapped[str | None] = mapped_column(String(3))
+    sent_at: Mapped[datetime]
+
+
 class OutboxMessage(Base):
     """A message committed with the change that caused it, waiting for the relay."""
 

@@ -4,7 +4,6 @@
 Exception
 ├── PermanentFailure   retrying cannot help: bad payload, a 4xx other than 408/429
 │                       -> the dead-letter queue at once
-│   └── ServiceRefused a service's 4xx, with its status and body (an outcome to some)
 └── TransientFailure   may work later: timeouts, 5xx, 408, 429, lost connections
                         -> retried with growing delays, then the dead-letter queue
 ```
@@ -45,17 +44,6 @@ BROKER_HEADERS = frozenset(
 
 class PermanentFailure(Exception):
     """The message can never be processed as it is: dead-letter it at once."""
-
-
-class ServiceRefused(PermanentFailure):
-    """An external service answered a 4xx that is not worth retrying; its status and body
-    are kept for a caller to whom that answer is an outcome (a production order that is
-    already being made: 409)."""
-
-    def __init__(self, message: str, *, status: int, body: object) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
 
 
 class TransientFailure(Exception):

@@ -2,6 +2,7 @@
 
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
+                                         order.cancelled ──▶ {ns}.invoice, {ns}.email
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
 {ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
                                          payment.refund    ──▶ {ns}.refund
@@ -75,8 +76,8 @@ class Topology:
             "payment": (self.internal_exchange, ("payment.charge", "payment.reconcile")),
             "refund": (self.internal_exchange, ("payment.refund",)),
             "production-cancel": (self.internal_exchange, ("production.cancel",)),
-            "invoice": (self.orders_exchange, ("order.paid",)),
-            "email": (self.orders_exchange, ("order.paid",)),
+            "invoice": (self.orders_exchange, ("order.paid", "order.cancelled")),
+            "email": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "production": (self.orders_exchange, ("order.paid",)),
         }
         queues = {

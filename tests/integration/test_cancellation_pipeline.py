@@ -13,12 +13,22 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import aio_pika
 import pytest
 from sqlalchemy import text
 
 from contracts import RefundPayment
 from infra.db.models import ProductionSubmission
+from infra.db.session import UnitOfWork
+from infra.dlq.letters import DeadLetter
+from infra.dlq.operations import replay_recorded
+from infra.dlq.reading import reading
+from infra.dlq.selection import Selection
 from infra.messaging.outbox import outbox_row
+from infra.messaging.publisher import Outgoing
+from infra.messaging.topology import Topology
+from infra.timeline.query import trace as load_trace
+from infra.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 
@@ -258,3 +268,153 @@ async def _one(p: Pipeline, sql: str, **params: Any) -> tuple[Any, ...]:
     async with p.engine.connect() as conn:
         row = (await conn.execute(text(sql), params)).one()
     return tuple(row)
+
+
+async def test_the_trace_shows_the_cancellation_beside_the_checkout(pipeline: Pipeline) -> None:
+    order_id, checkout_id = await paid(pipeline, "80.00")
+    started = await cancel(pipeline, order_id)
+    await settled(pipeline, started["cancellation_id"])
+
+    async def traced() -> dict[str, Any]:
+        async with pipeline.engine.connect() as conn:
+            found = await load_trace(conn, uuid.UUID(started["cancellation_id"]))
+        assert found is not None
+        return trace_json(found)
+
+    # The relay records each publish after it confirmed it: wait for the last one.
+    document = await eventually(
+        traced,
+        until=lambda d: (
+            any(
+                e["what"].startswith("OrderCancelled published")
+                for c in d["cancellations"]
+                for e in c["entries"]
+            )
+            and any(
+                e["message_type"] == "OrderPaymentRefunded"
+                for c in d["checkouts"]
+                for e in c["entries"]
+            )
+        ),
+        what="the cancellation's publishes in its trace",
+    )
+    assert [c["checkout_id"] for c in document["checkouts"]] == [checkout_id]
+    [one] = document["cancellations"]
+    assert one["cancellation_id"] == started["cancellation_id"]
+    assert one["state"] == "CANCELLED"
+    whats = [e["what"] for e in one["entries"]]
+    assert whats[0] == "cancellation requested → REQUESTED"
+    for published in ("CancelProductionOrder", "RefundPayment", "OrderCancelled"):
+        assert any(w.startswith(f"{published} published") for w in whats), whats
+    # OrderPaymentRefunded is correlated with the checkout whose payment it returns.
+    [paid_checkout] = document["checkouts"]
+    assert any(e["message_type"] == "OrderPaymentRefunded" for e in paid_checkout["entries"])
+
+
+async def test_a_refund_past_its_retries_waits_in_its_dead_letter_queue_for_a_replay(
+    pipeline: Pipeline,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+    uow: UnitOfWork,
+) -> None:
+    """Never dropped: the refund's command is parked, the cancellation stays REFUNDING,
+    and a replay (same key) refunds once."""
+    order_id, _ = await paid(pipeline, "90.00")
+    await outage(pipeline, "payments", True)
+    try:
+        started = await cancel(pipeline, order_id)
+
+        async def parked() -> Any:
+            async with pipeline.engine.connect() as conn:
+                return await load_trace(
+                    conn, uuid.UUID(started["cancellation_id"]), rabbit=rabbit, topology=topology
+                )
+
+        found = await eventually(
+            parked,
+            until=lambda t: t is not None and bool(t.dead_letters),
+            timeout=30,
+            interval=0.3,
+            what="the refund in its dead-letter queue",
+        )
+    finally:
+        await outage(pipeline, "payments", False)
+    [letter] = found.dead_letters
+    assert letter.dlq == topology.queues["refund"].dlq
+    assert letter.message_type == "RefundPayment"
+    waiting = (await pipeline.api.get(f"/cancellations/{started['cancellation_id']}")).json()
+    assert waiting["state"] == "REFUNDING"
+    assert waiting["refund"]["status"] == "PENDING"
+    assert letter.message_id is not None
+
+    await replay_recorded(
+        rabbit,
+        uow,
+        topology.queues["refund"],
+        Selection.of([letter.message_id]),
+        actor="tester",
+        reason="payments back up",
+    )
+    final = await settled(pipeline, started["cancellation_id"])
+    assert final["state"] == "CANCELLED"
+    assert final["refund"]["status"] == "SUCCEEDED"
+    assert len(await refunds_keyed(pipeline, started["cancellation_id"])) == 1
+
+
+async def test_a_refund_command_nobody_recorded_refunds_nothing(
+    pipeline: Pipeline, rabbit: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> None:
+    """A forged or stray RefundPayment is dead-lettered at once, as permanent."""
+    order_id, checkout_id = await paid(pipeline, "95.00")
+    payment_id, provider = await _one(
+        pipeline,
+        "SELECT payment_id, provider_payment_id FROM payments WHERE order_id = :o",
+        o=order_id,
+    )
+    forged = RefundPayment(
+        refund_id=uuid.uuid4(),
+        payment_id=payment_id,
+        provider_payment_id=provider,
+        order_id=uuid.UUID(order_id),
+        checkout_id=uuid.UUID(checkout_id),
+        cancellation_id=None,
+        amount=Decimal("95.00"),
+        currency="EUR",
+        reason="forged",
+        idempotency_key="forged-key",
+    )
+    message_id = uuid.uuid4()
+    await pipeline.publisher.publish(
+        Outgoing.of(
+            forged,
+            exchange=topology.internal_exchange,
+            message_id=message_id,
+            correlation_id=uuid.UUID(checkout_id),
+        )
+    )
+    letters = await eventually(
+        lambda: peek(rabbit, topology.queues["refund"].dlq, str(message_id)),
+        what="the forged refund dead-lettered",
+    )
+    assert letters
+    assert await refunds_keyed(pipeline, "forged-key") == []
+    view = (await pipeline.api.get(f"/orders/{order_id}")).json()
+    assert view["payment"]["status"] == "SUCCESSFUL"
+
+
+async def refunds_keyed(p: Pipeline, key: str) -> list[dict[str, Any]]:
+    entries = (await p.mocks.get("/mock/refunds")).json()
+    return [e for e in entries if e["idempotency_key"] == key]
+
+
+async def peek(
+    rabbit: aio_pika.abc.AbstractRobustConnection, dlq: str, message_id: str
+) -> list[DeadLetter]:
+    """The dead letters of `dlq` with this id; they stay in their queue."""
+    found = []
+    async with reading(rabbit, dlq) as reader:
+        async for message in reader.messages(1000):
+            letter = DeadLetter.of(message)
+            if letter.message_id == message_id:
+                found.append(letter)
+    return found

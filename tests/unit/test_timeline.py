@@ -431,6 +431,7 @@ def test_json_shape() -> None:
         "generated_at",
         "order",
         "checkouts",
+        "cancellations",
         "dead_letters",
         "pending_outbox",
         "dead_letter_queues",
