@@ -1,10 +1,10 @@
 """Internal commands of the checkout saga on ``{namespace}.internal``.
 
-Commands are imperative and have exactly one handler (``ChargePayment`` -> the payment
-step, ``RefundPayment`` -> the refund step, ``CancelProductionOrder`` -> the production
-cancellation step). Each step applies its outcome to its saga itself, in one
-transaction, so no reply travels back through the broker. Not part of the public
-contract.
+Commands are imperative and have exactly one handler (``ChargePayment`` and
+``ReconcilePayment`` -> the payment step, ``RefundPayment`` -> the refund step,
+``CancelProductionOrder`` -> the production cancellation step). Each step applies its
+outcome to its saga itself, in one transaction, so no reply travels back through the
+broker. Not part of the public contract.
 """
 
 from __future__ import annotations

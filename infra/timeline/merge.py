@@ -7,7 +7,8 @@ Where each line comes from:
 - `cancellation_steps`: the same for each cancellation of the order, shown as a saga of
   its own beside the checkouts (its messages carry the cancellation as correlation id);
 - `checkout_events`: whatever the parts recorded (`infra.timeline.record`): publishes
-  with their lag, payment attempts, processing, retries, dead-lettering;
+  with their lag, payment attempts, processing, retries, dead-lettering, deadlines set
+  and cancelled (a deadline's firing and each reconciliation's answer are steps);
 - `invoices`, `email_notifications`, `production_submissions`: each consumer's effect,
   folded into the consumer's own `effect.applied` event for that message if it has one;
 - `dlq_audit`: each replay or purge of one of the checkout's messages, who and why;
@@ -314,6 +315,10 @@ def _event_what(event: Event) -> str:
             return f"{noun} dead-lettered"
         case "message.replayed":
             return f"replayed {noun} received"
+        case "deadline.set":
+            return "deadline set"
+        case "deadline.cancelled":
+            return "deadline cancelled"
         case _:
             return _join(kind, event.message_type, took) or kind
 

@@ -40,6 +40,9 @@ WILL_RETRY = "handling failed; will retry"
 APPLIED = {
     "effect applied": None,  # the consumer is the part that logged it
     "checkout transition": "saga",
+    # A charge whose checkout ended meanwhile (its deadline's reconciliation failed it):
+    # handled to its end, charging nothing, once.
+    "checkout is final; not charging": "saga",
     # Older wording of the consumers' line.
     "invoice created": "invoice",
     "confirmation e-mail sent": "email",

@@ -418,3 +418,16 @@ def test_a_cancelled_order_is_expected_cancelled_whatever_its_checkout_says() ->
     facts.orders[CANCELLED] = "PAID"
     problems = failed(facts)["checkouts final"]
     assert any(f"order {CANCELLED} is PAID, its checkouts say CANCELLED" in p for p in problems)
+
+
+def test_a_late_charge_of_a_failed_order_is_fine_once_refunded_once() -> None:
+    facts = clean()
+    facts.charges[1] = ServiceCall("payments", C_FAILED, 1, FAILED, 201, True, "pay-late")
+    assert "one charge per paid order" in failed(facts)
+    facts.refunds = [ServiceCall("refunds", "late-refund", 1, None, 201, True, "pay-late")]
+    verdict = failed(facts)
+    assert "one charge per paid order" not in verdict
+    assert "refunds match charges" not in verdict
+    facts.refunds.append(ServiceCall("refunds", "again", 1, None, 201, True, "pay-late"))
+    problems = failed(facts)["refunds match charges"]
+    assert any("pay-late" in p and "refunded 2 times" in p for p in problems)
