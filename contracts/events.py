@@ -134,6 +134,9 @@ class Customer(BaseModel):
 class PublicEvent(Message):
     """A public event: its AMQP `correlation_id` is the body's `correlation_field`."""
 
+    # Field docstrings become the fields' descriptions in the published documents.
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
+
     correlation_field: ClassVar[str] = "checkout_id"
 
     def correlation_id(self) -> UUID:
@@ -196,6 +199,7 @@ class OrderCancelled(PublicEvent):
     reason: str
     """Why the order was cancelled, as given with the cancel request."""
     refund: CancellationRefund | None
+    """The refund of the order's payment, already made; null if nothing was charged."""
     cancelled_at: datetime
 
 
