@@ -15,6 +15,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from contracts import CancelProductionOrder, RefundPayment
@@ -31,6 +32,7 @@ from infra.timeline.query import trace as load_trace
 from infra.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
+from tests.support.seed import paid_order as seed_paid_order
 
 pytestmark = pytest.mark.integration
 
@@ -481,3 +483,77 @@ async def test_a_production_cancel_nobody_asked_for_cancels_nothing(
     assert letter.error
     assert await pipeline.effects("/mock/production/cancellations", order_id) == []
     assert (await pipeline.api.get(f"/orders/{order_id}")).json()["status"] == "PAID"
+
+
+async def test_a_submission_still_queued_when_the_cancel_came_never_reaches_production(
+    pipeline: Pipeline,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+    uow: UnitOfWork,
+) -> None:
+    """The cancellation reaches the Production Service before the order does: production
+    remembers it, the refund goes on, and the late submission is refused and recorded as
+    "cancelled meanwhile", not dead-lettered."""
+    paid_event = await seed_paid_order(uow, amount=Decimal("61.00"))  # OrderPaid not sent yet
+    order_id = str(paid_event.order_id)
+    started = await cancel(pipeline, order_id)
+    final = await settled(pipeline, started["cancellation_id"])
+    assert final["state"] == "CANCELLED"
+    assert final["refund"]["status"] == "SUCCEEDED"
+    [entry] = await pipeline.effects("/mock/production/cancellations", order_id)
+    assert entry["response"]["status"] == "CANCELLED"
+
+    message_id = uuid.uuid4()
+    await pipeline.publisher.publish(
+        Outgoing.of(
+            paid_event,
+            exchange=topology.orders_exchange,
+            message_id=message_id,
+            correlation_id=paid_event.checkout_id,
+        )
+    )
+    refused = await eventually(
+        lambda: pipeline.effects("/mock/production/orders", order_id),
+        until=lambda entries: bool(entries),
+        what="the late submission answered",
+    )
+    assert [e["response"].get("reason") for e in refused] == ["cancelled"]
+    recorded = await eventually(
+        lambda: scalar(
+            pipeline,
+            "SELECT count(*) FROM checkout_events WHERE message_id = :m"
+            " AND kind = 'effect.cancelled_meanwhile'",
+            m=str(message_id),
+        ),
+        until=lambda n: n == 1,
+        what="the production consumer's 'cancelled meanwhile'",
+    )
+    assert recorded == 1
+    assert await pipeline.rows(ProductionSubmission, order_id) == 0
+    assert await peek(rabbit, topology.queues["production"].dlq, str(message_id)) == []
+
+
+async def test_metrics_count_cancellations_by_state_and_refunds_by_outcome(
+    pipeline: Pipeline,
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    refunds = sample("checkout_refunds_total", outcome="succeeded")
+    moved = sample(
+        "checkout_cancellation_transitions_total", from_state="REFUNDING", to_state="CANCELLED"
+    )
+    order_id, _ = await paid(pipeline, "23.00")
+    started = await cancel(pipeline, order_id)
+    await settled(pipeline, started["cancellation_id"])
+    assert sample("checkout_refunds_total", outcome="succeeded") == refunds + 1
+    assert (
+        sample(
+            "checkout_cancellation_transitions_total",
+            from_state="REFUNDING",
+            to_state="CANCELLED",
+        )
+        == moved + 1
+    )
+    exposed = (await pipeline.api.get("/metrics")).text
+    assert 'cancellations_requested_total{state="CANCELLING_PRODUCTION"}' in exposed
