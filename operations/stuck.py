@@ -15,9 +15,11 @@ cancellation) not final for longer than a threshold, with what it waits for:
 by kind and state, which the saga process refreshes (`run_stuck_gauge`) and the CLI
 sets as it reports; an alert on `max(checkout_stuck) > 0` is in the README.
 
-Only the process that holds a circuit breaker knows whether it is open; what this can
-know is what the breaker left behind: a dead letter's or a reconciliation's last error
-("circuit breaker is open", "answered 503"), which it shows.
+Only the process that holds a circuit breaker knows whether it is open. `open_breakers`
+asks the saga process's own metrics endpoint (`checkout_circuit_breaker_open`, the
+health port) when it can reach it; otherwise what the breaker left behind still shows:
+a dead letter's or a reconciliation's last error ("circuit breaker is open", "answered
+503").
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import structlog
 from aio_pika.abc import AbstractConnection
 from prometheus_client import Gauge
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -229,6 +233,59 @@ async def attach_dead_letters(
                 f" --reason {shlex.quote(reason)}",
             )
         )
+
+
+# Which stuck state waits on which service's breaker (the metric's `service` label).
+BREAKER_WAITERS = {
+    "payment": {("checkout", "PAYMENT_PENDING")},
+    "refunds": {("cancellation", "REFUNDING")},
+    "production": {("cancellation", "CANCELLING_PRODUCTION")},
+}
+
+
+def breakers_open(metrics_text: str) -> set[str]:
+    """The services whose breaker is open, from a process's Prometheus text."""
+    open_: set[str] = set()
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "checkout_circuit_breaker_open":
+            continue
+        for sample in family.samples:
+            if sample.value >= 1:
+                open_.add(sample.labels.get("service", "?"))
+    return open_
+
+
+BREAKER_TIMEOUT = 2.0
+
+
+async def open_breakers(metrics_url: str) -> set[str] | None:
+    """The services whose breaker the process at `metrics_url` has open (None: it did
+    not answer, so nothing is known)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=BREAKER_TIMEOUT)) as session,
+            session.get(metrics_url) as response,
+        ):
+            if response.status != 200:
+                return None
+            return breakers_open(await response.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def attach_breakers(found: Sequence[Stuck], open_: set[str], where: str) -> None:
+    """Add an open breaker to every stuck item whose state waits on that service."""
+    for service in sorted(open_):
+        for item in found:
+            if (item.kind, item.state) in BREAKER_WAITERS.get(service, set()):
+                item.waiting.append(
+                    Waiting(
+                        "service",
+                        f"{service} circuit breaker open in the saga process ({where}): the "
+                        "service has been failing; calls resume after its pause",
+                        None,
+                    )
+                )
 
 
 def finish(found: Sequence[Stuck]) -> None:

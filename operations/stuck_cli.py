@@ -23,14 +23,17 @@ from sqlalchemy import text
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
 from infra.cli.trace import _rabbit
 from infra.db.session import create_engine
+from infra.health import DEFAULT_PORTS
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.stuck import (
     DEFAULT_OLDER_THAN,
     Report,
+    attach_breakers,
     attach_dead_letters,
     find_stuck,
     finish,
+    open_breakers,
     set_gauge,
 )
 
@@ -97,6 +100,12 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
             await attach_dead_letters(found, rabbit, Topology.from_settings(settings))
             report.dead_letters_read = True
         report.broker_error = error
+    if found:
+        port = settings.health_port or DEFAULT_PORTS["saga"]
+        url = f"http://{settings.health_host}:{port}/metrics"
+        open_ = await open_breakers(url)
+        if open_:
+            attach_breakers(found, open_, url)
     finish(found)
     counts: dict[tuple[str, str], int] = {}
     for item in found:

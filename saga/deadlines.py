@@ -37,10 +37,11 @@ async def run_deadlines(saga: CheckoutSaga, *, poll: float = POLL_SECONDS) -> No
             wait = await _until_next(saga, poll)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # The database is away, say: nothing was fired or everything rolled back;
-            # the rows are still due, and the next round fires them.
-            log.exception("firing deadlines failed; trying again")
+            # the rows are still due, and the next round fires them. One line, no
+            # traceback: during an outage this repeats every round.
+            log.warning("firing deadlines failed; trying again", error=repr(exc), in_s=poll)
             wait = poll
         await asyncio.sleep(wait)
 

@@ -10,7 +10,9 @@ under the same id.
 The payment step applies each payment outcome here, in its own process, before it
 acks its command: no reply travels through the broker. (The first transition,
 STARTED to PAYMENT_PENDING, is applied by the API in the checkout's own statement:
-`checkout_api.usecases.checkout_order`.)
+`checkout_api.usecases.checkout_order`.) The deadline claimer (`saga.deadlines`) fires
+due deadlines here too (`fire_due`), each as an input in the transaction that claimed
+its row; the writes set and cancel deadlines as the transitions say.
 
 Every outcome of every checkout passes here, so the statements are plain SQL on the
 transaction's psycopg connection (`UnitOfWork.transaction`): the ORM's identity map,

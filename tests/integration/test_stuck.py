@@ -150,3 +150,33 @@ async def test_a_bad_duration_is_bad_usage() -> None:
     result = await cli("--older-than", "soon")
     assert result.exit_code == 2
     assert "is not a duration" in result.output
+
+
+async def test_a_cancellation_waiting_for_a_stuck_checkout_is_listed_with_it(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    charge = await pending_checkout(hot_uow)
+    await _aged(engine, charge.checkout_id, 20)
+    cancellation_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO cancellations (cancellation_id, order_id, checkout_id, reason, state,"
+                " created_at, updated_at) VALUES (:c, :o, :k, 'changed my mind',"
+                " 'WAITING_FOR_CHECKOUT', now() - interval '15 minutes', now())"
+            ),
+            {"c": cancellation_id, "o": charge.order_id, "k": charge.checkout_id},
+        )
+
+    result = await cli("--json")
+
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    item = _mine(document, cancellation_id)
+    assert (item["kind"], item["state"]) == ("cancellation", "WAITING_FOR_CHECKOUT")
+    [waiting] = item["waiting_for"]
+    assert (waiting["what"], waiting["detail"]) == (
+        "checkout",
+        f"checkout {charge.checkout_id} to end",
+    )
+    assert _mine(document, charge.checkout_id)["state"] == "PAYMENT_PENDING"
