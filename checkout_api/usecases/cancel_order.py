@@ -205,9 +205,8 @@ async def _attempt(
                 ),
             ),
         ]
-        # The first transition's own state write is the insert above; its step and
-        # effects follow (inserted after the cancellation: foreign keys are checked at
-        # the statement's end).
+        # The first transition's state is the insert's own; its step and effects follow,
+        # after the cancellation they refer to.
         writes += transition_writes(transition, cancelling, now, inserted=True)
         for sql, params in writes:
             await conn.execute(sql, params)
