@@ -121,6 +121,16 @@ def _poison_plan(topology: Topology) -> list[tuple[str, str, str, tuple[str, ...
         ("no-such-checkout", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("undecodable", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("schema-invalid", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
+        # The cancellation's steps refuse what the sagas did not record (nothing refunded,
+        # production not asked), and a body they cannot read.
+        ("no-such-refund", topology.internal_exchange, "payment.refund", (q["refund"].dlq,)),
+        ("schema-invalid", topology.internal_exchange, "payment.refund", (q["refund"].dlq,)),
+        (
+            "no-such-cancellation",
+            topology.internal_exchange,
+            "production.cancel",
+            (q["production-cancel"].dlq,),
+        ),
     ]
 
 
@@ -128,6 +138,8 @@ def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Me
     message_type = {
         "order.paid": "OrderPaid",
         "payment.charge": "ChargePayment",
+        "payment.refund": "RefundPayment",
+        "production.cancel": "CancelProductionOrder",
     }[routing_key]
     headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: 1}
     if kind == "undecodable":
@@ -142,6 +154,15 @@ def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Me
     elif kind == "no-such-checkout":
         ids = {f"{name}_id": str(uuid.uuid4()) for name in ("checkout", "order", "payment")}
         body = json.dumps({**ids, "amount": "5.00", "currency": "EUR"}).encode()
+    elif kind == "no-such-refund":
+        names = ("refund", "payment", "order", "checkout", "cancellation")
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in names}
+        fields = {"provider_payment_id": "pay-x", "amount": "5.00", "currency": "EUR"}
+        extra = {"reason": "poison", "idempotency_key": ids["cancellation_id"]}
+        body = json.dumps({**ids, **fields, **extra}).encode()
+    elif kind == "no-such-cancellation":
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in ("cancellation", "order")}
+        body = json.dumps(ids).encode()
     else:
         raise ValueError(kind)
     return aio_pika.Message(
