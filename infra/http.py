@@ -175,7 +175,33 @@ class ServiceClient:
             log.warning("service call failed; transient", service=self.name, status=status)
             raise TransientFailure(detail)
         metrics.SERVICE_CALLS.labels(self.name, "permanent").inc()
-        raise PermanentFailure(detail)
+        raise ServiceRefused(detail, status, _json_or_text(content))
+
+
+class ServiceRefused(PermanentFailure):
+    """The service refused the request for good (a 4xx other than 408/429).
+
+    Carries the status and the decoded body, for a caller to whom one refusal is an
+    outcome rather than a failure (the Production Service's 409 `cancelled`).
+    """
+
+    def __init__(self, detail: str, status: int, body: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = body
+
+    @property
+    def reason(self) -> str | None:
+        """The body's `reason`, if it is a JSON object that has one."""
+        reason = self.body.get("reason") if isinstance(self.body, dict) else None
+        return reason if isinstance(reason, str) else None
+
+
+def _json_or_text(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", errors="replace")
 
 
 def _json_or_none(service: str, status: int, content: bytes) -> Any:

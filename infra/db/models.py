@@ -45,7 +45,9 @@ class Base(DeclarativeBase):
 class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'PAID', 'FAILED')", name="orders_status"),
+        CheckConstraint(
+            "status IN ('PENDING', 'PAID', 'FAILED', 'CANCELLED')", name="orders_status"
+        ),
         CheckConstraint("amount > 0", name="orders_amount_positive"),
         # Newest-first paging: (created_at, order_id) is the cursor.
         Index("orders_created_idx", text("created_at DESC"), text("order_id DESC")),
@@ -129,7 +131,9 @@ class Payment(Base):
 class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
-        CheckConstraint("status IN ('CREATED', 'SENT', 'FAILED')", name="invoices_status"),
+        CheckConstraint(
+            "status IN ('CREATED', 'SENT', 'FAILED', 'VOIDED')", name="invoices_status"
+        ),
     )
 
     invoice_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -161,6 +165,21 @@ class ProductionSubmission(Base):
     source_message_id: Mapped[uuid.UUID]
     production_reference: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime]
+
+
+class CancellationEmail(Base):
+    """A cancellation's e-mail, sent once (migration 0011)."""
+
+    __tablename__ = "cancellation_emails"
+    __table_args__ = (Index("cancellation_emails_order_idx", "order_id"),)
+
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.order_id"))
+    source_message_id: Mapped[uuid.UUID]
+    recipient: Mapped[str] = mapped_column(String(320))
+    refund_amount: Mapped[Decimal | None]
+    refund_currency: Mapped[str | None] = mapped_column(String(3))
+    sent_at: Mapped[datetime]
 
 
 class OutboxMessage(Base):

@@ -16,11 +16,11 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import SCHEMA_VERSION_HEADER, Message, OrderPaid, OrderPaymentFailed
+from contracts import PUBLIC_EVENTS, SCHEMA_VERSION_HEADER, Message
 from infra.db.models import OutboxMessage
 from infra.tracing import inject
 
-PUBLIC_TYPES = {OrderPaid.message_type, OrderPaymentFailed.message_type}
+PUBLIC_TYPES = frozenset(event.message_type for event in PUBLIC_EVENTS)
 
 
 def exchange_for(message: Message) -> Literal["orders", "internal"]:

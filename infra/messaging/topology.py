@@ -2,6 +2,7 @@
 
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
+                                         order.cancelled ──▶ {ns}.invoice, {ns}.email
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
 {ns}.internal  (topic)  saga commands   payment.charge ──▶ {ns}.payment
 ```
@@ -71,8 +72,8 @@ class Topology:
         ns = self.namespace
         specs = {
             "payment": (self.internal_exchange, ("payment.charge",)),
-            "invoice": (self.orders_exchange, ("order.paid",)),
-            "email": (self.orders_exchange, ("order.paid",)),
+            "invoice": (self.orders_exchange, ("order.paid", "order.cancelled")),
+            "email": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "production": (self.orders_exchange, ("order.paid",)),
         }
         queues = {
