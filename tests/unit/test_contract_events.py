@@ -140,5 +140,7 @@ def test_an_order_cancelled_must_say_whether_there_was_a_refund() -> None:
 
 
 def test_the_internal_messages_stay_internal() -> None:
-    requested = contracts.CheckoutRequested(checkout_id=uuid4(), order_id=uuid4(), requested_at=NOW)
-    assert exchange_for(requested) == "internal"
+    charge = contracts.ChargePayment(
+        checkout_id=uuid4(), order_id=uuid4(), payment_id=uuid4(), amount="19.99", currency="USD"
+    )
+    assert exchange_for(charge) == "internal"
