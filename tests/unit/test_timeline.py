@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
-from infra.timeline.merge import (
+from infra.timeline.record import Event, event, published_events
+from operations.timeline.merge import (
     AuditRow,
     BrokerScan,
     CheckoutRow,
@@ -28,8 +29,7 @@ from infra.timeline.merge import (
     order_entries,
     payment_reply_id,
 )
-from infra.timeline.record import Event, event, published_events
-from infra.timeline.render import print_trace, trace_json
+from operations.timeline.render import print_trace, trace_json
 from saga.payment_step import reply_id
 
 T0 = datetime(2026, 11, 22, 9, 0, 0, tzinfo=UTC)
