@@ -1,0 +1,247 @@
+"""The console over HTTP: sign-in, roles, the cookie, expiry, revocation, cross-site posts,
+and a replay from the console audited with the key's name (CONTRACT.md section 10)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from checkout_api.app import create_app
+from checkout_api.testing import running
+from infra.auth.keys import Role, create_key, revoke_key
+from infra.db.session import UnitOfWork
+from infra.messaging.topology import Topology
+from infra.settings import Settings
+from operations.dlq import audit
+from tests.support.amqp import depth
+
+pytestmark = pytest.mark.integration
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(create_app(settings)) as client:
+        yield client
+
+
+async def new_key(engine: AsyncEngine, role: Role) -> tuple[str, str]:
+    name = f"console-{role.value}-{uuid.uuid4().hex[:8]}"
+    made = await create_key(engine, name, role)
+    return name, made.token
+
+
+async def sign_in(client: httpx.AsyncClient, engine: AsyncEngine) -> tuple[str, str]:
+    """Sign in with a new operator key; (its name, the CSRF token of the session)."""
+    name, token = await new_key(engine, Role.operator)
+    response = await client.post("/console/sign-in", data={"api_key": token})
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/console/"
+    page = await client.get("/console/")
+    assert page.status_code == 200
+    found = CSRF.search(page.text)
+    assert found is not None
+    return name, found.group(1)
+
+
+async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:
+    for path in ("/console/", "/console/orders", "/console/dead-letters", "/console/keys"):
+        response = await client.get(path)
+        assert response.status_code == 303, path
+        assert response.headers["location"] == "/console/sign-in"
+    assert (await client.get("/console")).headers["location"] == "/console/"
+    page = await client.get("/console/sign-in")
+    assert page.status_code == 200
+    assert 'name="api_key"' in page.text
+
+
+async def test_an_operator_signs_in_with_a_strict_httponly_expiring_cookie(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    _, token = await new_key(engine, Role.operator)
+    response = await client.post("/console/sign-in", data={"api_key": token})
+    assert response.status_code == 303
+    cookie = response.headers["set-cookie"]
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "max-age", "path"} <= attributes
+    assert "samesite=strict" in cookie.lower()
+    assert "path=/console" in cookie.lower()
+    assert token not in cookie  # the session's own token, not the API key
+    overview = await client.get("/console/")
+    assert overview.status_code == 200
+    assert "Checkouts" in overview.text
+    assert "Outbox" in overview.text
+    assert 'http-equiv="refresh"' in overview.text
+    csp = overview.headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert overview.headers["cache-control"] == "no-store"
+
+
+async def test_a_clerk_key_or_an_unknown_one_is_refused(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    _, clerk = await new_key(engine, Role.clerk)
+    refused = await client.post("/console/sign-in", data={"api_key": clerk})
+    assert refused.status_code == 401
+    assert "operator key" in refused.text
+    assert "set-cookie" not in refused.headers
+    unknown = await client.post("/console/sign-in", data={"api_key": "ck_nothing"})
+    assert unknown.status_code == 401
+    assert "unknown or revoked" in unknown.text
+    assert (await client.get("/console/")).status_code == 303
+
+
+async def test_an_expired_session_is_over(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    await sign_in(client, engine)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE console_sessions SET expires_at = now() - interval '1 s'"))
+    response = await client.get("/console/")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/sign-in"
+
+
+async def test_revoking_the_key_ends_its_sessions(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    name, _ = await sign_in(client, engine)
+    assert (await client.get("/console/orders")).status_code == 200
+    await revoke_key(engine, name)
+    assert (await client.get("/console/orders")).status_code == 303
+
+
+async def test_sign_out_ends_the_session_for_good(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    _, csrf = await sign_in(client, engine)
+    stolen = dict(client.cookies)
+    response = await client.post("/console/sign-out", data={"csrf_token": csrf})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/sign-in"
+    # The old cookie opens nothing any more, even sent again.
+    client.cookies.update(stolen)
+    assert (await client.get("/console/")).status_code == 303
+
+
+async def test_cross_site_posts_are_refused(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    name, csrf = await sign_in(client, engine)
+    form = {"csrf_token": csrf, "name": "from-elsewhere", "role": "operator"}
+    for headers in (
+        {"origin": "http://evil.example"},
+        {"origin": "null"},
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},  # another port of this host is another origin
+    ):
+        response = await client.post("/console/keys/new", data=form, headers=headers)
+        assert response.status_code == 403, headers
+    # Without the session's token (a forged form that somehow carries the cookie).
+    no_token = await client.post("/console/keys/new", data={**form, "csrf_token": "x"})
+    assert no_token.status_code == 403
+    # Sign-in from another site too (login CSRF).
+    _, token = await new_key(engine, Role.operator)
+    elsewhere = await client.post(
+        "/console/sign-in", data={"api_key": token}, headers={"origin": "http://evil.example"}
+    )
+    assert elsewhere.status_code == 403
+    keys = await client.get("/console/keys")
+    assert "from-elsewhere" not in keys.text
+    # The same form from the console itself works.
+    made = await client.post("/console/keys/new", data=form, headers={"origin": "http://api.test"})
+    assert made.status_code == 201
+    assert re.search(r'<code id="new-token">ck_[\w-]+</code>', made.text)
+    assert name in made.text
+
+
+async def test_a_replay_from_the_console_is_the_clis_replay_audited_with_the_key_name(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    uow: UnitOfWork,
+    purge_queues: Topology,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    queue = purge_queues.queues["production"]
+    channel = await rabbit.channel(publisher_confirms=True)
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    for message_id in ids:
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                b'{"order_id": "x"}',
+                message_id=message_id,
+                type="OrderPaid",
+                headers={"x-error-type": "HTTPStatusError", "x-attempts": 5},
+            ),
+            queue.dlq,
+            mandatory=True,
+        )
+    name, csrf = await sign_in(client, engine)
+
+    shown = await client.get(f"/console/dead-letters/{queue.name}")
+    assert shown.status_code == 200
+    assert all(i in shown.text for i in ids)
+    assert "&#34;order_id&#34;: &#34;x&#34;" in shown.text  # the body, escaped
+
+    no_reason = await client.post(
+        f"/console/dead-letters/{queue.name}/replay",
+        data={"csrf_token": csrf, "scope": "selected", "message_id": ids[0], "reason": " "},
+    )
+    assert no_reason.status_code == 400
+    assert "reason is required" in no_reason.text
+
+    dry = await client.post(
+        f"/console/dead-letters/{queue.name}/replay",
+        data={"csrf_token": csrf, "scope": "all", "reason": "look first", "dry_run": "1"},
+    )
+    assert dry.status_code == 200
+    assert "would replay 2 messages" in dry.text
+    assert await depth(channel, queue.dlq) == 2
+
+    done = await client.post(
+        f"/console/dead-letters/{queue.name}/replay",
+        data={
+            "csrf_token": csrf,
+            "scope": "selected",
+            "message_id": ids[0],
+            "reason": "production is back",
+            "rate": "50",
+        },
+    )
+    assert done.status_code == 200, done.text
+    assert "Replayed 1 message" in done.text
+    assert await depth(channel, queue.dlq) == 1
+    assert await depth(channel, queue.name) == 1
+
+    unconfirmed = await client.post(
+        f"/console/dead-letters/{queue.name}/purge",
+        data={"csrf_token": csrf, "scope": "selected", "message_id": ids[1], "reason": "junk"},
+    )
+    assert unconfirmed.status_code == 400
+    purged = await client.post(
+        f"/console/dead-letters/{queue.name}/purge",
+        data={
+            "csrf_token": csrf,
+            "scope": "selected",
+            "message_id": ids[1],
+            "reason": "test junk",
+            "confirm": "yes",
+        },
+    )
+    assert purged.status_code == 200
+    assert await depth(channel, queue.dlq) == 0
+    await channel.close()
+
+    records = [r for r in await audit.history(uow) if set(r.message_ids) & set(ids)]
+    assert [(r.action, r.actor, r.reason, r.messages) for r in records] == [
+        ("purge", name, "test junk", 1),
+        ("replay", name, "production is back", 1),
+    ]
+    log = await client.get("/console/audit")
+    assert "production is back" in log.text
+    assert name in log.text
