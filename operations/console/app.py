@@ -8,6 +8,8 @@ being framed, and being cached.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -37,6 +39,15 @@ SECURITY_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class _Template:
+    """What the API's request metrics and logs read from `scope["route"]` once the
+    request is answered: the console page's route template under /console (the
+    console's own routes know only the part after it)."""
+
+    path: str
+
+
 class SecurityHeaders:
     """Adds `SECURITY_HEADERS` to every response, and `no-store` to every page."""
 
@@ -58,7 +69,11 @@ class SecurityHeaders:
                     headers["cache-control"] = "no-store"
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        finally:
+            inner = getattr(scope.get("route"), "path", None)
+            scope["route"] = _Template(PREFIX + inner if isinstance(inner, str) else PREFIX)
 
 
 def create_console() -> ASGIApp:

@@ -84,6 +84,10 @@ async def test_an_operator_signs_in_with_a_strict_httponly_expiring_cookie(
     assert "default-src 'self'" in csp
     assert "frame-ancestors 'none'" in csp
     assert overview.headers["cache-control"] == "no-store"
+    # The API's request metrics name console pages by their whole route template.
+    exported = (await client.get("/metrics")).text
+    assert 'route="/console/",status="200"' in exported
+    assert 'route="/console/sign-in",status="303"' in exported
 
 
 async def test_a_clerk_key_or_an_unknown_one_is_refused(
