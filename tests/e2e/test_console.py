@@ -114,14 +114,21 @@ async def keep_screenshot(page: Page, name: str) -> None:
         await page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=False)
 
 
-async def paid_order(system: System, *, name: str, email: str = "ada@example.com") -> str:
+async def paid_order(
+    system: System,
+    *,
+    name: str,
+    email: str = "ada@example.com",
+    amount: str = "24.50",
+    outcome: str = "PAID",
+) -> str:
     async with httpx.AsyncClient(headers=system.auth) as client:
         order = (
             await client.post(
                 f"{system.api}/orders",
                 json={
                     "order_name": name,
-                    "amount": "24.50",
+                    "amount": amount,
                     "customer": {"email": email, "name": "Ada"},
                 },
             )
@@ -132,7 +139,7 @@ async def paid_order(system: System, *, name: str, email: str = "ada@example.com
         async def status() -> str:
             return str((await client.get(f"{system.api}/orders/{order_id}")).json()["status"])
 
-        await eventually(status, until=lambda s: s == "PAID", timeout=30, what="order PAID")
+        await eventually(status, until=lambda s: s == outcome, timeout=30, what=f"order {outcome}")
     return order_id
 
 
@@ -174,7 +181,6 @@ async def test_sign_in_and_see_the_overview(
         for key in ("saga", "payment", "invoice", "email", "production"):
             assert f"{namespace}.{key}.dlq" in queues
         assert await page.locator('meta[http-equiv="refresh"]').count() == 1
-        await keep_screenshot(page, "console-overview.png")
 
 
 async def test_find_an_order_and_open_its_timeline(
@@ -207,6 +213,8 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
     async with httpx.AsyncClient(headers=system.auth) as client:
         await client.post(f"{system.mocks}/mock/production/outage", json={"down": True})
         order_id = await paid_order(system, name="Replayed poster")
+        # A declined card too: the overview of the README's screenshot shows a FAILED one.
+        await paid_order(system, name="Declined poster", amount="30.01", outcome="FAILED")
         await eventually(
             lambda: dead_letters(system, "production"),
             until=lambda n: n >= 1,
@@ -218,6 +226,8 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
     async with watched(browser, system, tmp_path) as w:
         await w.sign_in(system)
         page = w.page
+        assert await page.inner_text(f"#queues tr:has-text('{dlq.dlq}') td:last-child") == "1"
+        await keep_screenshot(page, "console-overview.png")
         await page.click("nav >> text=Dead letters")
         await page.click(f"text={dlq.dlq}")
         letter = page.locator("tbody.letter", has_text=order_id)
