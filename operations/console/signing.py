@@ -40,7 +40,7 @@ async def sign_in(request: Request) -> Response:
         return page(request, "sign_in.html", None, {"error": str(exc)}, status=401)
     log.info("console sign-in", api_key=opened.session.key_name)
     response = RedirectResponse(f"{PREFIX}/", status_code=303)
-    set_cookie(response, opened.token)
+    set_cookie(request, response, opened.token)
     return response
 
 

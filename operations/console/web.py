@@ -105,7 +105,7 @@ def to_sign_in(request: Request) -> RedirectResponse:
     return response
 
 
-def set_cookie(response: Response, token: str) -> None:
+def set_cookie(request: Request, response: Response, token: str) -> None:
     response.set_cookie(
         COOKIE,
         token,
@@ -113,7 +113,9 @@ def set_cookie(response: Response, token: str) -> None:
         path=PREFIX,
         httponly=True,
         samesite="strict",
-        secure=False,  # served on plain HTTP on 127.0.0.1 by default; TLS is the proxy's
+        # Plain HTTP on 127.0.0.1 by default; behind TLS (the scheme a proxy reports to
+        # uvicorn), the cookie is never sent over plain HTTP.
+        secure=request.url.scheme == "https",
     )
 
 

@@ -75,6 +75,7 @@ async def test_an_operator_signs_in_with_a_strict_httponly_expiring_cookie(
     assert "samesite=strict" in cookie.lower()
     assert "path=/console" in cookie.lower()
     assert token not in cookie  # the session's own token, not the API key
+    assert "secure" not in attributes  # plain HTTP here; over HTTPS it is Secure
     overview = await client.get("/console/")
     assert overview.status_code == 200
     assert "Checkouts" in overview.text
@@ -88,6 +89,15 @@ async def test_an_operator_signs_in_with_a_strict_httponly_expiring_cookie(
     exported = (await client.get("/metrics")).text
     assert 'route="/console/",status="200"' in exported
     assert 'route="/console/sign-in",status="303"' in exported
+
+
+async def test_over_https_the_cookie_is_secure(settings: Settings, engine: AsyncEngine) -> None:
+    _, token = await new_key(engine, Role.operator)
+    async with running(create_app(settings)) as client:
+        client.base_url = httpx.URL("https://api.test")
+        response = await client.post("/console/sign-in", data={"api_key": token})
+    assert response.status_code == 303
+    assert "secure" in response.headers["set-cookie"].lower()
 
 
 async def test_a_clerk_key_or_an_unknown_one_is_refused(
