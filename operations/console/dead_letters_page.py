@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.exceptions import AMQPError
@@ -79,11 +80,26 @@ def _shown(letter: DeadLetter) -> dict[str, Any]:
     body = letter.parsed_body()
     return {
         "letter": letter,
-        "first_failure": letter.headers.get(failures.FIRST_FAILURE_AT),
-        "last_failure": letter.headers.get(failures.LAST_FAILURE_AT),
+        "first_failure": _when(letter.headers.get(failures.FIRST_FAILURE_AT)),
+        "last_failure": _when(letter.headers.get(failures.LAST_FAILURE_AT)),
         "headers": json.dumps(jsonable(dict(letter.headers)), indent=2, sort_keys=True),
         "body": body if isinstance(body, str) else json.dumps(body, indent=2),
     }
+
+
+def _when(value: object) -> str:
+    """A failure time header (ISO text, or a time) in UTC to the second, else "-"."""
+    when = value
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(when, datetime):
+        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "-"
 
 
 @action

@@ -236,6 +236,7 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
         assert body["order_id"] == order_id
         assert "x-original-queue" in await letter.locator("pre.headers").inner_text()
         assert "OrderPaid" in await letter.inner_text()
+        await keep_screenshot(page, "console-dead-letters.png")
         await letter.locator("input[name=message_id]").check()
         await page.fill("#reason", "production is back")
         await page.click("button >> text=Dry run")
