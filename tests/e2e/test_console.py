@@ -265,6 +265,12 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
             )
         assert len(entries) == 1  # one idempotency key: applied once
 
+        await page.goto(f"{system.api}/console/orders/{order_id}")
+        replayed = page.locator(".hop-replay")
+        assert await replayed.count() >= 1
+        assert "production is back" in await replayed.first.inner_text()
+        assert await page.locator(".hop-retry").count() >= 1
+        assert await page.locator(".hop-dead").count() >= 1
         await page.click("nav >> text=Audit log")
         newest = await page.inner_text("#audit tbody tr:first-child")
         assert "development" in newest
