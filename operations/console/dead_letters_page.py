@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,9 +188,9 @@ def _rate(text: str) -> float | None:
     return rate
 
 
-async def _done(request: Request, session: Session, operation: Any) -> Response:
+async def _done(request: Request, session: Session, operation: Awaitable[Outcome]) -> Response:
     try:
-        outcome: Outcome = await operation
+        outcome = await operation
     except QueueNotDeclared as exc:
         return _problem(request, session, f"{exc} is not declared: start the system once")
     except AuditUnavailable as exc:

@@ -10,6 +10,7 @@ from starlette.responses import RedirectResponse, Response
 
 from checkout_api.usecases.errors import OrderNotFound
 from checkout_api.usecases.queries import get_order, search_orders
+from infra.db.session import UnitOfWork
 from operations.console.guard import signed_in
 from operations.console.sessions import Session
 from operations.console.timeline_view import draw
@@ -43,7 +44,7 @@ async def search(request: Request, session: Session) -> Response:
     return page(request, "orders.html", session, {"q": query, "orders": found.items})
 
 
-async def _order_of(uow: Any, wanted: uuid.UUID) -> uuid.UUID | None:
+async def _order_of(uow: UnitOfWork, wanted: uuid.UUID) -> uuid.UUID | None:
     """`wanted` if it is an order's id, else the order of the checkout with that id."""
     try:
         await get_order(uow, wanted)
@@ -87,7 +88,10 @@ async def order_page(request: Request, session: Session) -> Response:
     )
 
 
-async def _related(uow: Any, order_id: uuid.UUID) -> dict[str, list[dict[str, Any]] | None]:
+async def _related(
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+) -> dict[str, list[dict[str, Any]] | None]:
     """The order's cancellations and refunds, as rows; None where the table does not exist."""
     out: dict[str, list[dict[str, Any]] | None] = {}
     async with uow.reads() as conn:
