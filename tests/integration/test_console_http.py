@@ -4,12 +4,14 @@ and a replay from the console audited with the key's name (CONTRACT.md section 1
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -259,3 +261,53 @@ async def test_a_replay_from_the_console_is_the_clis_replay_audited_with_the_key
     log = await client.get("/console/audit")
     assert "production is back" in log.text
     assert name in log.text
+
+
+async def test_without_the_broker_the_console_says_so_and_moves_nothing(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago, now closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = settings.model_copy(
+        update={"rabbit_url": SecretStr(f"amqp://guest:guest@127.0.0.1:{port}/")}
+    )
+    async with running(create_app(nowhere)) as client:
+        _, csrf = await sign_in(client, engine)
+        overview = await client.get("/console/")
+        assert overview.status_code == 200
+        assert "RabbitMQ is not connected" in overview.text
+        assert "Checkouts" in overview.text  # the database part is still shown
+        listing = await client.get("/console/dead-letters")
+        assert listing.status_code == 503
+        replay = await client.post(
+            "/console/dead-letters/production/replay",
+            data={"csrf_token": csrf, "scope": "all", "reason": "try"},
+        )
+        assert replay.status_code == 503
+        assert "RabbitMQ is not connected" in replay.text
+
+
+async def test_an_unknown_queue_is_not_found_and_not_acted_on(
+    client: httpx.AsyncClient, engine: AsyncEngine, topology: Topology
+) -> None:
+    _, csrf = await sign_in(client, engine)
+    assert (await client.get("/console/dead-letters/nonsense")).status_code == 404
+    replay = await client.post(
+        "/console/dead-letters/nonsense/replay",
+        data={"csrf_token": csrf, "scope": "all", "reason": "try"},
+    )
+    assert replay.status_code == 400
+    assert "nonsense" in replay.text
+    bad_rate = await client.post(
+        "/console/dead-letters/production/replay",
+        data={"csrf_token": csrf, "scope": "all", "reason": "try", "rate": "-1"},
+    )
+    assert bad_rate.status_code == 400
+    assert "positive number" in bad_rate.text
+    nothing_selected = await client.post(
+        "/console/dead-letters/production/replay",
+        data={"csrf_token": csrf, "scope": "selected", "reason": "try"},
+    )
+    assert nothing_selected.status_code == 400
+    assert "select at least one message" in nothing_selected.text
