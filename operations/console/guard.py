@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
+import psycopg
 import structlog
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +21,22 @@ View = Callable[[Request, Session], Awaitable[Response]]
 Action = Callable[[Request, Session, Form], Awaitable[Response]]
 
 
+# What a database that cannot be reached raises, through psycopg or SQLAlchemy.
+DATABASE_DOWN = (psycopg.Error, DBAPIError, OSError)
+
+
+def database_down(request: Request, exc: BaseException) -> Response:
+    """The console cannot check who is signed in: say so, do nothing (503)."""
+    log.warning("console: database unreachable", path=request.url.path, error=repr(exc))
+    return page(
+        request,
+        "problem.html",
+        None,
+        {"why": "the database is unreachable, so nobody can be signed in: retry shortly"},
+        status=503,
+    )
+
+
 def refused(request: Request, session: Session | None, why: str) -> Response:
     log.warning("console request refused", path=request.url.path, reason=why)
     return page(request, "refused.html", session, {"why": why}, status=403)
@@ -29,7 +47,10 @@ def signed_in(view: View) -> Callable[[Request], Awaitable[Response]]:
 
     @wraps(view)
     async def guarded(request: Request) -> Response:
-        session = await current_session(request)
+        try:
+            session = await current_session(request)
+        except DATABASE_DOWN as exc:
+            return database_down(request, exc)
         if session is None:
             return _to_sign_in(request)
         with structlog.contextvars.bound_contextvars(api_key=session.key_name):
@@ -45,7 +66,10 @@ def action(handler: Action) -> Callable[[Request], Awaitable[Response]]:
     async def guarded(request: Request) -> Response:
         if cross_site(request):
             return refused(request, None, "a form posted from another site is not accepted")
-        session = await current_session(request)
+        try:
+            session = await current_session(request)
+        except DATABASE_DOWN as exc:
+            return database_down(request, exc)
         if session is None:
             return _to_sign_in(request)
         form = await read_form(request)

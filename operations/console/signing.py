@@ -6,7 +6,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from operations.console.guard import action, refused
+from operations.console.guard import DATABASE_DOWN, action, database_down, refused
 from operations.console.sessions import COOKIE, Session, SignInRefused, end_session, open_session
 from operations.console.web import (
     PREFIX,
@@ -24,8 +24,11 @@ log = structlog.get_logger("operations.console")
 
 
 async def sign_in_page(request: Request) -> Response:
-    if await current_session(request) is not None:
-        return RedirectResponse(f"{PREFIX}/", status_code=303)
+    try:
+        if await current_session(request) is not None:
+            return RedirectResponse(f"{PREFIX}/", status_code=303)
+    except DATABASE_DOWN as exc:
+        return database_down(request, exc)
     return page(request, "sign_in.html", None)
 
 
@@ -35,6 +38,8 @@ async def sign_in(request: Request) -> Response:
     form = await read_form(request)
     try:
         opened = await open_session(context(request).uow, form.get("api_key"))
+    except DATABASE_DOWN as exc:
+        return database_down(request, exc)
     except SignInRefused as exc:
         log.info("console sign-in refused", reason=str(exc))
         return page(request, "sign_in.html", None, {"error": str(exc)}, status=401)

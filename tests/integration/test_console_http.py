@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from checkout_api import lifespan
 from checkout_api.app import create_app
 from checkout_api.testing import running
 from infra.auth.keys import Role, create_key, revoke_key
@@ -311,3 +312,24 @@ async def test_an_unknown_queue_is_not_found_and_not_acted_on(
     )
     assert nothing_selected.status_code == 400
     assert "select at least one message" in nothing_selected.text
+
+
+async def test_without_the_database_nobody_is_signed_in_and_the_page_says_why(
+    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, token = await new_key(engine, Role.operator)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = settings.model_copy(
+        update={"database_url": SecretStr(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")}
+    )
+    monkeypatch.setattr(lifespan, "POOL_TIMEOUT_S", 0.5)  # fail fast; the wait isn't tested
+    async with running(create_app(nowhere)) as client:
+        client.cookies.set("checkout_console", "a-session-from-before", path="/console")
+        page = await client.get("/console/")
+        assert page.status_code == 503
+        assert "database is unreachable" in page.text
+        signing_in = await client.post("/console/sign-in", data={"api_key": token})
+        assert signing_in.status_code == 503
+        assert "set-cookie" not in signing_in.headers
