@@ -14,7 +14,7 @@ from checkout_api.lifespan import make_lifespan
 from checkout_api.metrics import ApiMetrics
 from checkout_api.middleware import RequestMiddleware
 from checkout_api.openapi import install_openapi
-from checkout_api.routes import checkouts, docs, health, orders, timeline
+from checkout_api.routes import cancellations, checkouts, docs, health, orders, timeline
 from checkout_api.strict_query import reject_unknown_query
 from infra.settings import Settings
 from operations.console.app import console_routes
@@ -36,6 +36,7 @@ def _operation_id(route: APIRoute) -> str:
 ROUTER_ACCESS = (
     (orders.router, Access.clerk),
     (checkouts.router, Access.clerk),
+    (cancellations.router, Access.clerk),
     (timeline.router, Access.operator),
     (health.router, Access.public),
     (docs.router, Access.public),

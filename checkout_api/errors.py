@@ -3,8 +3,9 @@
 Problem types: `about:blank` for plain HTTP errors (unknown route, wrong method,
 unexpected failure), where the title is the status phrase; `urn:checkout:problem:<slug>`
 for this API's own problems (validation-error, order-not-found, checkout-not-found,
-order-already-paid, idempotency-key-reused, not-ready). URNs are stable identifiers,
-not links. Responses never carry exception text from outside the domain.
+cancellation-not-found, order-already-paid, order-already-cancelled,
+refund-window-expired, order-cancelled, idempotency-key-reused, not-ready). URNs are
+stable identifiers, not links. Responses never carry exception text from outside the domain.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import HTTPExceptionHandler
 
 from checkout_api.usecases.errors import (
+    CancellationNotFound,
     CheckoutNotFound,
     IdempotencyKeyReused,
+    OrderAlreadyCancelled,
     OrderAlreadyPaid,
+    OrderCancelled,
     OrderNotFound,
+    RefundWindowExpired,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -144,8 +149,25 @@ def _allowed(routes: Sequence[BaseRoute], path: str) -> str:
 
 
 async def _on_not_found(request: Request, exc: Exception) -> Response:
-    slug = "order-not-found" if isinstance(exc, OrderNotFound) else "checkout-not-found"
+    if isinstance(exc, OrderNotFound):
+        slug = "order-not-found"
+    elif isinstance(exc, CancellationNotFound):
+        slug = "cancellation-not-found"
+    else:
+        slug = "checkout-not-found"
     return problem(404, str(exc), type_=problem_type(slug), title="Not found")
+
+
+_CONFLICTS = {
+    OrderAlreadyCancelled: ("order-already-cancelled", "Order already cancelled"),
+    RefundWindowExpired: ("refund-window-expired", "Refund window expired"),
+    OrderCancelled: ("order-cancelled", "Order cancelled"),
+}
+
+
+async def _on_conflict(request: Request, exc: Exception) -> Response:
+    slug, title = _CONFLICTS[type(exc)]
+    return problem(409, str(exc), type_=problem_type(slug), title=title)
 
 
 async def _on_already_paid(request: Request, exc: Exception) -> Response:
@@ -172,5 +194,8 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     app.add_exception_handler(HTTPException, _http_error_handler(routes))
     app.add_exception_handler(OrderNotFound, _on_not_found)
     app.add_exception_handler(CheckoutNotFound, _on_not_found)
+    app.add_exception_handler(CancellationNotFound, _on_not_found)
     app.add_exception_handler(OrderAlreadyPaid, _on_already_paid)
+    for conflict in _CONFLICTS:
+        app.add_exception_handler(conflict, _on_conflict)
     app.add_exception_handler(IdempotencyKeyReused, _on_key_reused)

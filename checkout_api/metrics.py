@@ -36,3 +36,9 @@ class ApiMetrics:
             "Checkouts started (a request that returned an already active checkout is not one).",
             registry=self.registry,
         )
+        self.cancellations_requested = Counter(
+            "cancellations_requested",
+            "Cancellations created, by the state their request left them in.",
+            ["state"],
+            registry=self.registry,
+        )

@@ -5,7 +5,12 @@ Public events (``OrderPaid``, ``OrderPaymentFailed``, ``OrderCancelled``,
 subscribe to; the internal saga commands are documented here too, but may change.
 """
 
-from contracts.commands import ChargePayment
+from contracts.commands import (
+    CancelProductionOrder,
+    ChargePayment,
+    ReconcilePayment,
+    RefundPayment,
+)
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import (
     PUBLIC_EVENTS,
@@ -26,6 +31,7 @@ __all__ = [
     "CONTENT_TYPE",
     "PUBLIC_EVENTS",
     "SCHEMA_VERSION_HEADER",
+    "CancelProductionOrder",
     "CancellationRefund",
     "ChargePayment",
     "CurrencyCode",
@@ -39,4 +45,6 @@ __all__ = [
     "OrderPaymentFailed",
     "OrderPaymentRefunded",
     "PublicEvent",
+    "ReconcilePayment",
+    "RefundPayment",
 ]

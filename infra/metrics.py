@@ -88,6 +88,30 @@ BREAKER_OPEN = Gauge(
     ["service"],
     registry=None,
 )
+CANCELLATION_TRANSITIONS = Counter(
+    "checkout_cancellation_transitions_total",
+    "Cancellation saga transitions applied by the saga, by state before and after",
+    ["from_state", "to_state"],
+    registry=None,
+)
+ACTIVE_CANCELLATIONS = Gauge(
+    "checkout_active_cancellations",
+    "Cancellations not yet final, by state (sampled by the relay)",
+    ["state"],
+    registry=None,
+)
+STUCK = Gauge(
+    "checkout_stuck",
+    "Checkouts and cancellations not final for longer than the stuck threshold",
+    ["kind", "state"],
+    registry=None,
+)
+REFUNDS = Counter(
+    "checkout_refunds_total",
+    "Refund attempts by outcome: succeeded, failed (retried or dead-lettered)",
+    ["outcome"],
+    registry=None,
+)
 
 _CONSUMER: tuple[Collector, ...] = (CONSUMED, HANDLING_SECONDS)
 _CALLER: tuple[Collector, ...] = (SERVICE_CALLS, BREAKER_OPEN)
@@ -99,9 +123,10 @@ MEASURED_BY: Mapping[str, Sequence[Collector]] = {
         MESSAGES_PUBLISHED,
         RELAY_LAG,
         ACTIVE_CHECKOUTS,
+        ACTIVE_CANCELLATIONS,
         DLQ_DEPTH,
     ),
-    "saga": (SAGA_TRANSITIONS, *_CONSUMER, *_CALLER),
+    "saga": (SAGA_TRANSITIONS, CANCELLATION_TRANSITIONS, REFUNDS, STUCK, *_CONSUMER, *_CALLER),
     "consumer-invoice": _CONSUMER,
     "consumer-email": (*_CONSUMER, *_CALLER),
     "consumer-production": (*_CONSUMER, *_CALLER),

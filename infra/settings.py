@@ -169,7 +169,14 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_pause: float = Field(default=10.0, gt=0, le=600)
 
+    # Deadlines (CONTRACT.md section 8): seconds a checkout may stay PAYMENT_PENDING
+    # before the saga asks the Payment Service what became of its charge.
+    payment_deadline: float = Field(default=120.0, gt=0, le=7 * 24 * 3600)
+
     db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # How long after its payment an order may still be cancelled with a refund.
+    refund_window_days: int = Field(default=30, ge=0, le=3650)
 
     # Security. Requests per API key and API process, in the `limits` notation
     # ("100/second", "1000/minute", several separated by ";").

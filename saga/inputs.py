@@ -3,8 +3,9 @@
 Plain values, not broker messages: each is built where the work happens and applied
 there, by the same shell (`saga.orchestrator`), in one transaction. The request is
 applied by the API in the checkout's own transaction; a payment outcome by the payment
-step right after its call. `message_type` names each in the checkout's history (an
-input that does not fit writes a `<message_type>.ignored` step).
+step right after its call (or after its reconciliation's lookup); a deadline by the
+claimer that found its row due (`saga.deadlines`). `message_type` names each in the
+checkout's history (an input that does not fit writes a `<message_type>.ignored` step).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class PaymentSucceeded:
     provider_payment_id: str
     attempts: int = 1
     """Calls to the Payment Service this outcome took (retries included)."""
+    reconciled: bool = False
+    """Found by asking the Payment Service after the deadline, not by the charge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,46 @@ class PaymentDeclined:
     reason: str
     attempts: int = 1
     """Calls to the Payment Service this outcome took (retries included)."""
+    reconciled: bool = False
+    """Found by asking the Payment Service after the deadline, not by the charge."""
 
 
-SagaInput = CheckoutRequested | PaymentSucceeded | PaymentDeclined
+@dataclass(frozen=True, slots=True)
+class DeadlineReached:
+    """A deadline of the checkout came due (`saga.deadlines` claimed its row)."""
+
+    message_type: ClassVar[str] = "DeadlineReached"
+
+    checkout_id: uuid.UUID
+    kind: str
+    fired: int = 0
+    """How often this deadline fired before (its backoff grows with it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentNotFound:
+    """Reconciliation: the Payment Service has no charge made with the checkout's key."""
+
+    message_type: ClassVar[str] = "PaymentNotFound"
+
+    checkout_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentUnanswered:
+    """Reconciliation: the Payment Service could not be asked (down, timing out)."""
+
+    message_type: ClassVar[str] = "PaymentUnanswered"
+
+    checkout_id: uuid.UUID
+    error: str
+
+
+SagaInput = (
+    CheckoutRequested
+    | PaymentSucceeded
+    | PaymentDeclined
+    | DeadlineReached
+    | PaymentNotFound
+    | PaymentUnanswered
+)

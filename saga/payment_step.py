@@ -14,6 +14,18 @@ from the command's message_id (`reply_id`): a command redelivered after a crash
 between the call and the commit calls the service again with the same idempotency
 key (the same answer, no second charge) and applies it under the same key; one
 redelivered after the commit finds that key in the inbox and calls nothing.
+
+Once the checkout is final (PAID, or FAILED: declined, or given up on by its
+reconciliation), its `ChargePayment` never charges again, wherever a copy of it waited
+(a retry queue, a dead-letter queue and a later replay, a redelivery): the step reads
+the checkout's state with the payment and acks such a command without calling. A
+call already past that check when the checkout ended is the one window left; its
+success is then a late answer, which the state machine refunds.
+
+`ReconcilePayment` (sent when the payment deadline fires) asks the Payment Service
+for the charge made with the checkout's key (`GET /payments/{key}`) and applies what
+it says the same way: found SUCCESSFUL or FAILED, the outcome; no such charge,
+`payment_timeout`; no answer, a step saying so (the deadline asks again).
 """
 
 from __future__ import annotations
@@ -25,15 +37,16 @@ from decimal import Decimal
 
 import structlog
 
-from contracts import ChargePayment
+from contracts import ChargePayment, ReconcilePayment
 from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
-from infra.messaging.failures import PermanentFailure
+from infra.messaging.failures import PermanentFailure, TransientFailure
 from saga import orchestrator
-from saga.inputs import PaymentDeclined, PaymentSucceeded
+from saga.inputs import PaymentDeclined, PaymentNotFound, PaymentSucceeded, PaymentUnanswered
 from saga.orchestrator import CheckoutSaga
-from saga.payment_client import Charged, PaymentClient
+from saga.payment_client import Charged, Declined, PaymentClient
+from saga.state_machine import CheckoutState
 
 log = structlog.get_logger()
 
@@ -45,12 +58,14 @@ def reply_id(command_id: uuid.UUID) -> uuid.UUID:
 
 _PAYMENTS = (
     "SELECT m.payment_id, m.reply_id, p.checkout_id, p.order_id, p.amount, p.currency,"
-    " EXISTS (SELECT 1 FROM inbox i WHERE i.consumer = %s AND i.message_id = m.reply_id)"
+    " EXISTS (SELECT 1 FROM inbox i WHERE i.consumer = %s AND i.message_id = m.reply_id),"
+    " c.state"
     " FROM unnest(%s::uuid[], %s::uuid[]) AS m (payment_id, reply_id)"
     " LEFT JOIN payments p ON p.payment_id = m.payment_id"
+    " LEFT JOIN checkouts c ON c.checkout_id = p.checkout_id"
 )
-"""The payments recorded for the commands in hand, and whether each command's outcome was
-applied already (one statement for all)."""
+"""The payments recorded for the commands in hand, whether each command's outcome was
+applied already, and the checkout's state (one statement for all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +76,10 @@ class Recorded:
     amount: Decimal
     currency: str
     applied: bool
+    state: CheckoutState
 
 
-Check = tuple[ChargePayment, uuid.UUID]
+Check = tuple[ChargePayment | ReconcilePayment, uuid.UUID]
 """A command and its outcome's inbox key."""
 
 
@@ -71,6 +87,8 @@ class PaymentStep:
     """Charges once per checkout and applies the outcome to it."""
 
     def __init__(self, uow: UnitOfWork, payments: PaymentClient, saga: CheckoutSaga) -> None:
+        """Args:
+        saga: the shell that applies each outcome (also the reconciliations')."""
         self._uow = uow
         self._payments = payments
         self._saga = saga
@@ -92,14 +110,20 @@ class PaymentStep:
             found = {(row[0], row[1]): row[2:] for row in await cursor.fetchall()}
         recorded: list[Recorded | None] = []
         for command, reply in checks:
-            checkout_id, order_id, amount, currency, applied = found[command.payment_id, reply]
+            checkout_id, order_id, amount, currency, applied, state = found[
+                command.payment_id, reply
+            ]
             ours = checkout_id is not None and checkout_id == command.checkout_id
-            recorded.append(Recorded(order_id, amount, currency, applied) if ours else None)
+            recorded.append(
+                Recorded(order_id, amount, currency, applied, CheckoutState(state))
+                if ours
+                else None
+            )
         return recorded
 
-    async def _check(self, command: ChargePayment, reply: uuid.UUID) -> bool:
-        """Whether the command's outcome is applied already; PermanentFailure unless the
-        payment was recorded exactly as the command says."""
+    async def _check(self, command: ChargePayment, reply: uuid.UUID) -> Recorded:
+        """The payment as recorded; PermanentFailure unless it was recorded exactly as the
+        command says."""
         row = await self._recorded.submit((command, reply))
         if row is None:
             raise PermanentFailure(
@@ -115,14 +139,18 @@ class PaymentStep:
                 f"ChargePayment of checkout {command.checkout_id} does not match its payment "
                 f"(order, amount or currency differ): not charging it"
             )
-        return row.applied
+        return row
 
     async def handle(self, command: ChargePayment, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
         reply = reply_id(delivery.message_id)
-        if await self._check(command, reply):
+        recorded = await self._check(command, reply)
+        if recorded.applied:
             log.info("duplicate message skipped")
             return Handled.DUPLICATE
+        if recorded.state.is_final:
+            log.warning("checkout is final; not charging", state=recorded.state)
+            return Handled.DONE
         outcome = await self._payments.charge(
             order_id=command.order_id,
             amount=command.amount,
@@ -145,5 +173,39 @@ class PaymentStep:
             attempts=outcome.attempts,
             delivery_attempt=delivery.attempt,
         )
+        applied = await self._saga.apply(result, reply)
+        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+
+    async def reconcile(self, command: ReconcilePayment, delivery: Delivery) -> Handled:
+        """Ask the Payment Service what became of the checkout's charge; apply the answer."""
+        structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
+        reply = reply_id(delivery.message_id)
+        row = await self._recorded.submit((command, reply))
+        if row is None or row.order_id != command.order_id:
+            raise PermanentFailure(
+                f"no payment {command.payment_id} of checkout {command.checkout_id}: "
+                "nothing to reconcile"
+            )
+        if row.applied:
+            log.info("duplicate message skipped")
+            return Handled.DUPLICATE
+        if row.state.is_final:
+            log.info("checkout is final; nothing to reconcile", state=row.state)
+            return Handled.DONE
+        key = str(command.checkout_id)
+        result: PaymentSucceeded | PaymentDeclined | PaymentNotFound | PaymentUnanswered
+        try:
+            found = await self._payments.find(key)
+        except TransientFailure as exc:
+            result = PaymentUnanswered(command.checkout_id, str(exc))
+        else:
+            match found:
+                case Charged(provider_payment_id=reference):
+                    result = PaymentSucceeded(command.checkout_id, reference, reconciled=True)
+                case Declined(reason=reason):
+                    result = PaymentDeclined(command.checkout_id, reason, reconciled=True)
+                case None:
+                    result = PaymentNotFound(command.checkout_id)
+        log.info("payment reconciled", answer=result.message_type)
         applied = await self._saga.apply(result, reply)
         return Handled.DONE if applied.transition is not None else Handled.DUPLICATE

@@ -136,7 +136,8 @@ def uow(engine: AsyncEngine) -> UnitOfWork:
 
 TABLES = (
     "idempotency_keys, inbox, outbox, production_submissions, email_notifications, "
-    "invoices, payments, checkout_steps, checkouts, orders, dlq_audit, checkout_events"
+    "invoices, payments, checkout_steps, checkouts, orders, dlq_audit, checkout_events, "
+    "deadlines, cancellation_keys, refunds, cancellation_steps, cancellations"
 )
 
 

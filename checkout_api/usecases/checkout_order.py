@@ -4,8 +4,9 @@ The checkout saga's first transition (STARTED to PAYMENT_PENDING: record the pay
 and command its charge) is applied here, in the checkout's own statement, as the pure
 state machine decides it (`saga.state_machine.decide`): no broker hop stands between
 the request and the charge. The checkout is written PAYMENT_PENDING with both its
-steps (the request, then `payment.requested`), the payment PENDING, and `ChargePayment`
-in the outbox.
+steps (the request, then `payment.requested`), the payment PENDING, `ChargePayment`
+in the outbox and the payment deadline (`CHECKOUT_PAYMENT_DEADLINE` from now) in
+`deadlines`, with its timeline line.
 
 Concurrency, in the order the transaction meets it:
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -40,14 +41,26 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.exc import IntegrityError
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
+from checkout_api.usecases.errors import (
+    IdempotencyKeyReused,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+)
 from contracts import ChargePayment
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
 from infra.messaging.outbox import outbox_envelope
 from infra.tracing import current_trace_id
 from saga.inputs import CheckoutRequested
-from saga.state_machine import CheckoutState, RequestPayment, Transition, decide
+from saga.state_machine import (
+    PAYMENT_DEADLINE,
+    CheckoutState,
+    RequestPayment,
+    SetDeadline,
+    Transition,
+    decide,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +74,9 @@ _FIND_KEY = (
 _START = """
 WITH locked AS (
     SELECT status, amount, currency FROM orders WHERE order_id = %(order)s FOR UPDATE
+), cancelling AS (
+    SELECT 1 FROM cancellations
+    WHERE order_id = %(order)s AND state NOT IN ('CANCELLED', 'REJECTED')
 ), active AS (
     SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
         s.name, s.status, s.at, s.detail, s.id AS step
@@ -71,7 +87,8 @@ WITH locked AS (
         created_at, updated_at)
     SELECT %(checkout)s, %(order)s, %(state)s::varchar, NULL, %(trace)s::varchar, %(now)s,
         %(now)s
-    FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
+    FROM locked WHERE locked.status NOT IN ('PAID', 'CANCELLED')
+        AND NOT EXISTS (SELECT 1 FROM active) AND NOT EXISTS (SELECT 1 FROM cancelling)
     RETURNING checkout_id
 ), step AS (
     INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
@@ -96,16 +113,26 @@ WITH locked AS (
             'currency', locked.currency)::text,
         %(now)s
     FROM started, locked
+), deadline AS (
+    INSERT INTO deadlines (deadline_id, saga, saga_id, kind, due_at, attempts, created_at)
+    SELECT %(deadline)s, 'checkout', checkout_id, %(deadline_kind)s, %(due)s, 0, %(now)s
+    FROM started
+), deadline_set AS (
+    INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, detail)
+    SELECT checkout_id, %(order)s, %(now)s, 'api', 'deadline.set', %(deadline_detail)s
+    FROM started
 ), reopened AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
 )
-SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
+SELECT (SELECT CASE WHEN EXISTS (SELECT 1 FROM cancelling) THEN 'CANCELLED' ELSE status END
+        FROM locked), EXISTS (SELECT 1 FROM started),
     a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
     a.name, a.status, a.at, a.detail
 FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
 """
-"""Lock the order and start a checkout of it unless it is PAID or has an active one.
+"""Lock the order and start a checkout of it unless it is PAID, CANCELLED, being cancelled
+or has an active checkout (an order being cancelled reads as CANCELLED).
 
 The checkout starts as the saga's first transition leaves it: PAYMENT_PENDING with its
 request step and the transition's, the payment PENDING and its `ChargePayment` in the
@@ -141,12 +168,20 @@ class _Raced(Exception):
 
 
 async def checkout_order(
-    uow: UnitOfWork, order_id: uuid.UUID, idempotency_key: str | None = None
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+    idempotency_key: str | None = None,
+    *,
+    payment_deadline: float,
 ) -> CheckoutOutcome:
-    """Start a checkout of the order, or return the active one (202 either way)."""
+    """Start a checkout of the order, or return the active one (202 either way).
+
+    `payment_deadline`: seconds until the checkout, if still PAYMENT_PENDING, is
+    reconciled (`CHECKOUT_PAYMENT_DEADLINE`).
+    """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return await _attempt(uow, order_id, idempotency_key)
+            return await _attempt(uow, order_id, idempotency_key, payment_deadline)
         except (_Raced, IntegrityError, psycopg.IntegrityError):
             if attempt == _ATTEMPTS:
                 raise
@@ -154,7 +189,9 @@ async def checkout_order(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> CheckoutOutcome:
+async def _attempt(
+    uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> CheckoutOutcome:
     async with uow.transaction() as conn, conn.pipeline():
         if key is not None:
             stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
@@ -166,7 +203,7 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
 
-        new, params = _new_checkout(order_id, key)
+        new, params = _new_checkout(order_id, key, payment_deadline)
         result = await conn.execute(_START, params)
         if key is None:
             # Without a key nothing else is written: the COMMIT travels with the
@@ -180,6 +217,8 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
             raise OrderNotFound(order_id)
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
+        if status == "CANCELLED":
+            raise OrderCancelled(order_id)
         checkout = new if started else _checkout(rows)
         body = checkout.model_dump(mode="json")
 
@@ -225,16 +264,19 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
 def first_transition(checkout_id: uuid.UUID) -> Transition:
     """The saga's answer to a new checkout's request, as `_START` applies it.
 
-    The statement knows how to apply exactly one effect, the payment's request; a state
-    machine that answered otherwise would be applied wrongly, so it is refused here.
+    The statement knows how to apply exactly these effects, the payment's request and its
+    deadline (the configured one); a state machine that answered otherwise would be
+    applied wrongly, so it is refused here.
     """
     transition = decide(CheckoutState.STARTED, CheckoutRequested(checkout_id))
-    if transition.effects != (RequestPayment(),):
+    if transition.effects != (RequestPayment(), SetDeadline(PAYMENT_DEADLINE)):
         raise AssertionError(f"the checkout statement cannot apply {transition.effects!r}")
     return transition
 
 
-def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, dict[str, Any]]:
+def _new_checkout(
+    order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> tuple[CheckoutOut, dict[str, Any]]:
     """The checkout `_START` inserts if it may, and the statement's parameters: the
     checkout after the saga's first transition, its two steps, its payment and its
     ChargePayment outbox row."""
@@ -242,6 +284,7 @@ def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, di
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
     transition = first_transition(checkout_id)
+    due = now + timedelta(seconds=payment_deadline)
     step = StepOut(
         name=REQUESTED_STEP,
         status=str(CheckoutState.STARTED),
@@ -272,6 +315,10 @@ def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, di
         "routing_key": message.routing_key,
         "message_type": message.message_type,
         "headers": message.headers,
+        "deadline": uuid.uuid4(),
+        "deadline_kind": PAYMENT_DEADLINE,
+        "due": due,
+        "deadline_detail": f"{PAYMENT_DEADLINE} deadline due at {due:%Y-%m-%dT%H:%M:%S%z}",
     }
     checkout = CheckoutOut.model_validate(
         {

@@ -24,6 +24,7 @@ from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.settings import Settings
 from operations.cli.dlq import dlq_app
 from operations.cli.trace import trace
+from operations.stuck_cli import stuck
 
 # Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).
 BROKER_PATIENCE = 15.0
@@ -215,3 +216,4 @@ def contracts(
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(apikey_app, name="apikey")
 app.command()(trace)
+app.command()(stuck)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
@@ -512,6 +513,32 @@ def health_ports(settings: Settings) -> dict[str, int]:
         return {name: int(s.getsockname()[1]) for name, s in zip(WORKERS, sockets, strict=True)}
 
 
+def health_ports_file(settings: Settings) -> Path:
+    """Where `checkout up` writes the health port it gave each worker (beside the dev key),
+    for commands that ask a running part, such as `checkout stuck` the saga's breakers."""
+    return settings.dev_key_file.parent / "health-ports.json"
+
+
+def write_health_ports(settings: Settings, ports: Mapping[str, int]) -> None:
+    path = health_ports_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(ports)) + "\n")
+
+
+def known_health_ports(settings: Settings) -> dict[str, int]:
+    """Each worker's health port: `CHECKOUT_HEALTH_PORT`'s series when it is set, else what
+    the running `checkout up` wrote; empty when neither says."""
+    if settings.health_port:
+        return {name: settings.health_port + i for i, name in enumerate(WORKERS)}
+    try:
+        written = json.loads(health_ports_file(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(written, dict):
+        return {}
+    return {str(k): int(v) for k, v in written.items() if isinstance(v, int)}
+
+
 def child_environment(settings: Settings) -> dict[str, str]:
     """Ours, plus the log format we resolved (children's stderr is a pipe, not a terminal)."""
     env = {
@@ -612,6 +639,7 @@ async def _run_system(
 def run_system(settings: Settings, grace: float = GRACE_SECONDS) -> None:
     """`checkout up`: migrate, declare the topology, then supervise every part until stopped."""
     ports = health_ports(settings)
+    write_health_ports(settings, ports)
     parts = system_parts(health_ports=ports)
     sink = make_sink(settings.log_format, [p.name for p in parts])
     migration = prepare_database(settings)

@@ -186,9 +186,10 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
         BrokerUser(
             "saga",
             user_name(namespace, "saga"),
-            part_rights([], ["payment"], default_exchange=True),
+            part_rights([], ["payment", "refund", "production-cancel"], default_exchange=True),
             (),
-            f"Consumes {namespace}.payment; the payment step applies each outcome in the "
+            f"Consumes {namespace}.payment, {namespace}.refund and "
+            f"{namespace}.production-cancel; each step applies its outcome in the "
             f"database; retry and dead-letter copies go through amq.default. Publishes to no "
             f"exchange of ours (its events and commands go through the outbox).{declaring}",
         ),

@@ -373,6 +373,17 @@ SAMPLE_ACTIVE = """
     SELECT state, count(*) AS n FROM checkouts
     WHERE state IN ('STARTED', 'PAYMENT_PENDING') GROUP BY state
 """
+# Served by the partial unique index on active cancellations, likewise.
+SAMPLE_CANCELLATIONS = """
+    SELECT state, count(*) AS n FROM cancellations
+    WHERE state NOT IN ('CANCELLED', 'REJECTED') GROUP BY state
+"""
+ACTIVE_CANCELLATION_STATES = (
+    "REQUESTED",
+    "WAITING_FOR_CHECKOUT",
+    "CANCELLING_PRODUCTION",
+    "REFUNDING",
+)
 
 
 async def sample_gauges(
@@ -382,7 +393,8 @@ async def sample_gauges(
     stop: asyncio.Event,
     interval: float = 5.0,
 ) -> None:
-    """Every `interval` s: outbox backlog, active checkouts by state, dead-letter depths."""
+    """Every `interval` s: outbox backlog, active checkouts and cancellations by state,
+    dead-letter depths."""
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -399,6 +411,12 @@ async def sample_gauges(
                     }
                     for state in ("STARTED", "PAYMENT_PENDING"):
                         metrics.ACTIVE_CHECKOUTS.labels(state).set(active.get(state, 0))
+                    cancelling = {
+                        r["state"]: r["n"]
+                        for r in await (await conn.execute(SAMPLE_CANCELLATIONS)).fetchall()
+                    }
+                    for state in ACTIVE_CANCELLATION_STATES:
+                        metrics.ACTIVE_CANCELLATIONS.labels(state).set(cancelling.get(state, 0))
                     for queue in topology.queues.values():
                         declared = await publisher.channel.declare_queue(queue.dlq, passive=True)
                         depth = declared.declaration_result.message_count or 0

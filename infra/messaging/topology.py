@@ -4,7 +4,9 @@
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.cancelled ──▶ {ns}.invoice, {ns}.email
                                          order.#    ──▶ {ns}.orders.journal (keeps events routable)
-{ns}.internal  (topic)  saga commands   payment.charge ──▶ {ns}.payment
+{ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
+                                         payment.refund    ──▶ {ns}.refund
+                                         production.cancel ──▶ {ns}.production-cancel
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -71,7 +73,9 @@ class Topology:
     def __post_init__(self) -> None:
         ns = self.namespace
         specs = {
-            "payment": (self.internal_exchange, ("payment.charge",)),
+            "payment": (self.internal_exchange, ("payment.charge", "payment.reconcile")),
+            "refund": (self.internal_exchange, ("payment.refund",)),
+            "production-cancel": (self.internal_exchange, ("production.cancel",)),
             "invoice": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "email": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "production": (self.orders_exchange, ("order.paid",)),

@@ -8,8 +8,9 @@ stopped and the messages in hand are finished.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -64,6 +65,8 @@ class Resources:
 
 
 RouteFactory = Callable[[Resources], Mapping[type[Message], Handler]]
+Background = Callable[[Resources], Coroutine[Any, Any, None]]
+"""A task the process runs beside its consumers (a timer, say), cancelled at shutdown."""
 
 
 def engine_ok(engine: AsyncEngine) -> ReadinessCheck:
@@ -140,6 +143,7 @@ class Worker:
             ],
         )
         self._consumers: list[tuple[QueueConsumer, RouteFactory]] = []
+        self._background: list[tuple[str, Background]] = []
         self.health_port: int | None = None  # bound at start-up
 
     def consume(self, queue_key: str, routes: RouteFactory) -> QueueConsumer:
@@ -148,6 +152,10 @@ class Worker:
         subscribe(self.broker, consumer, prefetch=self.settings.prefetch)
         self._consumers.append((consumer, routes))
         return consumer
+
+    def background(self, name: str, task: Background) -> None:
+        """Run `task(resources)` while the process runs; cancelled before the resources close."""
+        self._background.append((name, task))
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -179,9 +187,17 @@ class Worker:
             for consumer, routes in self._consumers:
                 consumer.bind(routes(resources), publisher, record)
             checks = {"broker": lambda: self.broker.ping(timeout=2), "database": engine_ok(engine)}
-            async with serving_health(self.settings, self.component, checks) as port:
-                self.health_port = port
-                yield
+            tasks = [
+                asyncio.create_task(task(resources), name=name) for name, task in self._background
+            ]
+            try:
+                async with serving_health(self.settings, self.component, checks) as port:
+                    self.health_port = port
+                    yield
+            finally:
+                for running in tasks:
+                    running.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await http.close()
             await publisher.close()

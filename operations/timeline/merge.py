@@ -4,8 +4,11 @@ timeline. Pure: rows in, `Trace` out, no I/O (`operations.timeline.query` loads 
 Where each line comes from:
 
 - `checkout_steps`: the request (`api`), each saga transition, each ignored message;
+- `cancellation_steps`: the same for each cancellation of the order, shown as a saga of
+  its own beside the checkouts (its messages carry the cancellation as correlation id);
 - `checkout_events`: whatever the parts recorded (`infra.timeline.record`): publishes
-  with their lag, payment attempts, processing, retries, dead-lettering;
+  with their lag, payment attempts, processing, retries, dead-lettering, deadlines set
+  and cancelled (a deadline's firing and each reconciliation's answer are steps);
 - `invoices`, `email_notifications`, `production_submissions`: each consumer's effect,
   folded into the consumer's own `effect.applied` event for that message if it has one;
 - `dlq_audit`: each replay or purge of one of the checkout's messages, who and why;
@@ -36,6 +39,7 @@ from infra.timeline.record import (
 )
 
 REQUEST_STEP = "checkout.requested"
+CANCEL_REQUEST_STEP = "cancellation.requested"
 IDEMPOTENCY_PREFIX = "Idempotency-Key: "
 # A consumer's `message.dead_lettered` event and the dead-lettered copy's
 # `x-last-failure-at` header are taken at the same moment by the same process.
@@ -46,6 +50,7 @@ PROCESSED_KINDS = frozenset({EFFECT_APPLIED, MESSAGE_PROCESSED})
 _RANK = {
     HTTP_REQUEST: 0,
     "checkout.requested": 1,
+    "cancellation.requested": 1,
     "saga.transition": 2,
     "message.ignored": 2,
     "outbox.pending": 3,
@@ -192,6 +197,9 @@ class Sources:
     audit: list[AuditRow] = field(default_factory=list)
     broker: BrokerScan = field(default_factory=BrokerScan.skipped)
     events_truncated: bool = False
+    # The order's cancellations, as rows of the same shape (checkout_id: the cancellation,
+    # state: its state, failure_reason: its rejection reason); their steps are in `steps`.
+    cancellations: list[CheckoutRow] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- result
@@ -237,6 +245,7 @@ class Trace:
     pending_outbox: list[OutboxRow]
     broker: BrokerScan
     events_truncated: bool = False
+    cancellations: list[CheckoutTrace] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- text
@@ -306,6 +315,10 @@ def _event_what(event: Event) -> str:
             return f"{noun} dead-lettered"
         case "message.replayed":
             return f"replayed {noun} received"
+        case "deadline.set":
+            return "deadline set"
+        case "deadline.cancelled":
+            return "deadline cancelled"
         case _:
             return _join(kind, event.message_type, took) or kind
 
@@ -316,20 +329,21 @@ def _event_what(event: Event) -> str:
 def _step_entries(steps: Iterable[StepRow], trace_id: str | None) -> tuple[list[Entry], str | None]:
     entries, previous, key = [], None, None
     for step in steps:
-        if step.name == REQUEST_STEP:
+        if step.name in (REQUEST_STEP, CANCEL_REQUEST_STEP):
             # The API writes "Idempotency-Key: KEY; trace TRACE_ID" (either part optional).
             parts = [p.strip() for p in (step.detail or "").split(";") if p.strip()]
             for part in parts:
                 if part.startswith(IDEMPOTENCY_PREFIX):
                     key = part.removeprefix(IDEMPOTENCY_PREFIX)
+            noun = step.name.split(".")[0]
             entry = Entry(
                 at=step.at,
                 source="api",
-                kind="checkout.requested",
-                what=f"checkout requested → {step.status}",
+                kind=step.name,
+                what=f"{noun} requested → {step.status}",
                 detail=_join(step.detail, f"trace {trace_id}" if trace_id else None),
                 state=step.status,
-                rank=_RANK["checkout.requested"],
+                rank=_RANK[step.name],
             )
         elif step.name.endswith(".ignored"):
             entry = Entry(
@@ -518,7 +532,7 @@ def message_types(sources: Sources) -> dict[str, tuple[uuid.UUID, str | None]]:
         if key not in known or known[key][1] is None:
             known[key] = (checkout_id, message_type)
 
-    checkouts = {c.checkout_id for c in sources.checkouts}
+    checkouts = {c.checkout_id for c in (*sources.checkouts, *sources.cancellations)}
     for event in sources.events:
         note(event.message_id, event.checkout_id, event.message_type)
     for effect in sources.effects:
@@ -547,39 +561,41 @@ def _checkout_of(
 
 
 def build(sources: Sources) -> Trace:
-    """The timeline of every checkout in `sources`, each in time order."""
+    """The timeline of every checkout and cancellation in `sources`, each in time order."""
     known = message_types(sources)
-    checkout_ids = {c.checkout_id for c in sources.checkouts}
+    saga_ids = {c.checkout_id for c in (*sources.checkouts, *sources.cancellations)}
     letters = [
         letter
         for letter in sources.broker.letters
-        if _checkout_of(letter, checkout_ids, known) is not None
+        if _checkout_of(letter, saga_ids, known) is not None
     ]
-    traces = []
-    for checkout in sources.checkouts:
-        cid = checkout.checkout_id
+
+    def one(saga: CheckoutRow) -> CheckoutTrace:
+        cid = saga.checkout_id
         entries, key = _step_entries(
-            (s for s in sources.steps if s.checkout_id == cid), checkout.trace_id
+            (s for s in sources.steps if s.checkout_id == cid), saga.trace_id
         )
         entries += [_event_entry(e) for e in sources.events if e.checkout_id == cid]
         _merge_effects(entries, (e for e in sources.effects if e.checkout_id == cid))
         entries += [_pending_entry(r, sources.now) for r in sources.outbox if r.checkout_id == cid]
         _merge_letters(
             entries,
-            (x for x in letters if _checkout_of(x, checkout_ids, known) == cid),
+            (x for x in letters if _checkout_of(x, saga_ids, known) == cid),
             sources.now,
         )
         mine = {m: t for m, (c, t) in known.items() if c == cid}
         entries += _audit_entries(sources.audit, mine)
         payment = next((p for p in sources.payments if p.checkout_id == cid), None)
-        traces.append(CheckoutTrace(checkout, payment, key, order_entries(entries)))
+        return CheckoutTrace(saga, payment, key, order_entries(entries))
+
     return Trace(
         order=sources.order,
         target=sources.target,
         generated_at=sources.now,
-        checkouts=traces,
+        checkouts=[one(c) for c in sources.checkouts],
         dead_letters=letters,
         pending_outbox=sorted(sources.outbox, key=lambda r: r.created_at),
         broker=sources.broker,
         events_truncated=sources.events_truncated,
+        cancellations=[one(c) for c in sources.cancellations],
     )

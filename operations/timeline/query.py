@@ -55,8 +55,11 @@ RESOLVE = text(
     SELECT order_id, NULL::uuid AS checkout_id FROM orders WHERE order_id = :id
     UNION ALL
     SELECT order_id, checkout_id FROM checkouts WHERE checkout_id = :id
+    UNION ALL
+    SELECT order_id, NULL::uuid FROM cancellations WHERE cancellation_id = :id
     """
 )
+"""A cancellation's id traces its order (the cancellation beside the checkouts)."""
 ORDER = text(
     "SELECT order_id, order_name, amount, currency, status, created_at, updated_at "
     "FROM orders WHERE order_id = :order_id"
@@ -68,6 +71,16 @@ CHECKOUTS_OF_ORDER = text(
 CHECKOUT = text(
     "SELECT checkout_id, order_id, state, failure_reason, trace_id, created_at, updated_at "
     "FROM checkouts WHERE checkout_id = :checkout_id"
+)
+CANCELLATIONS = text(
+    "SELECT cancellation_id AS checkout_id, order_id, state, rejection_reason AS failure_reason,"
+    " trace_id, created_at, updated_at FROM cancellations WHERE order_id = :order_id"
+    " AND (CAST(:checkout_id AS uuid) IS NULL OR checkout_id = :checkout_id)"
+    " ORDER BY created_at, cancellation_id"
+)
+CANCELLATION_STEPS = text(
+    "SELECT cancellation_id AS checkout_id, name, status, at, detail FROM cancellation_steps "
+    "WHERE cancellation_id = ANY(:ids) ORDER BY id"
 )
 STEPS = text(
     "SELECT checkout_id, name, status, at, detail FROM checkout_steps "
@@ -126,17 +139,27 @@ async def load_sources(
     else:
         rows = (await conn.execute(CHECKOUT, {"checkout_id": checkout_id})).all()
     checkouts = [CheckoutRow(**r._asdict()) for r in rows]
-    ids = [c.checkout_id for c in checkouts]
+    wanted = {"order_id": order_id, "checkout_id": checkout_id}
+    cancellations = [
+        CheckoutRow(**r._asdict()) for r in (await conn.execute(CANCELLATIONS, wanted)).all()
+    ]
+    # A cancellation's messages and events carry it as their correlation id, so the
+    # statements below find them by its id as they find a checkout's by the checkout's.
+    ids = [c.checkout_id for c in (*checkouts, *cancellations)]
     sources = Sources(
         order=order,
         checkouts=checkouts,
         now=now or datetime.now(UTC),
         target="order" if checkout_id is None else "checkout",
+        cancellations=cancellations,
     )
     if not ids:
         return sources
     by_ids = {"ids": ids}
     sources.steps = [StepRow(**r._asdict()) for r in (await conn.execute(STEPS, by_ids)).all()]
+    sources.steps += [
+        StepRow(**r._asdict()) for r in (await conn.execute(CANCELLATION_STEPS, by_ids)).all()
+    ]
     events = (await conn.execute(EVENTS, {**by_ids, "limit": EVENT_LIMIT + 1})).all()
     sources.events_truncated = len(events) > EVENT_LIMIT
     sources.events = [Event(**r._asdict()) for r in events[:EVENT_LIMIT]]
@@ -294,8 +317,8 @@ async def trace(
     sources = await load_sources(conn, target, now=now)
     if sources is None:
         return None
-    if rabbit is not None and topology is not None and sources.checkouts:
-        ids = [c.checkout_id for c in sources.checkouts]
+    if rabbit is not None and topology is not None and (sources.checkouts or sources.cancellations):
+        ids = [c.checkout_id for c in (*sources.checkouts, *sources.cancellations)]
         try:
             sources.broker = await scan_dead_letters(
                 rabbit, topology, ids, sorted(message_types(sources)), scan_limit=scan_limit

@@ -46,7 +46,17 @@ KIND_STYLES = {
     "message.ignored": "dim",
     "duplicate.skipped": "dim",
 }
-STATE_STYLES = {"PAID": "green", "FAILED": "red", "PAYMENT_PENDING": "yellow", "STARTED": "cyan"}
+STATE_STYLES = {
+    "PAID": "green",
+    "FAILED": "red",
+    "PAYMENT_PENDING": "yellow",
+    "STARTED": "cyan",
+    "CANCELLED": "magenta",
+    "REJECTED": "red",
+    "WAITING_FOR_CHECKOUT": "yellow",
+    "CANCELLING_PRODUCTION": "yellow",
+    "REFUNDING": "yellow",
+}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -107,6 +117,21 @@ def checkout_json(trace: CheckoutTrace) -> dict[str, Any]:
     }
 
 
+def cancellation_json(trace: CheckoutTrace) -> dict[str, Any]:
+    cancellation = trace.checkout
+    return {
+        "cancellation_id": str(cancellation.checkout_id),
+        "state": cancellation.state,
+        "rejection_reason": cancellation.failure_reason,
+        "idempotency_key": trace.idempotency_key,
+        "trace_id": cancellation.trace_id,
+        "created_at": _iso(cancellation.created_at),
+        "updated_at": _iso(cancellation.updated_at),
+        "span_ms": _round(trace.span_ms),
+        "entries": [entry_json(e) for e in trace.entries],
+    }
+
+
 def letter_json(letter: LetterRow) -> dict[str, Any]:
     return {
         "queue": letter.queue,
@@ -151,6 +176,7 @@ def trace_json(trace: Trace) -> dict[str, Any]:
             "updated_at": _iso(order.updated_at),
         },
         "checkouts": [checkout_json(c) for c in trace.checkouts],
+        "cancellations": [cancellation_json(c) for c in trace.cancellations],
         "dead_letters": [letter_json(x) for x in trace.dead_letters],
         "pending_outbox": [pending_json(r, trace.generated_at) for r in trace.pending_outbox],
         "dead_letter_queues": {
@@ -200,9 +226,9 @@ def entries_table(entries: list[Entry]) -> Table:
     return table
 
 
-def _checkout_heading(trace: CheckoutTrace) -> Text:
+def _checkout_heading(trace: CheckoutTrace, noun: str = "Checkout") -> Text:
     checkout = trace.checkout
-    heading = Text.assemble(("Checkout ", "bold"), (str(checkout.checkout_id), "bold"), "  ")
+    heading = Text.assemble((f"{noun} ", "bold"), (str(checkout.checkout_id), "bold"), "  ")
     heading.append_text(_state(checkout.state))
     if checkout.failure_reason:
         heading.append(f" ({checkout.failure_reason})", style="red")
@@ -288,6 +314,9 @@ def trace_renderable(trace: Trace) -> RenderableType:
         parts.append(Text("no checkout yet", style="dim"))
     for checkout in trace.checkouts:
         parts += [Text(""), _checkout_heading(checkout), entries_table(checkout.entries)]
+    for cancellation in trace.cancellations:
+        heading = _checkout_heading(cancellation, "Cancellation")
+        parts += [Text(""), heading, entries_table(cancellation.entries)]
     footer = _footer(trace)
     if footer:
         parts += [Text(""), *footer]

@@ -206,6 +206,10 @@ class OrderPlan:
     mode: str  # single | concurrent-pair | same-key-twice
     checkout_ids: set[str] = field(default_factory=set)
     statuses: list[int] = field(default_factory=list)
+    # Cancelled this long after its checkout was accepted (None: not cancelled): some
+    # while the charge is in flight, some once it is paid, while the faults go on.
+    cancel_after: float | None = None
+    cancellation_ids: set[str] = field(default_factory=set)
 
 
 def _amount(rng: random.Random, behaviour: str) -> str:
@@ -220,6 +224,8 @@ class Workload:
 
     BEHAVIOURS = (("normal", 62), ("declined", 15), ("flaky", 15), ("slow", 8))
     MODES = (("single", 80), ("concurrent-pair", 10), ("same-key-twice", 10))
+    CANCEL_SHARE = 0.2  # of the fault run's orders
+    CANCEL_WITHIN = 2.0  # seconds after the checkout
 
     def __init__(self, api: str, rng: random.Random, count: int) -> None:
         self.api = api
@@ -253,6 +259,8 @@ class Workload:
         )
         assert response.status_code == 201, response.text
         plan = OrderPlan(response.json()["order_id"], amount, behaviour, mode)
+        if tag == "faults" and self.rng.random() < self.CANCEL_SHARE:
+            plan.cancel_after = round(self.rng.uniform(0, self.CANCEL_WITHIN), 2)
         self.plans.append(plan)
         return plan
 
@@ -286,6 +294,30 @@ class Workload:
             await self._post_checkout(client, plan, key)
         else:
             await self._post_checkout(client, plan, key)
+        if plan.cancel_after is not None:
+            # The plan's own timing, drawn up front: not a wait for an outcome.
+            await asyncio.sleep(plan.cancel_after)
+            await self._post_cancel(client, plan, f"faults-cancel-{plan.order_id}")
+
+    async def _post_cancel(self, client: httpx.AsyncClient, plan: OrderPlan, key: str) -> None:
+        for attempt in range(4):
+            try:
+                response = await client.post(
+                    f"{self.api}/orders/{plan.order_id}/cancel",
+                    json={"reason": "fault run"},
+                    headers={"Idempotency-Key": key},
+                )
+            except httpx.TransportError as exc:
+                self.errors.append(f"{plan.order_id} cancel {attempt + 1}: {exc!r}")
+                await asyncio.sleep(0.2)
+                continue
+            if response.status_code == 202:
+                plan.cancellation_ids.add(response.json()["cancellation_id"])
+            else:
+                self.errors.append(
+                    f"{plan.order_id} cancel: {response.status_code} {response.text[:200]}"
+                )
+            return
 
     async def run(self, client: httpx.AsyncClient, seconds: float) -> None:
         """Place every order, then check them out evenly over `seconds`."""

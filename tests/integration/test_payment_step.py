@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import ChargePayment
+from contracts import ChargePayment, ReconcilePayment, RefundPayment
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
-from saga.inputs import SagaInput
+from infra.messaging.failures import TransientFailure
+from saga.inputs import PaymentNotFound, PaymentSucceeded, SagaInput
 from saga.orchestrator import Applied, CheckoutSaga
 from saga.payment_client import Charged, Declined, PaymentClient
 from saga.payment_step import PaymentStep
@@ -25,17 +26,27 @@ pytestmark = pytest.mark.integration
 
 
 class FakePayments(PaymentClient):
-    """Answers every charge with `outcome` and counts the calls per key."""
+    """Answers every charge with `outcome`, every lookup with `found`; counts the calls."""
 
-    def __init__(self, outcome: Charged | Declined) -> None:
+    def __init__(
+        self, outcome: Charged | Declined, found: Charged | Declined | Exception | None = None
+    ) -> None:
         self.outcome = outcome
+        self.found = found
         self.calls: list[str] = []
+        self.lookups: list[str] = []
 
     async def charge(
         self, *, order_id: uuid.UUID, amount: Decimal, currency: str, idempotency_key: str
     ) -> Charged | Declined:
         self.calls.append(idempotency_key)
         return self.outcome
+
+    async def find(self, idempotency_key: str) -> Charged | Declined | None:
+        self.lookups.append(idempotency_key)
+        if isinstance(self.found, Exception):
+            raise self.found
+        return self.found
 
 
 class CrashingOnce(CheckoutSaga):
@@ -113,3 +124,128 @@ async def test_a_crash_between_the_call_and_the_commit_repeats_the_call_and_appl
     assert await _state(engine, command) == ("PAID", "SUCCESSFUL", "PAID", 1)
     # The same idempotency key both times: the service charged once.
     assert payments.calls == [str(command.checkout_id)] * 2
+
+
+def _reconcile(command: ChargePayment) -> ReconcilePayment:
+    return ReconcilePayment(
+        checkout_id=command.checkout_id, order_id=command.order_id, payment_id=command.payment_id
+    )
+
+
+async def _steps(engine: AsyncEngine, command: ChargePayment) -> list[tuple[str, str | None]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT name, detail FROM checkout_steps WHERE checkout_id = :c ORDER BY id"),
+            {"c": command.checkout_id},
+        )
+        return [(name, detail) for name, detail in rows.all()]
+
+
+async def _failure(engine: AsyncEngine, command: ChargePayment) -> str | None:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT failure_reason FROM checkouts WHERE checkout_id = :c"),
+            {"c": command.checkout_id},
+        )
+        reason: str | None = found.scalar_one()
+        return reason
+
+
+async def test_reconciliation_finding_no_charge_fails_the_checkout_with_payment_timeout(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    payments = FakePayments(Charged("p-1"), found=None)
+    step = PaymentStep(hot_uow, payments, CheckoutSaga(hot_uow))
+
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert await _state(engine, command) == ("FAILED", "FAILED", "FAILED", 1)
+    assert await _failure(engine, command) == "payment_timeout"
+    assert payments.lookups == [str(command.checkout_id)]
+    # From now on its charge command charges nothing, wherever a copy of it waited.
+    assert await step.handle(command, _delivery(uuid.uuid4())) == Handled.DONE
+    assert payments.calls == []
+
+
+@pytest.mark.parametrize(
+    ("found", "expected"),
+    [
+        (Charged("p-9"), ("PAID", "SUCCESSFUL", "PAID", 1)),
+        (Declined("card_declined"), ("FAILED", "FAILED", "FAILED", 1)),
+    ],
+    ids=["found-successful", "found-failed"],
+)
+async def test_reconciliation_applies_the_charge_it_finds(
+    hot_uow: UnitOfWork,
+    engine: AsyncEngine,
+    found: Charged | Declined,
+    expected: tuple[str, str, str, int],
+) -> None:
+    command = await pending_checkout(hot_uow)
+    step = PaymentStep(hot_uow, FakePayments(Charged("p-1"), found), CheckoutSaga(hot_uow))
+
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert await _state(engine, command) == expected
+    assert "(found by reconciliation)" in str((await _steps(engine, command))[-1][1])
+
+
+async def test_an_unanswered_reconciliation_keeps_the_checkout_pending_and_says_why(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    unreachable = TransientFailure("payments service answered 503: down")
+    step = PaymentStep(hot_uow, FakePayments(Charged("p-1"), unreachable), CheckoutSaga(hot_uow))
+
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert await _state(engine, command) == ("PAYMENT_PENDING", "PENDING", "PENDING", 0)
+    name, detail = (await _steps(engine, command))[-1]
+    assert name == "payment.reconciliation"
+    assert "payments service answered 503: down" in str(detail)
+
+
+async def test_a_success_after_the_checkout_failed_is_recorded_for_its_refund(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+
+    await saga.apply(PaymentSucceeded(command.checkout_id, "p-late"), uuid.uuid4())
+
+    # The money was taken: the payment says so; the order and the checkout stay FAILED.
+    assert await _state(engine, command) == ("FAILED", "SUCCESSFUL", "FAILED", 1)
+    assert await _failure(engine, command) == "payment_timeout"
+    name, detail = (await _steps(engine, command))[-1]
+    assert name == "payment.late_success"
+    assert "p-late" in str(detail)
+    async with engine.connect() as conn:
+        provider = await conn.execute(
+            text("SELECT provider_payment_id FROM payments WHERE payment_id = :p"),
+            {"p": command.payment_id},
+        )
+        assert provider.scalar_one() == "p-late"
+        refund = await conn.execute(
+            text("SELECT status, idempotency_key FROM refunds WHERE payment_id = :p"),
+            {"p": command.payment_id},
+        )
+        [(status, key)] = refund.all()
+        commands = await conn.execute(
+            text(
+                "SELECT body FROM outbox WHERE message_type = 'RefundPayment'"
+                " AND correlation_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+        [(body,)] = commands.all()
+    # The refund step takes it from here (payment REFUNDED, OrderPaymentRefunded).
+    assert status == "PENDING"
+    sent = RefundPayment.model_validate_json(body)
+    assert (sent.provider_payment_id, sent.cancellation_id, sent.idempotency_key) == (
+        "p-late",
+        None,
+        key,
+    )
+    assert sent.amount == command.amount

@@ -15,7 +15,7 @@ from infra.db.session import UnitOfWork
 from infra.messaging.failures import PermanentFailure
 from saga.inputs import PaymentDeclined, PaymentSucceeded
 from saga.orchestrator import Applied, CheckoutSaga
-from saga.payment_step import PaymentStep, reply_id
+from saga.payment_step import PaymentStep, Recorded, reply_id
 from tests.support.batching import Counted
 from tests.support.seed import pending_checkout
 
@@ -122,10 +122,13 @@ async def test_payment_checks_in_hand_share_a_read_and_keep_their_verdicts(
         return_exceptions=True,
     )
 
-    assert verdicts[:4] == [False] * 4  # recorded, not applied yet: charge
+    recorded = [v for v in verdicts if isinstance(v, Recorded)]
+    assert [v.applied for v in verdicts[:4] if isinstance(v, Recorded)] == [False] * 4
+    assert {v.state for v in recorded[:4]} == {"PAYMENT_PENDING"}  # recorded, pending: charge
     assert all(isinstance(v, PermanentFailure) for v in verdicts[4:7]), verdicts
     assert "does not match" in str(verdicts[4])
     assert "not charging a payment this system did not record" in str(verdicts[5])
     assert "not charging a payment this system did not record" in str(verdicts[6])
-    assert verdicts[7] is True  # its outcome is applied: a redelivery calls nothing
+    assert isinstance(verdicts[7], Recorded)
+    assert verdicts[7].applied  # its outcome is applied: a redelivery calls nothing
     assert counted.sizes, "each check had a read of its own"

@@ -101,7 +101,9 @@ def order_paid_event(**changes: object) -> OrderPaid:
     return OrderPaid.model_validate({**fields, **changes})
 
 
-async def pending_checkout(uow: UnitOfWork, amount: Decimal = Decimal("12.50")) -> ChargePayment:
+async def pending_checkout(
+    uow: UnitOfWork, amount: Decimal = Decimal("12.50"), *, payment_deadline: float = 120.0
+) -> ChargePayment:
     """A PENDING order checked out by the API's own use case: its checkout PAYMENT_PENDING,
     its payment PENDING; return the ChargePayment its outbox row carries."""
     now = datetime.now(UTC)
@@ -120,7 +122,7 @@ async def pending_checkout(uow: UnitOfWork, amount: Decimal = Decimal("12.50")) 
             )
         )
         await session.commit()
-    outcome = await checkout_order(uow, order_id)
+    outcome = await checkout_order(uow, order_id, payment_deadline=payment_deadline)
     async with uow() as session:
         body = await session.scalar(
             select(OutboxMessage.body).where(

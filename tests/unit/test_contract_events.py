@@ -140,7 +140,5 @@ def test_an_order_cancelled_must_say_whether_there_was_a_refund() -> None:
 
 
 def test_the_internal_messages_stay_internal() -> None:
-    charge = contracts.ChargePayment(
-        checkout_id=uuid4(), order_id=uuid4(), payment_id=uuid4(), amount="19.99", currency="USD"
-    )
-    assert exchange_for(charge) == "internal"
+    cancel = contracts.CancelProductionOrder(cancellation_id=uuid4(), order_id=uuid4())
+    assert exchange_for(cancel) == "internal"

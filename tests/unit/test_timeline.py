@@ -431,6 +431,7 @@ def test_json_shape() -> None:
         "generated_at",
         "order",
         "checkouts",
+        "cancellations",
         "dead_letters",
         "pending_outbox",
         "dead_letter_queues",
@@ -550,3 +551,30 @@ def test_event_parses_string_ids_and_clips_the_detail() -> None:
     assert len(made.detail) == 2000
     with pytest.raises(ValueError, match="not a UUID"):
         event(checkout_id="nope", source="email", kind="x")
+
+
+def test_deadlines_set_fired_and_cancelled_and_each_reconciliation_are_in_the_timeline() -> None:
+    sources = paid_sources()
+    sources.checkouts = [dataclasses.replace(checkout("FAILED"), failure_reason="payment_timeout")]
+    sources.steps = [
+        StepRow(CHECKOUT_ID, "checkout.requested", "STARTED", at(0), None),
+        StepRow(CHECKOUT_ID, "payment.requested", "PAYMENT_PENDING", at(0), "charge sent"),
+        StepRow(CHECKOUT_ID, "deadline.fired", "PAYMENT_PENDING", at(2000), "payment deadline"),
+        StepRow(
+            CHECKOUT_ID, "payment.reconciliation", "PAYMENT_PENDING", at(2050), "no answer (503)"
+        ),
+        StepRow(CHECKOUT_ID, "deadline.fired", "PAYMENT_PENDING", at(7000), "payment deadline"),
+        StepRow(CHECKOUT_ID, "payment.timed_out", "FAILED", at(7050), "no charge"),
+    ]
+    sources.events = [
+        Event(CHECKOUT_ID, "api", "deadline.set", at(0), detail="payment deadline due at T"),
+        Event(CHECKOUT_ID, "saga", "deadline.set", at(2000), detail="payment deadline due at U"),
+        Event(CHECKOUT_ID, "saga", "deadline.cancelled", at(7050), detail="payment deadline"),
+    ]
+    [one] = build(sources).checkouts
+    lines = [e.what for e in one.entries]
+    assert lines.count("deadline set") == 2
+    assert "deadline cancelled" in lines
+    assert lines.count("deadline.fired: → PAYMENT_PENDING") == 2
+    assert "payment.reconciliation: → PAYMENT_PENDING" in lines
+    assert "payment.timed_out: PAYMENT_PENDING → FAILED" in lines

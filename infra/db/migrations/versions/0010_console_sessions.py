@@ -5,7 +5,7 @@ keys. A row lives until it expires or its operator signs out; the key is joined 
 every request, so revoking it ends its sessions at once, in every API process.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0011
 Create Date: 2026-12-04
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0011"  # re-chained after the cancellations, deadlines and invoice VOIDED
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@
   one row per order and so cannot hold a second e-mail of the same order).
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-04
 """
 
@@ -22,30 +22,13 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0008"  # re-chained after 0007 (cancellations) and 0008 (deadlines)
 branch_labels = None
 depends_on = None
 
 
-def _recheck(table: str, name: str, column: str, values: str) -> None:
-    op.drop_constraint(name, table, type_="check")
-    op.create_check_constraint(name, table, f"{column} IN ({values})")
-
-
-def _statuses_up() -> None:
-    _recheck("orders", "orders_status", "status", "'PENDING', 'PAID', 'FAILED', 'CANCELLED'")
-    _recheck("invoices", "invoices_status", "status", "'CREATED', 'SENT', 'FAILED', 'VOIDED'")
-
-
-def _statuses_down() -> None:
-    op.execute("UPDATE invoices SET status = 'FAILED' WHERE status = 'VOIDED'")
-    op.execute("UPDATE orders SET status = 'FAILED' WHERE status = 'CANCELLED'")
-    _recheck("invoices", "invoices_status", "status", "'CREATED', 'SENT', 'FAILED'")
-    _recheck("orders", "orders_status", "status", "'PENDING', 'PAID', 'FAILED'")
-
-
 def upgrade() -> None:
-    _statuses_up()
+    # 0007 precedes this revision now and made the status changes: nothing to redo.
     op.create_table(
         "cancellation_emails",
         sa.Column("cancellation_id", UUID(as_uuid=True), primary_key=True),
@@ -60,5 +43,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("cancellation_emails")
-    _statuses_down()
+    op.drop_table("cancellation_emails")  # the statuses are 0007's to undo
