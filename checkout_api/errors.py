@@ -81,7 +81,10 @@ def field_name(loc: Sequence[str | int]) -> str:
 
 
 def validation_problem(
-    errors: Iterable[tuple[str, str]], *, slug: str = "validation-error"
+    errors: Iterable[tuple[str, str]],
+    *,
+    slug: str = "validation-error",
+    title: str = "Request validation failed",
 ) -> ProblemResponse:
     """A 422 listing each (field, message)."""
     listed = [{"field": field, "message": message} for field, message in errors]
@@ -90,7 +93,7 @@ def validation_problem(
         422,
         f"invalid input: {names}",
         type_=problem_type(slug),
-        title="Request validation failed",
+        title=title,
         errors=listed,
     )
 
@@ -174,7 +177,12 @@ async def _on_already_paid(request: Request, exc: Exception) -> Response:
 
 
 async def _on_key_reused(request: Request, exc: Exception) -> Response:
-    return validation_problem([(IDEMPOTENCY_HEADER, str(exc))], slug="idempotency-key-reused")
+    # Its own title: a client that reads titles must not take it for a malformed request.
+    return validation_problem(
+        [(IDEMPOTENCY_HEADER, str(exc))],
+        slug="idempotency-key-reused",
+        title="Idempotency key reused for another order",
+    )
 
 
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:

@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     email_url: AnyUrl | None = None
     production_url: AnyUrl | None = None
 
-    # Health and metrics endpoint of a worker (relay, saga, consumers). Unset: the
-    # part's own default port (8002-8006); 0: any free port.
+    # Health and metrics endpoint of a worker (relay, saga, consumers). Unset or 0: a
+    # port free at start (`checkout up` picks one per part and lists them); a number N:
+    # that port (under `checkout up`: N for the relay, N+1 for the saga, and so on).
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
 

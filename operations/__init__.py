@@ -1,1 +1,1 @@
-"""What operators use: reading and repairing the system; not on the hot path."""
+"""What operators use: dead letters, the timeline, stuck work, the event log, the console."""

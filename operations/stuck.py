@@ -8,7 +8,7 @@ cancellation) not final for longer than a threshold, with what it waits for:
 - an outbox row not published, and for how long (the relay is down or failing);
 - the Payment Service, when its last reconciliation got no answer;
 - a message parked in a dead-letter queue (`attach_dead_letters` reads the queues
-  without consuming: `infra.timeline.query.scan_dead_letters`), with the replay that
+  without consuming: `operations.timeline.query.scan_dead_letters`), with the replay that
   repairs it.
 
 `count_stuck` is the cheap part alone (one statement), for the gauge `checkout_stuck`
@@ -35,21 +35,16 @@ from typing import Any
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractConnection
-from prometheus_client import Gauge
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from infra.messaging.topology import Topology
-from infra.timeline.query import scan_dead_letters
+from infra.metrics import STUCK
+from operations.timeline.query import scan_dead_letters
 
 log = structlog.get_logger()
 
-STUCK = Gauge(
-    "checkout_stuck",
-    "Checkouts and cancellations not final for longer than the stuck threshold",
-    ["kind", "state"],
-)
 DEFAULT_OLDER_THAN = timedelta(minutes=5)
 GAUGE_INTERVAL = 30.0
 KINDS_STATES = {

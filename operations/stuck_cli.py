@@ -21,11 +21,11 @@ from rich.table import Table
 from sqlalchemy import text
 
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
-from infra.cli.trace import _rabbit
+from infra.cli.supervisor import known_health_ports
 from infra.db.session import create_engine
-from infra.health import DEFAULT_PORTS
 from infra.messaging.topology import Topology
 from infra.settings import Settings
+from operations.cli.trace import _rabbit
 from operations.stuck import (
     DEFAULT_OLDER_THAN,
     Report,
@@ -100,8 +100,8 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
             await attach_dead_letters(found, rabbit, Topology.from_settings(settings))
             report.dead_letters_read = True
         report.broker_error = error
-    if found:
-        port = settings.health_port or DEFAULT_PORTS["saga"]
+    port = known_health_ports(settings).get("saga")
+    if found and port:
         url = f"http://{settings.health_host}:{port}/metrics"
         open_ = await open_breakers(url)
         if open_:

@@ -20,10 +20,10 @@ from typing import Annotated, Any
 import typer
 
 from infra.cli.apikey import apikey_app
-from infra.cli.dlq import dlq_app
 from infra.cli.output import fail, quiet_loggers, settings_or_exit
-from infra.cli.trace import trace
 from infra.settings import Settings
+from operations.cli.dlq import dlq_app
+from operations.cli.trace import trace
 from operations.stuck_cli import stuck
 
 # Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).

@@ -342,7 +342,7 @@ class DlqAuditEntry(Base):
 class CheckoutEvent(Base):
     """One hop of a checkout that no other table records: a publish, a retry, a
     dead-lettering, a payment attempt... Written by `infra.timeline.record`, read by
-    `checkout trace` (`infra.timeline.query`)."""
+    `checkout trace` (`operations.timeline.query`)."""
 
     __tablename__ = "checkout_events"
     __table_args__ = (

@@ -23,7 +23,6 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from opentelemetry import context as otel_context
-from prometheus_client import REGISTRY
 from purgatory import AsyncCircuitBreakerFactory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +34,7 @@ from infra.http import ServiceClient, build_breakers, build_http_client
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
 from infra.messaging.publisher import Publisher, connection_lost
 from infra.messaging.topology import Topology, declare_topology
+from infra.metrics import registry_for
 from infra.settings import Settings
 from infra.timeline.record import Event, write_events
 from infra.tracing import extract, spans_recorded
@@ -135,7 +135,7 @@ class Worker:
             # FastStream's own per-handler counters and durations, on the registry
             # our health endpoint serves.
             middlewares=[
-                RabbitPrometheusMiddleware(registry=REGISTRY, app_name=component),
+                RabbitPrometheusMiddleware(registry=registry_for(component), app_name=component),
                 # Continues the trace carried in each message's headers (W3C
                 # traceparent) around the handler, so what it writes joins it; with
                 # a consumer span per message only if spans are recorded.

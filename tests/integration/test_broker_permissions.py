@@ -34,11 +34,6 @@ from checkout_api.broker import BrokerLink
 from consumers.main import build_worker as build_consumer
 from contracts import ChargePayment
 from infra.db.session import UnitOfWork
-from infra.dlq import inspect
-from infra.dlq.letters import DeadLetter
-from infra.dlq.purge import purge
-from infra.dlq.replay import REPLAY_COUNT, replay
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.permissions import BrokerUser, broker_users, render_definitions
 from infra.messaging.publisher import Outgoing, Publisher
@@ -48,6 +43,11 @@ from infra.messaging.topology import (
     delete_topology,
 )
 from infra.settings import Settings, load_settings
+from operations.dlq import inspect
+from operations.dlq.letters import DeadLetter
+from operations.dlq.purge import purge
+from operations.dlq.replay import REPLAY_COUNT, replay
+from operations.dlq.selection import Selection
 from saga.main import build_worker as build_saga
 from tests.support.amqp import take
 from tests.support.polling import eventually

@@ -21,15 +21,15 @@ from sqlalchemy import text
 from contracts import CancelProductionOrder, RefundPayment
 from infra.db.models import ProductionSubmission
 from infra.db.session import UnitOfWork
-from infra.dlq.letters import DeadLetter
-from infra.dlq.operations import replay_recorded
-from infra.dlq.reading import reading
-from infra.dlq.selection import Selection
 from infra.messaging.outbox import outbox_row
 from infra.messaging.publisher import Outgoing
 from infra.messaging.topology import Topology
-from infra.timeline.query import trace as load_trace
-from infra.timeline.render import trace_json
+from operations.dlq.letters import DeadLetter
+from operations.dlq.operations import replay_recorded
+from operations.dlq.reading import reading
+from operations.dlq.selection import Selection
+from operations.timeline.query import trace as load_trace
+from operations.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 from tests.support.seed import paid_order as seed_paid_order

@@ -8,15 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from infra.dlq.errors import UnknownQueue
-from infra.dlq.letters import DeadLetter, jsonable
-from infra.dlq.outcome import Outcome
-from infra.dlq.pacing import Pacer
-from infra.dlq.queues import resolve
-from infra.dlq.replay import REPLAY_COUNT, REPLAYED_AT, replay_headers
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.topology import Topology
+from operations.dlq.errors import UnknownQueue
+from operations.dlq.letters import DeadLetter, jsonable
+from operations.dlq.outcome import Outcome
+from operations.dlq.pacing import Pacer
+from operations.dlq.queues import resolve
+from operations.dlq.replay import REPLAY_COUNT, REPLAYED_AT, replay_headers
+from operations.dlq.selection import Selection
 
 TOPOLOGY = Topology("ns", (100, 200))
 NOW = datetime(2026, 11, 22, 10, 0, 1, tzinfo=UTC)

@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
-from infra.timeline.merge import (
+from infra.timeline.record import Event, event, published_events
+from operations.timeline.merge import (
     AuditRow,
     BrokerScan,
     CheckoutRow,
@@ -27,8 +28,7 @@ from infra.timeline.merge import (
     format_ms,
     order_entries,
 )
-from infra.timeline.record import Event, event, published_events
-from infra.timeline.render import print_trace, trace_json
+from operations.timeline.render import print_trace, trace_json
 
 T0 = datetime(2026, 11, 22, 9, 0, 0, tzinfo=UTC)
 ORDER_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from infra.dlq.errors import UnknownQueue
 from infra.messaging.topology import ConsumedQueue, Topology
+from operations.dlq.errors import UnknownQueue
 
 
 def resolve(topology: Topology, name: str) -> ConsumedQueue:

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractConnection
 
 from infra.db.session import UnitOfWork
-from infra.dlq import audit
-from infra.dlq.errors import Interrupted
-from infra.dlq.outcome import Outcome, Progress
-from infra.dlq.purge import purge
-from infra.dlq.replay import replay
-from infra.dlq.selection import Selection
 from infra.messaging.topology import ConsumedQueue
+from operations.dlq import audit
+from operations.dlq.errors import Interrupted
+from operations.dlq.outcome import Outcome, Progress
+from operations.dlq.purge import purge
+from operations.dlq.replay import replay
+from operations.dlq.selection import Selection
 
 
 async def replay_recorded(
@@ -36,7 +36,7 @@ async def replay_recorded(
     dry_run: bool = False,
     on_progress: Progress | None = None,
 ) -> Outcome:
-    """Replay the selected messages of `queue.dlq` (see `infra.dlq.replay`) and record it."""
+    """Replay the selected messages of `queue.dlq` (see `operations.dlq.replay`) and record it."""
     if dry_run:
         return await replay(connection, queue, selection, dry_run=True, on_progress=on_progress)
     await audit.ensure_available(uow)
@@ -58,7 +58,7 @@ async def purge_recorded(
     reason: str | None = None,
     on_progress: Progress | None = None,
 ) -> Outcome:
-    """Drop the selected messages of `queue.dlq` (see `infra.dlq.purge`) and record it."""
+    """Drop the selected messages of `queue.dlq` (see `operations.dlq.purge`) and record it."""
     await audit.ensure_available(uow)
     return await _recorded(
         uow,

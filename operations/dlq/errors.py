@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from infra.dlq.outcome import Outcome
+    from operations.dlq.outcome import Outcome
 
 
 class DlqError(Exception):

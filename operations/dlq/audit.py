@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db.models import DlqAuditEntry
 from infra.db.session import UnitOfWork
-from infra.dlq.errors import AuditUnavailable
-from infra.dlq.outcome import Outcome
+from operations.dlq.errors import AuditUnavailable
+from operations.dlq.outcome import Outcome
 
 COMPLETED = "completed"
 INTERRUPTED = "interrupted"

@@ -7,9 +7,9 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from infra.dlq.letters import DeadLetter
-from infra.dlq.reading import depth, reading
 from infra.messaging.topology import ConsumedQueue, Topology
+from operations.dlq.letters import DeadLetter
+from operations.dlq.reading import depth, reading
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError
 
-from infra.dlq.errors import Interrupted
-from infra.dlq.outcome import Outcome, Progress
-from infra.dlq.reading import reading
-from infra.dlq.selection import Selection
 from infra.messaging.topology import ConsumedQueue
+from operations.dlq.errors import Interrupted
+from operations.dlq.outcome import Outcome, Progress
+from operations.dlq.reading import reading
+from operations.dlq.selection import Selection
 
 
 async def purge(

@@ -1,6 +1,6 @@
 """`checkout dlq ...`: list, show, replay and purge dead-lettered messages; the audit log.
 
-A thin shell around `infra.dlq`: it checks the usage, connects, runs one async
+A thin shell around `operations.dlq`: it checks the usage, connects, runs one async
 function and prints the result: tables (and a progress bar) on a terminal, one JSON
 document on a pipe or with `--json`. Errors are one line on stderr: exit 1 when
 something is down or failed (saying what to start), 2 for bad usage (saying what
@@ -28,18 +28,18 @@ from rich.text import Text
 
 from infra.cli.output import console, fail, is_terminal, print_json, quiet_loggers, settings_or_exit
 from infra.db.session import UnitOfWork, create_engine
-from infra.dlq import audit, inspect, operations
-from infra.dlq.audit import AuditRecord
-from infra.dlq.errors import AuditUnavailable, Interrupted, QueueNotDeclared, UnknownQueue
-from infra.dlq.inspect import Peek, QueueDepth
-from infra.dlq.letters import DeadLetter
-from infra.dlq.outcome import Outcome, Progress
-from infra.dlq.queues import resolve
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.connect import broker_failure, connect
 from infra.messaging.topology import ConsumedQueue, Topology
 from infra.settings import Settings
+from operations.dlq import audit, inspect, operations
+from operations.dlq.audit import AuditRecord
+from operations.dlq.errors import AuditUnavailable, Interrupted, QueueNotDeclared, UnknownQueue
+from operations.dlq.inspect import Peek, QueueDepth
+from operations.dlq.letters import DeadLetter
+from operations.dlq.outcome import Outcome, Progress
+from operations.dlq.queues import resolve
+from operations.dlq.selection import Selection
 
 T = TypeVar("T")
 

@@ -18,13 +18,13 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
 
-from infra.dlq.errors import Interrupted
-from infra.dlq.outcome import Outcome, Progress
-from infra.dlq.pacing import Pacer
-from infra.dlq.reading import ensure_declared, reading
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.topology import ConsumedQueue
+from operations.dlq.errors import Interrupted
+from operations.dlq.outcome import Outcome, Progress
+from operations.dlq.pacing import Pacer
+from operations.dlq.reading import ensure_declared, reading
+from operations.dlq.selection import Selection
 
 REPLAY_COUNT = "x-replay-count"
 REPLAYED_AT = "x-replayed-at"

@@ -1,11 +1,11 @@
 """Loading one checkout's (or one order's) timeline: the rows from PostgreSQL, and
-optionally the messages parked in the dead-letter queues. Merging is `infra.timeline.merge`.
+optionally the messages parked in the dead-letter queues. Merging is `operations.timeline.merge`.
 
 Every statement is an index look-up by checkout or order id, except two that are
 small by design: `outbox` (the relay deletes what it published, so it holds only what
 is stuck) and `dlq_audit`, found through its GIN index on `message_ids`.
 
-Reading the dead-letter queues uses `infra.dlq.reading`: messages are taken with
+Reading the dead-letter queues uses `operations.dlq.reading`: messages are taken with
 `basic.get`, never acked, and return to their queue in their order when the channel
 closes. Each queue is read up to `scan_limit` messages; a deeper queue is reported as
 partly read.
@@ -23,14 +23,15 @@ from aio_pika.exceptions import AMQPError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infra.dlq.errors import QueueNotDeclared
-from infra.dlq.letters import DeadLetter
-from infra.dlq.reading import reading
-from infra.dlq.replay import REPLAY_COUNT
 from infra.logging import mask_email
 from infra.messaging import failures
 from infra.messaging.topology import Topology
-from infra.timeline.merge import (
+from infra.timeline.record import Event
+from operations.dlq.errors import QueueNotDeclared
+from operations.dlq.letters import DeadLetter
+from operations.dlq.reading import reading
+from operations.dlq.replay import REPLAY_COUNT
+from operations.timeline.merge import (
     AuditRow,
     BrokerScan,
     CheckoutRow,
@@ -45,7 +46,6 @@ from infra.timeline.merge import (
     build,
     message_types,
 )
-from infra.timeline.record import Event
 
 EVENT_LIMIT = 5000  # per trace; a checkout retried without end should not flood the screen
 SCAN_LIMIT = 5000  # messages read per dead-letter queue
@@ -249,7 +249,7 @@ def _header_time(value: Any) -> datetime | None:
 
 
 def letter_row(letter: DeadLetter, queue: str, dlq: str) -> LetterRow:
-    """What the timeline needs of a dead-lettered message (`infra.dlq.letters.DeadLetter`)."""
+    """What the timeline needs of a dead-lettered message (`operations.dlq.letters.DeadLetter`)."""
     headers = letter.headers
     replays = headers.get(REPLAY_COUNT)
     return LetterRow(

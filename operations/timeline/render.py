@@ -15,7 +15,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from infra.timeline.merge import (
+from operations.timeline.merge import (
     CheckoutTrace,
     Entry,
     LetterRow,

@@ -34,9 +34,9 @@ from infra.db.session import create_engine
 from infra.messaging.connect import broker_address, connect
 from infra.messaging.topology import Topology
 from infra.settings import Settings
-from infra.timeline.merge import Trace
-from infra.timeline.query import trace as load_trace
-from infra.timeline.render import print_trace, trace_json
+from operations.timeline.merge import Trace
+from operations.timeline.query import trace as load_trace
+from operations.timeline.render import print_trace, trace_json
 
 BROKER_TIMEOUT = 5.0
 

@@ -1,5 +1,5 @@
 """Merging what every table (and the dead-letter queues) knows of a checkout into one
-timeline. Pure: rows in, `Trace` out, no I/O (`infra.timeline.query` loads the rows).
+timeline. Pure: rows in, `Trace` out, no I/O (`operations.timeline.query` loads the rows).
 
 Where each line comes from:
 

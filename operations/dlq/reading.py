@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from infra.dlq.errors import QueueNotDeclared
+from operations.dlq.errors import QueueNotDeclared
 
 
 @dataclass(frozen=True)
