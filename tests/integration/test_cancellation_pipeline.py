@@ -15,7 +15,6 @@ from typing import Any
 
 import aio_pika
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from contracts import CancelProductionOrder, RefundPayment
@@ -24,6 +23,7 @@ from infra.db.session import UnitOfWork
 from infra.messaging.outbox import outbox_row
 from infra.messaging.publisher import Outgoing
 from infra.messaging.topology import Topology
+from infra.metrics import registry_for
 from operations.dlq.letters import DeadLetter
 from operations.dlq.operations import replay_recorded
 from operations.dlq.reading import reading
@@ -537,7 +537,7 @@ async def test_metrics_count_cancellations_by_state_and_refunds_by_outcome(
     pipeline: Pipeline,
 ) -> None:
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+        return registry_for("saga").get_sample_value(name, labels) or 0.0
 
     refunds = sample("checkout_refunds_total", outcome="succeeded")
     moved = sample(
