@@ -170,6 +170,10 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
 
+    # The event log (`{ns}.orders.log`, a stream): days an event is kept. RabbitMQ drops
+    # whole segments once every event in them is older.
+    event_log_days: int = Field(default=30, ge=1, le=3650)
+
     # Security. Requests per API key and API process, in the `limits` notation
     # ("100/second", "1000/minute", several separated by ";").
     api_rate_limit: str = "100/second"

@@ -271,7 +271,7 @@ async def test_relay_user_publishes_to_the_orders_and_internal_exchanges(
     publisher = await Publisher.connect(broker.urls["relay"])
     try:
         await declare_topology(publisher.channel, topology)
-        # A key only the journal is bound to: published (confirmed and routed) and kept
+        # A key only the event log is bound to: published (confirmed and routed) and kept
         # there, reaching no consumer's queue.
         event = order_paid_event(
             order_name="Permission check", amount=Decimal("5.00"), currency="EUR"
