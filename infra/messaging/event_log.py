@@ -22,6 +22,7 @@ import contextlib
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed
+from pamqp.common import FieldTable
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +34,7 @@ def max_age(days: int) -> str:
     return f"{days}D"
 
 
-def stream_arguments(days: int) -> dict[str, str]:
+def stream_arguments(days: int) -> FieldTable:
     return {"x-queue-type": "stream", "x-max-age": max_age(days)}
 
 
