@@ -21,6 +21,7 @@ import typer
 
 from infra.cli.apikey import apikey_app
 from infra.cli.dlq import dlq_app
+from infra.cli.events import events_app
 from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.cli.trace import trace
 from infra.settings import Settings
@@ -214,4 +215,5 @@ def contracts(
 # Sub-apps, one line each (with their import at the top):
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(events_app, name="events")
 app.command()(trace)
