@@ -515,7 +515,7 @@ def history_table(records: list[AuditRecord]) -> Table:
             _when(r.at),
             Text(r.actor),
             r.action,
-            r.dlq,
+            f"{r.dlq} → {r.queue}" if r.action == "backfill" else r.dlq,  # log → queue
             str(r.messages),
             outcome,
             Text(r.reason or ""),

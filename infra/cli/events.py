@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import rich.box
 import rich.progress
 import typer
 from aio_pika.abc import AbstractConnection
@@ -401,20 +402,20 @@ def _title(listing: Listing) -> str:
 
 
 def events_table(events: list[LoggedEvent], title: str) -> Table:
-    """`events list` and a dry run on a terminal."""
-    table = Table(title=title)
+    """`events list` and a dry run on a terminal: two lines an event, so that the ids fit
+    whole on 80 columns."""
+    table = Table(title=title, box=rich.box.SIMPLE_HEAD)
     table.add_column("Offset", justify="right", no_wrap=True)
     table.add_column("Time (UTC)", no_wrap=True)
     table.add_column("Type", no_wrap=True)
-    table.add_column("Order", no_wrap=True)
-    table.add_column("Message id", no_wrap=True)
+    table.add_column("Order / message id", no_wrap=True)
     for event in events:
+        when = _when(event.timestamp).replace(" ", "\n")
         table.add_row(
             str(event.offset),
-            _when(event.timestamp),
+            when,
             Text(event.message_type or "-"),
-            Text(event.order_id or "-"),
-            Text(event.message_id or "-"),
+            Text(f"{event.order_id or '-'}\n{event.message_id or '-'}"),
         )
     return table
 
