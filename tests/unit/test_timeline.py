@@ -556,3 +556,26 @@ def test_event_parses_string_ids_and_clips_the_detail() -> None:
     assert len(made.detail) == 2000
     with pytest.raises(ValueError, match="not a UUID"):
         event(checkout_id="nope", source="email", kind="x")
+
+
+def test_a_backfill_of_the_checkouts_event_is_on_its_timeline() -> None:
+    sources = paid_sources()
+    sources.audit = [
+        AuditRow(
+            9,
+            at(9000),
+            "ada",
+            "backfill",
+            "billing.order-paid",
+            "checkout.orders.log",
+            [str(PAID_ID)],
+            "billing joined late",
+            "completed",
+        )
+    ]
+    [one] = build(sources).checkouts
+    [copy] = [e for e in one.entries if e.kind == "message.backfilled"]
+    assert copy.what == "OrderPaid backfilled from checkout.orders.log to billing.order-paid by ada"
+    assert copy.source == "events"
+    assert copy.detail is not None
+    assert "reason: billing joined late" in copy.detail
