@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
 
 from infra.dlq.pacing import Pacer
 from operations.events.errors import BackfillStopped, BadTarget, LogLost, QueueMissing
@@ -162,7 +162,9 @@ async def backfill(
                     on_progress(outcome)
     except LogLost as exc:
         raise BackfillStopped(outcome, exc.cause) from exc
-    except (AMQPError, OSError) as exc:  # OSError covers timeouts and lost sockets
+    # OSError covers timeouts and lost sockets; a channel closed under us is a
+    # ChannelInvalidStateError (a RuntimeError).
+    except (AMQPError, OSError, ChannelInvalidStateError) as exc:
         raise BackfillStopped(outcome, exc) from exc
     finally:
         if publisher is not None:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
 
 from operations.events.errors import LogLost, LogNotDeclared
 from operations.events.event import LoggedEvent
@@ -124,7 +124,7 @@ async def _attach(
         channel.close_callbacks.add(attached.on_close)
         await queue.consume(attached.on_message, arguments={"x-stream-offset": start})
         yield attached
-    except (AMQPError, OSError) as exc:
+    except (AMQPError, OSError, ChannelInvalidStateError) as exc:
         raise LogLost(exc) from exc
     finally:
         with contextlib.suppress(AMQPError, OSError):
@@ -166,5 +166,5 @@ async def read_log(
                 yield event
             try:
                 await message.ack()
-            except (AMQPError, OSError) as exc:
+            except (AMQPError, OSError, ChannelInvalidStateError) as exc:
                 raise LogLost(exc) from exc

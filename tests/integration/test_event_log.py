@@ -30,7 +30,7 @@ from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.events.backfill import BackfillOutcome, backfill
-from operations.events.errors import BackfillStopped, QueueMissing
+from operations.events.errors import BackfillStopped, LogLost, QueueMissing
 from operations.events.event import LoggedEvent
 from operations.events.listing import list_events
 from operations.events.operations import backfill_recorded
@@ -525,3 +525,60 @@ def _count(received: list[Delivery], stats: Stats | None = None) -> Callable[[],
         return len(received) + (stats.duplicates if stats else 0)
 
     return probe
+
+
+async def test_a_broker_lost_while_listing_is_an_error_not_the_end_of_the_log(
+    uow: UnitOfWork,
+    relay: OutboxRelay,
+    topology: Topology,
+    connection: aio_pika.abc.AbstractConnection,
+) -> None:
+    sent = await publish(uow, relay, [order_paid_event() for _ in range(3)])
+    first = (await logged(connection, topology, sent))[0]
+    closing: list[asyncio.Task[None]] = []
+
+    def lose_the_broker(listing: object) -> None:
+        if not closing:
+            closing.append(asyncio.get_running_loop().create_task(connection.close()))
+
+    with pytest.raises(LogLost):
+        await list_events(
+            connection,
+            topology.event_log,
+            EventSelection(since_offset=first.offset),
+            started=datetime.now(UTC),
+            patience=QUICK,
+            on_progress=lose_the_broker,
+        )
+
+
+async def test_a_target_queue_deleted_during_a_backfill_stops_it_and_says_how_far_it_got(
+    uow: UnitOfWork,
+    relay: OutboxRelay,
+    topology: Topology,
+    connection: aio_pika.abc.AbstractConnection,
+    channel: aio_pika.abc.AbstractChannel,
+    team_queue: str,
+) -> None:
+    sent = await publish(uow, relay, [order_paid_event() for _ in range(4)])
+    first = (await logged(connection, topology, sent))[0]
+    deleting: list[asyncio.Task[object]] = []
+
+    def delete_the_queue_after_two(outcome: BackfillOutcome) -> None:
+        if outcome.count == 2 and not deleting:
+            deleting.append(
+                asyncio.get_running_loop().create_task(channel.queue_delete(team_queue))
+            )
+
+    with pytest.raises(BackfillStopped) as stopped:
+        await run_backfill(
+            connection,
+            topology,
+            team_queue,
+            EventSelection(since_offset=first.offset),
+            rate=20.0,  # time for the delete to land between two copies
+            on_progress=delete_the_queue_after_two,
+        )
+    assert stopped.value.outcome.count == 2
+    assert stopped.value.outcome.message_ids == [s.message_id for s in sent[:2]]
+    await channel.declare_queue(team_queue, durable=True)  # for the fixture's clean-up

@@ -29,6 +29,7 @@ from infra.settings import Settings
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
 from tests.support.seed import order_paid_event
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +255,46 @@ async def test_ctrl_c_stops_a_backfill_which_says_how_to_resume(
         ("completed", 8 - copied),
     ]
     assert datetime.fromisoformat(entries[0]["at"]) <= datetime.now(UTC)
+
+
+async def test_what_is_down_or_missing_ends_with_one_line_and_exit_1(
+    settings: Settings, topology: Topology, team_queue: str
+) -> None:
+    def run(*args: str, **env: str) -> Result:
+        return runner.invoke(events_app, list(args), env={"CHECKOUT_ACTOR": "tester", **env})
+
+    no_topology = await asyncio.to_thread(
+        run, "list", "--since", "1h", CHECKOUT_NAMESPACE=f"nothing_{uuid.uuid4().hex[:6]}"
+    )
+    assert no_topology.exit_code == 1
+    assert "does not exist on the broker" in no_topology.output
+    assert "checkout declare" in no_topology.output
+
+    port = free_port()
+    no_broker = await asyncio.to_thread(
+        run, "list", CHECKOUT_RABBIT_URL=f"amqp://guest:guest@127.0.0.1:{port}/"
+    )
+    assert no_broker.exit_code == 1
+    assert f"127.0.0.1:{port}" in no_broker.output
+    assert len(no_broker.output.strip().splitlines()) == 1
+
+    base = settings.database_url.get_secret_value().rsplit("/", 1)[0]
+    no_database = await asyncio.to_thread(
+        run,
+        "backfill",
+        "--to-queue",
+        team_queue,
+        "--since",
+        "1h",
+        "--reason",
+        "r",
+        CHECKOUT_DATABASE_URL=f"{base.rsplit(':', 1)[0]}:{free_port()}/nowhere",
+    )
+    assert no_database.exit_code == 1
+    assert "nothing was copied" in no_database.output
+
+    into_the_log = await cli(
+        events_app, "backfill", "--to-queue", topology.event_log, "--since", "1h", "--reason", "r"
+    )
+    assert into_the_log.exit_code == 2
+    assert "is the event log itself" in into_the_log.output
