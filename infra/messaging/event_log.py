@@ -75,6 +75,10 @@ async def retire_journal(connection: AbstractConnection, journal: str, exchange:
     deleted. With messages left (older events, not in the stream), it stays: they expire
     by the queue's own age limit (7 days), after which the next `checkout declare`
     deletes it; an operator who does not need them removes it at once.
+
+    Never fails the declaration it is part of: a broker user without the rights to
+    unbind or delete it (the generated permissions no longer name it) gets a warning
+    saying how to remove it by hand.
     """
     channel = await connection.channel(publisher_confirms=False)
     try:
@@ -82,7 +86,15 @@ async def retire_journal(connection: AbstractConnection, journal: str, exchange:
             queue = await channel.declare_queue(journal, passive=True)
         except ChannelNotFoundEntity:
             return None  # never had one, or already retired
-        await queue.unbind(exchange, routing_key=ROUTING_KEY)
+        try:
+            await queue.unbind(exchange, routing_key=ROUTING_KEY)
+        except AMQPError as exc:
+            note = (
+                f"the old journal queue {journal} could not be retired ({exc}); the event "
+                f"log replaces it: remove it with rabbitmqctl delete_queue {journal}"
+            )
+            log.warning("event_log.journal_not_retired", queue=journal, note=note)
+            return note
         left = queue.declaration_result.message_count or 0
         if left == 0:
             try:
