@@ -10,6 +10,8 @@ import pytest
 
 from infra.cli.events import resume_command
 from infra.messaging.event_log import max_age, retention_policy_command
+from infra.messaging.topology import Topology
+from infra.settings import SettingsError, load_settings
 from operations.events.backfill import BackfillOutcome
 from operations.events.event import LoggedEvent
 from operations.events.reading import ATTACH_MARGIN, LATE_MARGIN, Window
@@ -129,3 +131,18 @@ def test_retention_is_in_days_and_a_policy_changes_it() -> None:
     command = retention_policy_command("checkout.orders.log", 60)
     assert "'^checkout\\.orders\\.log$'" in command
     assert '"max-age":"60D"' in command
+
+
+def test_the_retention_setting_defaults_to_30_days_and_a_bad_one_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CHECKOUT_EVENT_LOG_DAYS", raising=False)
+    assert load_settings().event_log_days == 30
+    assert Topology.from_settings(load_settings(event_log_days=7)).event_log_days == 7
+    for bad in ("abc", "0", "-3", "1.5"):
+        monkeypatch.setenv("CHECKOUT_EVENT_LOG_DAYS", bad)
+        with pytest.raises(SettingsError) as caught:
+            load_settings()
+        message = str(caught.value)
+        assert message.startswith("CHECKOUT_EVENT_LOG_DAYS: ")
+        assert "\n" not in message
