@@ -1,10 +1,10 @@
 """Message contracts of the checkout system: the public, versioned part.
 
 Public events (``OrderPaid``, ``OrderPaymentFailed``) are what downstream teams
-subscribe to; the internal saga messages are documented here too, but may change.
+subscribe to; the internal saga command is documented here too, but may change.
 """
 
-from contracts.commands import ChargePayment, CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from contracts.commands import ChargePayment
 from contracts.envelope import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
 from contracts.events import PUBLIC_EVENTS, Customer, Money, OrderPaid, OrderPaymentFailed
 
@@ -13,12 +13,9 @@ __all__ = [
     "PUBLIC_EVENTS",
     "SCHEMA_VERSION_HEADER",
     "ChargePayment",
-    "CheckoutRequested",
     "Customer",
     "Message",
     "Money",
     "OrderPaid",
     "OrderPaymentFailed",
-    "PaymentDeclined",
-    "PaymentSucceeded",
 ]

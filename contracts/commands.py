@@ -1,27 +1,16 @@
-"""Internal messages of the checkout saga on ``{namespace}.internal``.
+"""Internal commands of the checkout saga on ``{namespace}.internal``.
 
 Commands are imperative and have exactly one handler (``ChargePayment`` -> the payment
-step). ``CheckoutRequested`` starts the saga; ``PaymentSucceeded``/``PaymentDeclined``
-are the payment step's replies to the orchestrator. Not part of the public contract.
+step). The step applies its outcome to the saga itself, in one transaction, so no reply
+travels back through the broker. Not part of the public contract.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 from contracts.envelope import Message
 from contracts.events import Money
-
-
-class CheckoutRequested(Message):
-    """A client asked to check out an order; the saga takes it from here."""
-
-    routing_key = "checkout.requested"
-
-    checkout_id: UUID
-    order_id: UUID
-    requested_at: datetime
 
 
 class ChargePayment(Message):
@@ -34,29 +23,3 @@ class ChargePayment(Message):
     payment_id: UUID
     amount: Money
     currency: str
-
-
-class PaymentSucceeded(Message):
-    """The Payment Service took the money."""
-
-    routing_key = "payment.succeeded"
-
-    checkout_id: UUID
-    payment_id: UUID
-    provider_payment_id: str
-    succeeded_at: datetime
-    attempts: int = 1
-    """Calls to the Payment Service this outcome took (retries included)."""
-
-
-class PaymentDeclined(Message):
-    """The Payment Service refused the charge: a business outcome, not an error."""
-
-    routing_key = "payment.declined"
-
-    checkout_id: UUID
-    payment_id: UUID
-    reason: str
-    declined_at: datetime
-    attempts: int = 1
-    """Calls to the Payment Service this outcome took (retries included)."""

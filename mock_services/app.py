@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from infra.settings import Settings
 from mock_services.control import control_router, validation_problem
 from mock_services.emails import EMAILS
+from mock_services.payment_lookup import payment_lookup_router
 from mock_services.payments import PAYMENTS
 from mock_services.production import PRODUCTION
 from mock_services.routes import service_router
@@ -45,6 +46,7 @@ def create_app(
     app = FastAPI(title="Simulated external services", version="1.0")
     for service in services:
         app.include_router(service_router(service))
+    app.include_router(payment_lookup_router(services[0]))
     app.include_router(control_router(services))
     app.add_exception_handler(RequestValidationError, validation_problem)
     return app

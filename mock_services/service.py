@@ -3,7 +3,9 @@
 For each request: count the attempt under the key's lock, then answer 503 if the outage
 switch is on or the random failure strikes, else replay the key's stored answer, else
 validate the body and let the service decide. Final answers are stored before any sleep,
-so a retry that arrives while a slow first request is still sleeping sees the effect.
+so a retry that arrives while a slow first request is still sleeping sees the effect;
+the entry counts as answered (what `GET /payments/{key}` reports) only once an answer
+with it has been sent.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class MockService(Generic[M]):
         delay = self.chaos.latency_seconds + (self.chaos.slow_seconds if outcome.slow else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
+        if outcome.final:
+            entry.answered = True
         return outcome
 
     def _answer(self, entry: Entry, body: bytes) -> Outcome:

@@ -23,6 +23,9 @@ class Entry:
     attempts: int = 0
     final: tuple[int, JsonObject] | None = None
     """The stored answer (status code, body), replayed to every later request."""
+    answered: bool = False
+    """Whether the final answer was sent to a caller yet (a slow one may still be asleep):
+    only then can the service be asked what became of the key (`GET /payments/{key}`)."""
 
     def as_json(self, *, status_code: bool = False) -> JsonObject:
         """The inspection view: the contract's four fields, and the stored answer's status
@@ -64,6 +67,10 @@ class EffectStore:
                 self._by_key[key] = entry
         entry.attempts += 1
         return entry
+
+    def find(self, key: str) -> Entry | None:
+        """The entry of `key`, if a request carried it."""
+        return self._by_key.get(key)
 
     def entries(self) -> list[Entry]:
         """Every entry, oldest first."""

@@ -5,13 +5,7 @@ from __future__ import annotations
 import uvloop
 from faststream import FastStream
 
-from contracts import (
-    ChargePayment,
-    CheckoutRequested,
-    Message,
-    PaymentDeclined,
-    PaymentSucceeded,
-)
+from contracts import ChargePayment, Message
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
@@ -23,25 +17,14 @@ from saga.payment_step import PaymentStep
 
 
 def build_worker(settings: Settings) -> Worker:
-    """The saga process: the orchestrator's queue and the payment step's queue."""
+    """The saga process: the payment step's queue, whose outcomes the orchestrator applies."""
     worker = Worker(settings, "saga")
-
-    def saga_routes(res: Resources) -> dict[type[Message], Handler]:
-        saga = CheckoutSaga(res.uow)
-        return {
-            CheckoutRequested: saga.handle,
-            PaymentSucceeded: saga.handle,
-            PaymentDeclined: saga.handle,
-        }
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(
-            res.uow, PaymentClient(service), res.publisher, res.topology.internal_exchange
-        )
+        step = PaymentStep(res.uow, PaymentClient(service), CheckoutSaga(res.uow))
         return {ChargePayment: step.handle}
 
-    worker.consume("saga", saga_routes)
     worker.consume("payment", payment_routes)
     return worker
 

@@ -1,12 +1,18 @@
-"""The saga's shell: apply one message to one checkout in one transaction.
+"""The saga's shell: apply one input to one checkout in one transaction.
 
-Load the checkout `FOR UPDATE` (serialises concurrent messages for one checkout
-across every saga instance), claim the message in the inbox, decide with the pure
-state machine, then write the new state, its step, the effects and their outbox
-messages, and commit. A crash anywhere before the commit leaves nothing behind and
-the message is redelivered.
+Load the checkout `FOR UPDATE` (serialises concurrent inputs for one checkout across
+every saga instance), claim the input's id in the inbox, decide with the pure state
+machine, then write the new state, its step, the effects and their outbox messages,
+and commit. A crash anywhere before the commit leaves nothing behind, and whatever
+produced the input (the payment step's command) is redelivered and produces it again
+under the same id.
 
-Every message of every checkout passes here, so the statements are plain SQL on the
+The payment step applies each payment outcome here, in its own process, before it
+acks its command: no reply travels through the broker. (The first transition,
+STARTED to PAYMENT_PENDING, is applied by the API in the checkout's own statement:
+`checkout_api.usecases.checkout_order`.)
+
+Every outcome of every checkout passes here, so the statements are plain SQL on the
 transaction's psycopg connection (`UnitOfWork.transaction`): the ORM's identity map,
 change tracking and flush cost several times the statements themselves.
 """
@@ -21,22 +27,21 @@ from decimal import Decimal
 
 import structlog
 
-from contracts import ChargePayment, Customer, OrderPaid, OrderPaymentFailed
+from contracts import Customer, OrderPaid, OrderPaymentFailed
 from infra import metrics
 from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
 from infra.db.statements import Statement, as_one
 from infra.messaging import inbox
-from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure
 from infra.messaging.outbox import outbox_row
+from saga.inputs import SagaInput
 from saga.state_machine import (
     CheckoutState,
     CompletePayment,
     Effect,
     FailPayment,
     RequestPayment,
-    SagaInput,
     Transition,
     decide,
 )
@@ -56,15 +61,11 @@ _LOAD = (
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
     " ORDER BY c.checkout_id FOR UPDATE OF c"
 )
-"""The messages claimed in the inbox, and their checkouts, locked (in id order, so two
+"""The inputs claimed in the inbox, and their checkouts, locked (in id order, so two
 batches never wait on each other crosswise), each with its order and its payment if it
 has one yet (only the saga writes payments, under this lock, so the row cannot change
 before the commit). A duplicate of a message being applied waits, on the lock or on
 the first copy's inbox row, until that commits, then is not claimed."""
-_INSERT_PAYMENT = (
-    "INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,"
-    " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 'PENDING', %s, %s)"
-)
 _SETTLE_PAYMENT = (
     "UPDATE payments SET status = %s, provider_payment_id = %s, failure_reason = %s,"
     " updated_at = %s WHERE payment_id = %s"
@@ -94,50 +95,55 @@ class _Loaded:
 
 
 @dataclass(frozen=True, slots=True)
-class _Applied:
-    """What applying one message did, for its handler to log and count after the commit."""
+class Applied:
+    """What applying one input did."""
 
     order_id: uuid.UUID
     previous: CheckoutState
-    transition: Transition | None  # None: a duplicate, skipped
+    transition: Transition | None  # None: its id was applied before (a duplicate), skipped
 
     @staticmethod
-    def of(checkout: _Loaded, transition: Transition | None) -> _Applied:
-        return _Applied(checkout.order_id, CheckoutState(checkout.state), transition)
+    def of(checkout: _Loaded, transition: Transition | None) -> Applied:
+        return Applied(checkout.order_id, CheckoutState(checkout.state), transition)
+
+
+Item = tuple[SagaInput, uuid.UUID]
+"""An input and its id, the inbox's key: the same for every delivery of what caused it."""
 
 
 class CheckoutSaga:
-    """Drives checkouts from STARTED to PAID or FAILED.
+    """Drives checkouts from PAYMENT_PENDING to PAID or FAILED.
 
-    The messages in hand at one moment are applied together (`infra.db.batching`), one
+    The inputs in hand at one moment are applied together (`infra.db.batching`), one
     per checkout: one transaction loads and locks their checkouts and claims them, and
-    one statement writes every transition. Anything failing in a batch (a message for
-    no checkout, say) rolls it back, and its messages are applied one by one, each in a
+    one statement writes every transition. Anything failing in a batch (an input for no
+    checkout, say) rolls it back, and its inputs are applied one by one, each in a
     transaction of its own, exactly as if they had never been batched.
     """
 
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
-        self._batcher: Batcher[tuple[SagaInput, Delivery], _Applied] = Batcher(
+        self._batcher: Batcher[Item, Applied] = Batcher(
             "saga transitions",
             self._apply_all,
-            key=lambda item: item[0].checkout_id,  # a checkout's messages in turn
+            key=lambda item: item[0].checkout_id,  # a checkout's inputs in turn
         )
 
-    async def handle(self, message: SagaInput, delivery: Delivery) -> Handled:
-        applied = await self._batcher.submit((message, delivery))
+    async def apply(self, message: SagaInput, message_id: uuid.UUID) -> Applied:
+        """Apply `message` (inbox key `message_id`) to its checkout, committed on return."""
+        applied = await self._batcher.submit((message, message_id))
         structlog.contextvars.bind_contextvars(order_id=str(applied.order_id))
         transition = applied.transition
         if transition is None:
             log.info("duplicate message skipped")
-            return Handled.DUPLICATE
+            return applied
         if transition.changed:
             metrics.SAGA_TRANSITIONS.labels(applied.previous, transition.state).inc()
         log.info("checkout transition", state=transition.state, step=transition.step.name)
-        return Handled.DONE
+        return applied
 
-    async def _apply_all(self, items: Sequence[tuple[SagaInput, Delivery]]) -> list[_Applied]:
-        """Apply each message to its checkout (one message per checkout), in one transaction."""
+    async def _apply_all(self, items: Sequence[Item]) -> list[Applied]:
+        """Apply each input to its checkout (one input per checkout), in one transaction."""
         now = datetime.now(UTC)
         # Pipelined: BEGIN travels with the claims and the locks (one statement), and
         # every write (one statement) with the COMMIT: two round trips in all.
@@ -145,25 +151,25 @@ class CheckoutSaga:
             load = await conn.execute(
                 _LOAD,
                 (
-                    [delivery.message_id for _, delivery in items],
+                    [message_id for _, message_id in items],
                     [message.checkout_id for message, _ in items],
                     CONSUMER,
                     now,
                 ),
             )
             found = {row[0]: (_Loaded(*row[:-1]), row[-1]) for row in await load.fetchall()}
-            applied: list[_Applied] = []
+            applied: list[Applied] = []
             writes: list[Statement] = []
             for message, _ in items:
                 if message.checkout_id not in found:
                     raise PermanentFailure(f"no checkout {message.checkout_id}")
                 checkout, claimed = found[message.checkout_id]
                 if not claimed:
-                    applied.append(_Applied.of(checkout, None))
+                    applied.append(Applied.of(checkout, None))
                     continue
                 transition = decide(CheckoutState(checkout.state), message)
                 writes.extend(self._writes(transition, checkout, now))
-                applied.append(_Applied.of(checkout, transition))
+                applied.append(Applied.of(checkout, transition))
             if writes:
                 await conn.execute(*as_one(writes))
             # COMMIT as a statement of the pipeline: it travels with the writes and the
@@ -194,29 +200,12 @@ class CheckoutSaga:
         """The writes of one effect, to be run with the transition's others."""
         match effect:
             case RequestPayment():
-                payment_id = uuid.uuid4()
-                charge = ChargePayment(
-                    checkout_id=checkout.checkout_id,
-                    order_id=checkout.order_id,
-                    payment_id=payment_id,
-                    amount=checkout.amount,
-                    currency=checkout.currency,
+                # Only STARTED requests a payment, and no checkout is STARTED outside
+                # the API's own statement, which applies that transition itself.
+                raise PermanentFailure(
+                    f"checkout {checkout.checkout_id} is STARTED: its payment is requested "
+                    "by the API in the checkout's own transaction"
                 )
-                return [
-                    (
-                        _INSERT_PAYMENT,
-                        (
-                            payment_id,
-                            checkout.checkout_id,
-                            checkout.order_id,
-                            checkout.amount,
-                            checkout.currency,
-                            now,
-                            now,
-                        ),
-                    ),
-                    outbox_row(charge, correlation_id=checkout.checkout_id),
-                ]
             case CompletePayment(provider_payment_id=reference):
                 payment_id = _payment_of(checkout)
                 paid = OrderPaid(

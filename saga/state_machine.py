@@ -4,10 +4,13 @@
 STARTED ──CheckoutRequested──▶ PAYMENT_PENDING ──PaymentSucceeded──▶ PAID
                                        └────────PaymentDeclined───▶ FAILED
 ```
-PAID and FAILED are final. A message that does not fit the current state (a late
-duplicate reply, a repeated request) changes nothing; its transition says so in
-`step`, so the checkout's history shows it. The shell (`saga.orchestrator`) applies
-the effects and the new state in one transaction.
+PAID and FAILED are final. An input that does not fit the current state (a late
+duplicate outcome, a repeated request) changes nothing; its transition says so in
+`step`, so the checkout's history shows it.
+
+Each transition is applied where its input arises, in one transaction: the first by
+the API (`checkout_api.usecases.checkout_order`, in the checkout's own statement), the
+payment outcomes by the payment step through the shell (`saga.orchestrator`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from contracts import CheckoutRequested, PaymentDeclined, PaymentSucceeded
-
-SagaInput = CheckoutRequested | PaymentSucceeded | PaymentDeclined
+from saga.inputs import CheckoutRequested, PaymentDeclined, PaymentSucceeded, SagaInput
 
 
 class CheckoutState(StrEnum):

@@ -1,12 +1,19 @@
 """Check out an order: the order change, the checkout and its outbox message in one transaction.
 
+The checkout saga's first transition (STARTED to PAYMENT_PENDING: record the payment
+and command its charge) is applied here, in the checkout's own statement, as the pure
+state machine decides it (`saga.state_machine.decide`): no broker hop stands between
+the request and the charge. The checkout is written PAYMENT_PENDING with both its
+steps (the request, then `payment.requested`), the payment PENDING, and `ChargePayment`
+in the outbox.
+
 Concurrency, in the order the transaction meets it:
 
 1. An Idempotency-Key already stored answers at once with the first response, even if
    the order has been paid since; stored for another order, the request is refused.
 2. One statement (`_START`) locks the order (`FOR UPDATE` serialises every checkout of
-   it), reads its active checkout, and inserts the new checkout, its step and its
-   outbox row only if the order is not PAID and has none active.
+   it), reads its active checkout, and inserts the new checkout, its steps, its payment
+   and its outbox row only if the order is not PAID and has none active.
 3. The partial unique index checkouts_one_active_per_order is the guarantee; the lock
    only makes violating it rare. The statement reads the active checkout on the
    snapshot it started with, so one committed while it waited for the lock is missed and
@@ -34,11 +41,13 @@ from sqlalchemy.exc import IntegrityError
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
 from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
-from contracts import CheckoutRequested
+from contracts import ChargePayment
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
-from infra.messaging.outbox import outbox_message
+from infra.messaging.outbox import outbox_envelope
 from infra.tracing import current_trace_id
+from saga.inputs import CheckoutRequested
+from saga.state_machine import CheckoutState, RequestPayment, Transition, decide
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +60,7 @@ _FIND_KEY = (
 )
 _START = """
 WITH locked AS (
-    SELECT status FROM orders WHERE order_id = %(order)s FOR UPDATE
+    SELECT status, amount, currency FROM orders WHERE order_id = %(order)s FOR UPDATE
 ), active AS (
     SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
         s.name, s.status, s.at, s.detail, s.id AS step
@@ -60,18 +69,33 @@ WITH locked AS (
 ), started AS (
     INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,
         created_at, updated_at)
-    SELECT %(checkout)s, %(order)s, 'STARTED', NULL, %(trace)s::varchar, %(now)s, %(now)s
+    SELECT %(checkout)s, %(order)s, %(state)s::varchar, NULL, %(trace)s::varchar, %(now)s,
+        %(now)s
     FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
     RETURNING checkout_id
 ), step AS (
     INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
-    SELECT checkout_id, %(step)s::varchar, 'STARTED', %(now)s, %(detail)s::text FROM started
+    SELECT checkout_id, s.name, s.status, %(now)s, s.detail
+    FROM started, (VALUES (1, %(step)s::varchar, 'STARTED'::varchar, %(detail)s::text),
+        (2, %(next_step)s::varchar, %(state)s::varchar, %(next_detail)s::text))
+        AS s (n, name, status, detail)
+    ORDER BY s.n
+), payment AS (
+    INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,
+        created_at, updated_at)
+    SELECT %(payment)s, checkout_id, %(order)s, locked.amount, locked.currency, 'PENDING',
+        %(now)s, %(now)s
+    FROM started, locked
 ), message AS (
     INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id,
         headers, body, created_at)
     SELECT %(message_id)s, %(exchange)s::varchar, %(routing_key)s::varchar,
-        %(message_type)s::varchar, checkout_id, %(headers)s, %(body)s::text, %(now)s
-    FROM started
+        %(message_type)s::varchar, checkout_id, %(headers)s,
+        json_build_object('checkout_id', checkout_id, 'order_id', %(order)s::uuid,
+            'payment_id', %(payment)s::uuid, 'amount', locked.amount::text,
+            'currency', locked.currency)::text,
+        %(now)s
+    FROM started, locked
 ), reopened AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
@@ -82,6 +106,11 @@ SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
 FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
 """
 """Lock the order and start a checkout of it unless it is PAID or has an active one.
+
+The checkout starts as the saga's first transition leaves it: PAYMENT_PENDING with its
+request step and the transition's, the payment PENDING and its `ChargePayment` in the
+outbox. That command's body is built here from the locked order's own amount and
+currency (`ChargePayment`'s fields; NUMERIC(12, 2) as text is the model's "19.99").
 
 One row each: the order's status (NULL: no such order), whether the checkout was
 started, then the active checkout with one of its steps (NULLs: none). The active
@@ -193,45 +222,67 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
     )
 
 
+def first_transition(checkout_id: uuid.UUID) -> Transition:
+    """The saga's answer to a new checkout's request, as `_START` applies it.
+
+    The statement knows how to apply exactly one effect, the payment's request; a state
+    machine that answered otherwise would be applied wrongly, so it is refused here.
+    """
+    transition = decide(CheckoutState.STARTED, CheckoutRequested(checkout_id))
+    if transition.effects != (RequestPayment(),):
+        raise AssertionError(f"the checkout statement cannot apply {transition.effects!r}")
+    return transition
+
+
 def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, dict[str, Any]]:
     """The checkout `_START` inserts if it may, and the statement's parameters: the
-    checkout, its first step and its CheckoutRequested outbox row."""
+    checkout after the saga's first transition, its two steps, its payment and its
+    ChargePayment outbox row."""
     now = datetime.now(UTC)
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
+    transition = first_transition(checkout_id)
     step = StepOut(
         name=REQUESTED_STEP,
-        status="STARTED",
+        status=str(CheckoutState.STARTED),
         at=now,
         detail=_request_detail(key, trace_id),
     )
-    message = outbox_message(
-        CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now),
-        correlation_id=checkout_id,
+    moved = StepOut(
+        name=transition.step.name,
+        status=str(transition.step.status),
+        at=now,
+        detail=transition.step.detail,
     )
+    message = outbox_envelope(ChargePayment, correlation_id=checkout_id)
     params = {
         "order": order_id,
         "active": _ACTIVE_STATES,
         "checkout": checkout_id,
+        "state": str(transition.state),
         "trace": trace_id,
         "now": now,
         "step": step.name,
         "detail": step.detail,
+        "next_step": moved.name,
+        "next_detail": moved.detail,
+        "payment": uuid.uuid4(),
         "message_id": message.message_id,
         "exchange": message.exchange,
         "routing_key": message.routing_key,
         "message_type": message.message_type,
         "headers": message.headers,
-        "body": message.body,
     }
-    checkout = CheckoutOut(
-        checkout_id=checkout_id,
-        order_id=order_id,
-        state="STARTED",
-        failure_reason=None,
-        steps=[step],
-        created_at=now,
-        updated_at=now,
+    checkout = CheckoutOut.model_validate(
+        {
+            "checkout_id": checkout_id,
+            "order_id": order_id,
+            "state": str(transition.state),
+            "failure_reason": None,
+            "steps": [step, moved],
+            "created_at": now,
+            "updated_at": now,
+        }
     )
     return checkout, params
 

@@ -17,8 +17,8 @@ Who does what (names from ``infra.messaging.topology``, ``{ns}`` the namespace):
 =========  =====================================================================
 api        connects for its readiness check only; never publishes or reads
 relay      publishes outbox rows to ``{ns}.orders`` and ``{ns}.internal``
-saga       consumes ``{ns}.saga`` and ``{ns}.payment``; the payment step publishes its
-           reply to ``{ns}.internal``; retry and dead-letter copies go to
+saga       consumes ``{ns}.payment`` (the payment step applies each outcome itself, in
+           the database); retry and dead-letter copies go to
            ``{ns}.<q>.wait.<ms>`` / ``{ns}.<q>.dlq`` through the default exchange
 invoice,   each consumes ``{ns}.<name>``; retry and dead-letter copies through the
 email,     default exchange
@@ -139,7 +139,7 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
     `queue.bind` takes; the setup user still creates the queues first.
     """
     topology = Topology(namespace, ())
-    keys = list(topology.queues)  # saga, payment, invoice, email, production
+    keys = list(topology.queues)  # payment, invoice, email, production
     exchanges = ["orders", "internal"]
     event_log = r"orders\.log"
     everything = [*exchanges, event_log, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]
@@ -187,12 +187,11 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
         BrokerUser(
             "saga",
             user_name(namespace, "saga"),
-            part_rights(["internal"], ["saga", "payment"], default_exchange=True),
+            part_rights([], ["payment"], default_exchange=True),
             (),
-            f"Consumes {namespace}.saga and {namespace}.payment; the payment step publishes "
-            f"its reply to {namespace}.internal; retry and dead-letter copies go through "
-            f"amq.default. Cannot publish to {namespace}.orders (its events go through the "
-            f"outbox).{declaring}",
+            f"Consumes {namespace}.payment; the payment step applies each outcome in the "
+            f"database; retry and dead-letter copies go through amq.default. Publishes to no "
+            f"exchange of ours (its events and commands go through the outbox).{declaring}",
         ),
     ]
     for name in CONSUMER_PARTS:

@@ -3,9 +3,7 @@
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.#    ──▶ {ns}.orders.log (the event log, a stream)
-{ns}.internal  (topic)  saga messages   checkout.requested, payment.succeeded,
-                                         payment.declined ──▶ {ns}.saga
-                                         payment.charge   ──▶ {ns}.payment
+{ns}.internal  (topic)  saga commands   payment.charge ──▶ {ns}.payment
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -74,10 +72,6 @@ class Topology:
     def __post_init__(self) -> None:
         ns = self.namespace
         specs = {
-            "saga": (
-                self.internal_exchange,
-                ("checkout.requested", "payment.succeeded", "payment.declined"),
-            ),
             "payment": (self.internal_exchange, ("payment.charge",)),
             "invoice": (self.orders_exchange, ("order.paid",)),
             "email": (self.orders_exchange, ("order.paid",)),

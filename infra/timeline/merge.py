@@ -40,7 +40,6 @@ IDEMPOTENCY_PREFIX = "Idempotency-Key: "
 # A consumer's `message.dead_lettered` event and the dead-lettered copy's
 # `x-last-failure-at` header are taken at the same moment by the same process.
 SAME_FAILURE = timedelta(seconds=2)
-CHARGE = "ChargePayment"
 PROCESSED_KINDS = frozenset({EFFECT_APPLIED, MESSAGE_PROCESSED})
 
 # Tie-break for lines with the same time: the causal order of one checkout's hops.
@@ -511,17 +510,8 @@ def order_entries(entries: Iterable[Entry]) -> list[Entry]:
     return ordered
 
 
-def payment_reply_id(command_id: uuid.UUID) -> uuid.UUID:
-    """The id of the payment step's reply to a `ChargePayment` (`saga.payment_step.reply_id`)."""
-    return uuid.uuid5(command_id, "payment-reply")
-
-
 def message_types(sources: Sources) -> dict[str, tuple[uuid.UUID, str | None]]:
-    """Every message id known to belong to one of the checkouts: id -> (checkout, type).
-
-    A `ChargePayment` also brings its reply's id, derived from its own: the reply may
-    be parked in the saga's dead-letter queue, or replayed from it.
-    """
+    """Every message id known to belong to one of the checkouts: id -> (checkout, type)."""
     known: dict[str, tuple[uuid.UUID, str | None]] = {}
 
     def note(message_id: object, checkout_id: uuid.UUID, message_type: str | None) -> None:
@@ -530,8 +520,6 @@ def message_types(sources: Sources) -> dict[str, tuple[uuid.UUID, str | None]]:
         key = str(message_id)
         if key not in known or known[key][1] is None:
             known[key] = (checkout_id, message_type)
-        if message_type == CHARGE and isinstance(message_id, uuid.UUID):
-            note(payment_reply_id(message_id), checkout_id, "payment reply")
 
     checkouts = {c.checkout_id for c in sources.checkouts}
     for event in sources.events:

@@ -117,9 +117,8 @@ def _poison_plan(topology: Topology) -> list[tuple[str, str, str, tuple[str, ...
         ("schema-invalid", topology.orders_exchange, "order.paid", orders),
         ("unknown-type", topology.orders_exchange, "order.paid", orders),
         ("future-version", topology.orders_exchange, "order.paid", orders),
-        ("schema-invalid", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
-        ("unknown-type", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
-        ("no-such-checkout", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
+        ("unknown-type", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
+        ("no-such-checkout", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("undecodable", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("schema-invalid", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
     ]
@@ -128,11 +127,9 @@ def _poison_plan(topology: Topology) -> list[tuple[str, str, str, tuple[str, ...
 def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Message:
     message_type = {
         "order.paid": "OrderPaid",
-        "checkout.requested": "CheckoutRequested",
         "payment.charge": "ChargePayment",
     }[routing_key]
     headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: 1}
-    now = datetime.now(UTC).isoformat()
     if kind == "undecodable":
         body = b"\xff\xfe{this is not json"
     elif kind == "schema-invalid":
@@ -143,9 +140,8 @@ def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Me
         headers[SCHEMA_VERSION_HEADER] = 99
         body = json.dumps({"order_id": str(uuid.uuid4()), "future": True}).encode()
     elif kind == "no-such-checkout":
-        body = json.dumps(
-            {"checkout_id": str(uuid.uuid4()), "order_id": str(uuid.uuid4()), "requested_at": now}
-        ).encode()
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in ("checkout", "order", "payment")}
+        body = json.dumps({**ids, "amount": "5.00", "currency": "EUR"}).encode()
     else:
         raise ValueError(kind)
     return aio_pika.Message(
@@ -502,14 +498,7 @@ class Chaos:
             if m.message_id
             and m.message_id not in self.injector.duplicated
             and m.message_id not in poison
-            and m.message_type
-            in (
-                "OrderPaid",
-                "CheckoutRequested",
-                "ChargePayment",
-                "PaymentSucceeded",
-                "PaymentDeclined",
-            )
+            and m.message_type in ("OrderPaid", "ChargePayment")
         ]
         if not candidates:
             return

@@ -33,7 +33,7 @@ from yarl import URL
 
 from checkout_api.broker import BrokerLink
 from consumers.main import build_worker as build_consumer
-from contracts import PaymentDeclined
+from contracts import ChargePayment
 from infra.db.session import UnitOfWork
 from infra.dlq import inspect
 from infra.dlq.letters import DeadLetter
@@ -291,30 +291,30 @@ async def test_relay_user_publishes_to_the_orders_and_internal_exchanges(
                 message_type="OrderPaid",
             )
         )
-        declined = PaymentDeclined(
+        charge = ChargePayment(
             checkout_id=uuid.uuid4(),
+            order_id=uuid.uuid4(),
             payment_id=uuid.uuid4(),
-            reason="permission check",
-            declined_at=datetime.now(UTC),
-            attempts=1,
+            amount=Decimal("5.00"),
+            currency="EUR",
         )
         await publisher.publish(
             Outgoing.of(
-                declined,
+                charge,
                 exchange=topology.internal_exchange,
                 message_id=uuid.uuid4(),
-                correlation_id=declined.checkout_id,
+                correlation_id=charge.checkout_id,
             )
         )
-        (arrived,) = await take(admin, topology.queues["saga"].name, 1)
-        assert arrived.type == "PaymentDeclined"
+        (arrived,) = await take(admin, topology.queues["payment"].name, 1)
+        assert arrived.type == "ChargePayment"
         # The relay's dead-letter depth gauge: a passive declare, which needs no right.
         for queue in topology.queues.values():
             await publisher.channel.declare_queue(queue.dlq, passive=True)
     finally:
         await publisher.close()
     # It has no business with the default exchange (so with no queue directly).
-    error = await refused(broker.urls["relay"], "publish", "", topology.queues["saga"].name)
+    error = await refused(broker.urls["relay"], "publish", "", topology.queues["payment"].name)
     assert_refused(error, "exchange 'amq.default'", broker.users["relay"].name)
 
 
@@ -323,12 +323,9 @@ async def test_saga_runs_with_its_user_and_publishes_its_events_through_the_outb
 ) -> None:
     async with build_saga(broker.settings("saga")).running() as worker:
         assert worker.topology == broker.topology
-    error = await refused(broker.urls["saga"], "publish", broker.topology.orders_exchange)
-    assert_refused(
-        error,
-        f"exchange '{broker.topology.orders_exchange}'",
-        broker.users["saga"].name,
-    )
+    for exchange in (broker.topology.orders_exchange, broker.topology.internal_exchange):
+        error = await refused(broker.urls["saga"], "publish", exchange)
+        assert_refused(error, f"exchange '{exchange}'", broker.users["saga"].name)
 
 
 async def test_api_user_connects_for_readiness_but_reads_and_publishes_nothing(

@@ -31,7 +31,7 @@ def test_an_unknown_queue_lists_the_known_ones() -> None:
     with pytest.raises(UnknownQueue) as info:
         resolve(TOPOLOGY, "billing")
 
-    for key in ("saga", "payment", "invoice", "email", "production"):
+    for key in ("payment", "invoice", "email", "production"):
         assert f"ns.{key}" in str(info.value)
     assert "billing" in str(info.value)
 

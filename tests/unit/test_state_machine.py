@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
 
 import pytest
 
-from contracts import CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from checkout_api.usecases.checkout_order import first_transition
+from saga.inputs import CheckoutRequested, PaymentDeclined, PaymentSucceeded, SagaInput
 from saga.state_machine import (
     CheckoutState,
     CompletePayment,
     FailPayment,
     RequestPayment,
-    SagaInput,
     decide,
 )
 
-NOW = datetime.now(UTC)
-CHECKOUT, ORDER, PAYMENT = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-REQUESTED = CheckoutRequested(checkout_id=CHECKOUT, order_id=ORDER, requested_at=NOW)
-SUCCEEDED = PaymentSucceeded(
-    checkout_id=CHECKOUT, payment_id=PAYMENT, provider_payment_id="p-1", succeeded_at=NOW
-)
-DECLINED = PaymentDeclined(
-    checkout_id=CHECKOUT, payment_id=PAYMENT, reason="card_declined", declined_at=NOW
-)
+CHECKOUT = uuid.uuid4()
+REQUESTED = CheckoutRequested(checkout_id=CHECKOUT)
+SUCCEEDED = PaymentSucceeded(checkout_id=CHECKOUT, provider_payment_id="p-1")
+DECLINED = PaymentDeclined(checkout_id=CHECKOUT, reason="card_declined")
 MESSAGES: list[SagaInput] = [REQUESTED, SUCCEEDED, DECLINED]
 
 EXPECTED = {
@@ -81,8 +76,16 @@ def test_a_duplicate_reply_after_paid_is_ignored_not_reapplied() -> None:
 
 
 def test_retried_outcomes_say_how_many_attempts_they_took() -> None:
-    retried = SUCCEEDED.model_copy(update={"attempts": 3})
+    retried = replace(SUCCEEDED, attempts=3)
     assert decide(CheckoutState.PAYMENT_PENDING, retried).step.detail == (
         "provider payment p-1 after 3 attempts"
     )
     assert decide(CheckoutState.PAYMENT_PENDING, SUCCEEDED).step.detail == "provider payment p-1"
+
+
+def test_the_api_applies_the_first_transition_as_the_state_machine_decides_it() -> None:
+    transition = first_transition(CHECKOUT)
+    assert transition == decide(CheckoutState.STARTED, REQUESTED)
+    assert transition.state is CheckoutState.PAYMENT_PENDING
+    assert (transition.step.name, transition.step.detail) == ("payment.requested", "charge sent")
+    assert transition.effects == (RequestPayment(),)

@@ -26,11 +26,9 @@ from infra.timeline.merge import (
     build,
     format_ms,
     order_entries,
-    payment_reply_id,
 )
 from infra.timeline.record import Event, event, published_events
 from infra.timeline.render import print_trace, trace_json
-from saga.payment_step import reply_id
 
 T0 = datetime(2026, 11, 22, 9, 0, 0, tzinfo=UTC)
 ORDER_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -367,16 +365,15 @@ def test_a_letter_is_noted_on_the_consumers_event_for_the_same_failure() -> None
 
 def test_a_letter_found_by_message_id_alone_counts_too() -> None:
     sources = paid_sources()
-    reply = payment_reply_id(CHARGE_ID)
     sources.broker = BrokerScan(
         read=True,
         letters=[
             LetterRow(
-                "checkout.saga",
-                "checkout.saga.dlq",
-                str(reply),
+                "checkout.payment",
+                "checkout.payment.dlq",
+                str(CHARGE_ID),
                 None,
-                "PaymentSucceeded",
+                "ChargePayment",
                 1,
                 at(260),
                 at(260),
@@ -387,14 +384,11 @@ def test_a_letter_found_by_message_id_alone_counts_too() -> None:
         ],
     )
     trace = build(sources)
-    assert [x.message_id for x in trace.dead_letters] == [str(reply)]
+    assert [x.message_id for x in trace.dead_letters] == [str(CHARGE_ID)]
     assert any(
-        e.source == "saga" and e.kind == "message.dead_lettered" for e in trace.checkouts[0].entries
+        e.source == "payment" and e.kind == "message.dead_lettered"
+        for e in trace.checkouts[0].entries
     )
-
-
-def test_the_payment_reply_id_matches_the_payment_step() -> None:
-    assert payment_reply_id(CHARGE_ID) == reply_id(CHARGE_ID)
 
 
 def test_pending_outbox_rows_show_their_age() -> None:
