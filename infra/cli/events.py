@@ -405,10 +405,12 @@ def events_table(events: list[LoggedEvent], title: str) -> Table:
     """`events list` and a dry run on a terminal: two lines an event, so that the ids fit
     whole on 80 columns."""
     table = Table(title=title, box=rich.box.SIMPLE_HEAD)
-    table.add_column("Offset", justify="right", no_wrap=True)
-    table.add_column("Time (UTC)", no_wrap=True)
-    table.add_column("Type", no_wrap=True)
-    table.add_column("Order / message id", no_wrap=True)
+    # The ids and times whole; a long type (OrderCancellationRejected) wraps instead.
+    offsets = max([len(str(e.offset)) for e in events] + [6])
+    table.add_column("Offset", justify="right", no_wrap=True, min_width=offsets)
+    table.add_column("Time (UTC)", no_wrap=True, min_width=10)
+    table.add_column("Type", overflow="fold", min_width=9)
+    table.add_column("Order / message id", no_wrap=True, min_width=36)
     for event in events:
         when = _when(event.timestamp).replace(" ", "\n")
         table.add_row(

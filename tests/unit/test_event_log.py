@@ -146,3 +146,24 @@ def test_the_retention_setting_defaults_to_30_days_and_a_bad_one_names_the_varia
         message = str(caught.value)
         assert message.startswith("CHECKOUT_EVENT_LOG_DAYS: ")
         assert "\n" not in message
+
+
+def test_the_events_table_shows_whole_ids_on_80_columns() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from infra.cli.events import events_table
+
+    order, message = "51bdc406-367a-4e96-831b-eee045a43db2", "b01d6531-08cd-4d02-b610-a462d94e52d5"
+    shown = event(offset=123456, body=f'{{"order_id": "{order}"}}'.encode(), message_id=message)
+    out = StringIO()
+    Console(file=out, width=80, color_system=None).print(
+        events_table([shown, event(offset=123457, message_type="OrderCancellationRejected")], "t")
+    )
+    text = out.getvalue()
+    assert order in text
+    assert message in text
+    assert "123456" in text
+    assert "OrderCancellati" in text  # a long type wraps, the ids do not
+    assert max(len(line) for line in text.splitlines()) <= 80
