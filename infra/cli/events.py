@@ -43,6 +43,7 @@ from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.events.backfill import BackfillOutcome
 from operations.events.errors import (
+    BackfillNotRecorded,
     BackfillStopped,
     BadTarget,
     LogLost,
@@ -211,6 +212,8 @@ def backfill(
         outcome = _run(settings, main())
     except BackfillStopped as exc:
         fail(_stopped(exc, reason))
+    except BackfillNotRecorded as exc:
+        fail(_not_recorded(settings, exc, reason))
     if is_terminal():
         _print_backfill(outcome)
     else:
@@ -311,23 +314,39 @@ def _audit_failure(settings: Settings, exc: AuditUnavailable) -> str:
     return f"the audit log cannot be written, so nothing was copied: {problem}"
 
 
-def _stopped(exc: BackfillStopped, reason: str) -> str:
-    """The line for a backfill that stopped: how far it got and how to go on."""
-    done = exc.outcome
-    if done.last_copied is not None:
-        got = (
-            f"{done.count} events were copied to {done.queue}, the last at offset "
-            f"{done.last_copied.offset} ({_when(done.last_copied.timestamp)} UTC)"
-        )
-    else:
-        got = f"no event was copied to {done.queue}"
-    recorded = "" if done.dry_run else " (recorded in the audit log)"
+def _copied(done: BackfillOutcome) -> str:
+    if done.last_copied is None:
+        return f"no event was copied to {done.queue}"
+    were = "1 event was" if done.count == 1 else f"{done.count} events were"
+    return (
+        f"{were} copied to {done.queue}, the last at offset "
+        f"{done.last_copied.offset} ({_when(done.last_copied.timestamp)} UTC)"
+    )
+
+
+def _go_on(done: BackfillOutcome, reason: str) -> str:
     resume_at = done.resume_offset
     if resume_at is None:  # stopped before it handled any event
         resume_at = done.selection.since_offset
-    return f"the backfill stopped ({exc}): {got}{recorded}; to go on from there: " + resume_command(
-        done, resume_at, reason
-    )
+    return "to go on from there: " + resume_command(done, resume_at, reason)
+
+
+def _stopped(exc: BackfillStopped, reason: str) -> str:
+    """The line for a backfill that stopped: how far it got and how to go on."""
+    done = exc.outcome
+    recorded = "" if done.dry_run else " (recorded in the audit log)"
+    return f"the backfill stopped ({exc}): {_copied(done)}{recorded}; {_go_on(done, reason)}"
+
+
+def _not_recorded(settings: Settings, exc: BackfillNotRecorded, reason: str) -> str:
+    """The line for a backfill that copied events but could not write its audit entry."""
+    from infra.cli.supervisor import database_error
+
+    problem = database_error(settings, exc.cause)
+    line = f"{_copied(exc.outcome)}, but the audit log was not written: {problem}"
+    if exc.stopped is not None:
+        line = f"the backfill stopped ({exc.stopped}): {line}; {_go_on(exc.outcome, reason)}"
+    return line
 
 
 def resume_command(outcome: BackfillOutcome, offset: int | None, reason: str) -> str:

@@ -6,8 +6,9 @@ EventLogError
 ├── QueueMissing      the backfill's target queue does not exist (it is never created)
 ├── BadTarget         the target is the log itself
 ├── LogLost           the broker went away while the log was being read (listing)
-└── BackfillStopped   a backfill stopped part-way (broker lost, or Ctrl-C); `outcome`
-                      says how far it got and where to resume
+├── BackfillStopped   a backfill stopped part-way (broker lost, or Ctrl-C); `outcome`
+│                     says how far it got and where to resume
+└── BackfillNotRecorded  events were copied but the audit log could not be written
 ```
 """
 
@@ -57,3 +58,21 @@ class BackfillStopped(EventLogError):
         super().__init__(
             str(cause) if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
         )
+
+
+class BackfillNotRecorded(EventLogError):
+    """The backfill copied `outcome` but its audit entry failed; `cause` is the database's.
+
+    `stopped` is set when the backfill had also stopped part-way.
+    """
+
+    def __init__(
+        self,
+        outcome: BackfillOutcome,
+        cause: BaseException,
+        stopped: BackfillStopped | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.cause = cause
+        self.stopped = stopped
+        super().__init__(str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause))

@@ -15,8 +15,9 @@ from aio_pika.abc import AbstractConnection
 
 from infra.db.session import UnitOfWork
 from infra.dlq import audit
+from infra.dlq.errors import AuditUnavailable
 from operations.events.backfill import BackfillOutcome, BackfillProgress, backfill, ensure_queue
-from operations.events.errors import BackfillStopped
+from operations.events.errors import BackfillNotRecorded, BackfillStopped
 from operations.events.reading import Patience, Window
 from operations.events.record import record_backfill
 from operations.events.selection import EventSelection
@@ -60,19 +61,27 @@ async def backfill_recorded(
         return await run()
     await ensure_queue(connection, queue)  # a missing queue is the first thing to say
     await audit.ensure_available(uow)
+
+    async def record(completed: bool, stopped: BackfillStopped | None = None) -> None:
+        try:
+            await record_backfill(
+                uow, outcome, actor=actor, reason=reason, completed=completed, at=started
+            )
+        except AuditUnavailable as exc:
+            raise BackfillNotRecorded(outcome, exc.cause, stopped) from exc
+
     try:
         await run()
     except BackfillStopped as exc:
-        await record_backfill(
-            uow, exc.outcome, actor=actor, reason=reason, completed=False, at=started
-        )
+        await record(completed=False, stopped=exc)
         raise
     except asyncio.CancelledError:
         # Ctrl-C: asyncio.run cancels this task. Record what was copied before ending.
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
-        await record_backfill(uow, outcome, actor=actor, reason=reason, completed=False, at=started)
-        raise BackfillStopped(outcome, INTERRUPTED_BY_OPERATOR) from None
-    await record_backfill(uow, outcome, actor=actor, reason=reason, completed=True, at=started)
+        stopped = BackfillStopped(outcome, INTERRUPTED_BY_OPERATOR)
+        await record(completed=False, stopped=stopped)
+        raise stopped from None
+    await record(completed=True)
     return outcome

@@ -30,7 +30,7 @@ from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.events.backfill import BackfillOutcome, backfill
-from operations.events.errors import BackfillStopped, LogLost, QueueMissing
+from operations.events.errors import BackfillNotRecorded, BackfillStopped, LogLost, QueueMissing
 from operations.events.event import LoggedEvent
 from operations.events.listing import list_events
 from operations.events.operations import backfill_recorded
@@ -582,3 +582,47 @@ async def test_a_target_queue_deleted_during_a_backfill_stops_it_and_says_how_fa
     assert stopped.value.outcome.count == 2
     assert stopped.value.outcome.message_ids == [s.message_id for s in sent[:2]]
     await channel.declare_queue(team_queue, durable=True)  # for the fixture's clean-up
+
+
+async def test_copies_whose_audit_entry_cannot_be_written_are_reported_as_copied(
+    uow: UnitOfWork,
+    engine: AsyncEngine,
+    relay: OutboxRelay,
+    topology: Topology,
+    connection: aio_pika.abc.AbstractConnection,
+    channel: aio_pika.abc.AbstractChannel,
+    team_queue: str,
+) -> None:
+    sent = await publish(uow, relay, [order_paid_event() for _ in range(3)])
+    first = (await logged(connection, topology, sent))[0]
+    renaming: list[asyncio.Task[None]] = []
+
+    async def lose_the_audit_table() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE dlq_audit RENAME TO dlq_audit_away"))
+
+    def after_the_first_copy(outcome: BackfillOutcome) -> None:
+        if not renaming:
+            renaming.append(asyncio.get_running_loop().create_task(lose_the_audit_table()))
+
+    try:
+        with pytest.raises(BackfillNotRecorded) as caught:
+            await backfill_recorded(
+                connection,
+                uow,
+                topology.event_log,
+                team_queue,
+                EventSelection(since_offset=first.offset),
+                actor="tester",
+                reason="audit goes away",
+                rate=4.0,  # the rename lands long before the last copy
+                patience=QUICK,
+                on_progress=after_the_first_copy,
+            )
+    finally:
+        await renaming[0]
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE dlq_audit_away RENAME TO dlq_audit"))
+    assert caught.value.outcome.message_ids == [s.message_id for s in sent]
+    assert caught.value.stopped is None
+    assert await depth(channel, team_queue) == 3

@@ -167,3 +167,23 @@ def test_the_events_table_shows_whole_ids_on_80_columns() -> None:
     assert "123456" in text
     assert "OrderCancellati" in text  # a long type wraps, the ids do not
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_copies_not_recorded_are_reported_with_how_far_they_got_and_how_to_go_on() -> None:
+    from infra.cli.events import _not_recorded
+    from operations.events.errors import BackfillNotRecorded, BackfillStopped
+
+    settings = load_settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/x")
+    outcome = BackfillOutcome("ns.orders.log", "team.q", Window.of(EventSelection(), NOW))
+    outcome.handled(event(offset=41), copied=True)
+    cause = RuntimeError("relation dlq_audit does not exist")
+
+    line = _not_recorded(settings, BackfillNotRecorded(outcome, cause), "why")
+    assert line.startswith("1 event was copied to team.q, the last at offset 41")
+    assert "but the audit log was not written: PostgreSQL at 127.0.0.1:1" in line
+    assert "to go on" not in line
+
+    stopped = BackfillStopped(outcome, "interrupted (Ctrl-C)")
+    line = _not_recorded(settings, BackfillNotRecorded(outcome, cause, stopped), "why")
+    assert line.startswith("the backfill stopped (interrupted (Ctrl-C)): 1 event was copied")
+    assert "--since-offset 42" in line
