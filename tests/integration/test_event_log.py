@@ -626,3 +626,45 @@ async def test_copies_whose_audit_entry_cannot_be_written_are_reported_as_copied
     assert caught.value.outcome.message_ids == [s.message_id for s in sent]
     assert caught.value.stopped is None
     assert await depth(channel, team_queue) == 3
+
+
+async def test_a_read_stops_at_the_log_end_of_its_start_while_events_keep_coming(
+    uow: UnitOfWork,
+    relay: OutboxRelay,
+    topology: Topology,
+    connection: aio_pika.abc.AbstractConnection,
+) -> None:
+    first = (await logged(connection, topology, await publish(uow, relay, [order_paid_event()])))[0]
+    stop = asyncio.Event()
+    published: list[Sent] = []
+
+    async def keep_publishing() -> None:
+        while not stop.is_set():
+            published.extend(await publish(uow, relay, [order_paid_event()]))
+            await asyncio.sleep(0.05)  # pacing the load, not waiting for an outcome
+
+    async def how_many() -> int:
+        return len(published)
+
+    busy = asyncio.create_task(keep_publishing())
+    try:
+        await eventually(how_many, until=lambda n: n >= 3, what="a steady flow of events")
+        started = datetime.now(UTC)
+        began = time.monotonic()
+        listing = await list_events(
+            connection,
+            topology.event_log,
+            EventSelection(since_offset=first.offset),
+            started=started,
+            patience=QUICK,
+        )
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        await busy
+    # It ended although the idle wait never came: at the first event stamped after it began.
+    assert took < 10
+    assert listing.events[0].message_id == first.message_id
+    assert all(e.timestamp is not None and e.timestamp <= started for e in listing.events)
+    # The event that ended it, at least, came after the end it kept to.
+    assert {s.message_id for s in published} - {e.message_id for e in listing.events}
