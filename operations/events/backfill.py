@@ -7,17 +7,21 @@ type, delivery mode and headers: to its consumer a copy is the event itself, and
 that de-duplicates by `message_id` handles each event once, whether it came live, by
 the backfill, or both.
 
-Events are copied in log order, one at a time: the next is published once the broker
-confirmed the last, at most `rate` a second. `BackfillOutcome.resume_offset` is the
-offset after the last event handled (copied, or looked at and not selected), so an
-interrupted backfill goes on from there (`--since-offset`) without copying anything
-twice; an event whose copy was not confirmed is copied again, which the subscriber's
-de-duplication absorbs.
+Events are copied in log order, at most `rate` a second, with up to `IN_FLIGHT`
+copies awaiting the broker's confirm (one at a time made a copy cost a round trip). An
+event counts as handled only once its copy and every copy before it are confirmed, so
+`BackfillOutcome.resume_offset`, the offset after the last event handled (copied, or
+looked at and not selected), never passes an unconfirmed copy: an interrupted backfill
+goes on from there (`--since-offset`) and copies nothing twice that it reported as
+copied; a copy that was in flight when it stopped may be copied again, which the
+subscriber's de-duplication absorbs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +100,12 @@ class BackfillOutcome:
 
 BackfillProgress = Callable[[BackfillOutcome], None]
 
+IN_FLIGHT = 64  # copies published and not yet confirmed, at most
+
+
+def _settled(confirm: asyncio.Task[Any] | None) -> bool:
+    return confirm is None or confirm.done()
+
 
 def _when(event: LoggedEvent | None) -> str | None:
     return event.timestamp.isoformat() if event and event.timestamp else None
@@ -144,6 +154,32 @@ async def backfill(
     pacer = Pacer(rate)
     await ensure_queue(connection, queue)
     publisher: AbstractChannel | None = None
+    # Copies in flight, oldest first: an event counts as handled (and its offset as
+    # done) only once it and every event before it are confirmed, so that the resume
+    # offset never skips an unconfirmed copy.
+    in_flight: deque[tuple[LoggedEvent, bool, asyncio.Task[Any] | None]] = deque()
+
+    async def settle(keep: int) -> None:
+        while len(in_flight) > keep or (in_flight and _settled(in_flight[0][2])):
+            event, selected, confirm = in_flight[0]
+            if confirm is not None:
+                await confirm  # raises what the publish raised, the event left in place
+            in_flight.popleft()
+            outcome.handled(event, selected)
+            if on_progress is not None:
+                on_progress(outcome)
+
+    def count_confirmed() -> None:
+        """After a failure: count the oldest copies the broker did confirm."""
+        while in_flight:
+            event, selected, confirm = in_flight[0]
+            if confirm is not None and not (
+                confirm.done() and not confirm.cancelled() and confirm.exception() is None
+            ):
+                return
+            in_flight.popleft()
+            outcome.handled(event, selected)
+
     try:
         if not dry_run:
             publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -152,21 +188,34 @@ async def backfill(
         ) as events:
             async for event in events:
                 selected = selection.matches(event)
+                confirm = None
                 if selected and publisher is not None:
                     await pacer.wait()
-                    # Returns once the broker confirmed the copy; a return (the queue
-                    # was deleted meanwhile) raises, as does a lost connection.
-                    await publisher.default_exchange.publish(event.copy(), queue, mandatory=True)
-                outcome.handled(event, selected)
-                if on_progress is not None:
-                    on_progress(outcome)
+                    # Done once the broker confirmed the copy; a return (the queue was
+                    # deleted meanwhile) fails it, as does a lost connection.
+                    confirm = asyncio.ensure_future(
+                        publisher.default_exchange.publish(event.copy(), queue, mandatory=True)
+                    )
+                in_flight.append((event, selected, confirm))
+                await settle(keep=IN_FLIGHT)
+        await settle(keep=0)
     except LogLost as exc:
+        count_confirmed()
         raise BackfillStopped(outcome, exc.cause) from exc
     # OSError covers timeouts and lost sockets; a channel closed under us is a
     # ChannelInvalidStateError (a RuntimeError).
     except (AMQPError, OSError, ChannelInvalidStateError) as exc:
+        count_confirmed()
         raise BackfillStopped(outcome, exc) from exc
+    except asyncio.CancelledError:  # Ctrl-C: the caller records what was copied
+        count_confirmed()
+        raise
     finally:
+        for _, _, confirm in in_flight:  # after a failure: not counted, copied again on resume
+            if confirm is not None and not confirm.done():
+                confirm.cancel()
+        if in_flight:
+            await asyncio.gather(*(c for _, _, c in in_flight if c), return_exceptions=True)
         if publisher is not None:
             with contextlib.suppress(AMQPError, OSError):
                 if not publisher.is_closed:

@@ -424,12 +424,13 @@ async def test_an_interrupted_backfill_is_recorded_and_resumes_where_it_stopped(
             selection,
             actor="tester",
             reason="billing joined late",
+            rate=10.0,  # the connection closes between two copies
             patience=QUICK,
             on_progress=lose_the_broker_after_three,
         )
 
     done = stopped.value.outcome
-    assert done.count == 3
+    assert 3 <= done.count < 6
     assert done.resume_offset is not None
     assert done.last_copied is not None
     assert done.resume_offset == done.last_copied.offset + 1
@@ -445,8 +446,8 @@ async def test_an_interrupted_backfill_is_recorded_and_resumes_where_it_stopped(
         ).one()
     assert entry.action == "backfill"
     assert entry.dlq == topology.event_log
-    assert entry.message_count == 3
-    assert entry.message_ids == [s.message_id for s in sent[:3]]
+    assert entry.message_count == done.count
+    assert entry.message_ids == [s.message_id for s in sent[: done.count]]
     assert entry.outcome == "interrupted"
     assert entry.details["resume_offset"] == done.resume_offset
     assert entry.details["last_offset"] == done.last_copied.offset
@@ -466,8 +467,8 @@ async def test_an_interrupted_backfill_is_recorded_and_resumes_where_it_stopped(
     finally:
         await again.close()
 
-    assert resumed.message_ids == [s.message_id for s in sent[3:]]
-    assert await drain_ids(channel, team_queue) == [s.message_id for s in sent]
+    assert resumed.message_ids == [s.message_id for s in sent[done.count :]]
+    assert await drain_ids(channel, team_queue) == [s.message_id for s in sent]  # once each
 
 
 async def test_a_subscriber_that_deduplicates_sees_each_event_once_across_live_and_backfill(
@@ -579,8 +580,10 @@ async def test_a_target_queue_deleted_during_a_backfill_stops_it_and_says_how_fa
             rate=20.0,  # time for the delete to land between two copies
             on_progress=delete_the_queue_after_two,
         )
-    assert stopped.value.outcome.count == 2
-    assert stopped.value.outcome.message_ids == [s.message_id for s in sent[:2]]
+    done = stopped.value.outcome
+    assert 2 <= done.count < 4  # copies confirmed before the delete landed count
+    assert done.message_ids == [s.message_id for s in sent[: done.count]]
+    assert done.resume_offset == first.offset + done.count  # the first refused copy
     await channel.declare_queue(team_queue, durable=True)  # for the fixture's clean-up
 
 
