@@ -173,6 +173,7 @@ def backfill(
             show_default=False,
         ),
     ] = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Copy the matching events into one existing queue, with their original ids."""
     settings = settings_or_exit()
@@ -214,10 +215,10 @@ def backfill(
         fail(_stopped(exc, reason))
     except BackfillNotRecorded as exc:
         fail(_not_recorded(settings, exc, reason))
-    if is_terminal():
-        _print_backfill(outcome)
-    else:
+    if json_ or not is_terminal():
         print_json(outcome.summary())
+    else:
+        _print_backfill(outcome)
 
 
 # --------------------------------------------------------------------------- usage

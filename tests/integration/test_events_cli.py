@@ -174,7 +174,9 @@ async def test_backfill_prints_what_it_copied_and_the_audit_log_shows_it(
     assert json.loads(dry.stdout)["dry_run"] is True
     assert await depth(channel, team_queue) == 0
 
-    result = await cli(events_app, "backfill", *args, "--type", "OrderPaid", "--rate", "100")
+    result = await cli(
+        events_app, "backfill", *args, "--type", "OrderPaid", "--rate", "100", "--json"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["copied"] == 2
