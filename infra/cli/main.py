@@ -21,10 +21,10 @@ import typer
 
 from infra.cli.apikey import apikey_app
 from infra.cli.dlq import dlq_app
-from infra.cli.events import events_app
 from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.cli.trace import trace
 from infra.settings import Settings
+from operations.cli.events import events_app
 
 # Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).
 BROKER_PATIENCE = 15.0

@@ -18,7 +18,6 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from infra.cli.dlq import dlq_app
-from infra.cli.events import events_app
 from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
 from infra.messaging.outbox import add_to_outbox
@@ -26,6 +25,7 @@ from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
+from operations.cli.events import events_app
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
 from tests.support.seed import order_paid_event

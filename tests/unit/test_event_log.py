@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
-from infra.cli.events import resume_command
 from infra.messaging.event_log import max_age, retention_policy_command
 from infra.messaging.topology import Topology
 from infra.settings import SettingsError, load_settings
+from operations.cli.events import resume_command
 from operations.events.backfill import BackfillOutcome
 from operations.events.event import LoggedEvent
 from operations.events.reading import ATTACH_MARGIN, LATE_MARGIN, Window
@@ -153,7 +153,7 @@ def test_the_events_table_shows_whole_ids_on_80_columns() -> None:
 
     from rich.console import Console
 
-    from infra.cli.events import events_table
+    from operations.cli.events import events_table
 
     order, message = "51bdc406-367a-4e96-831b-eee045a43db2", "b01d6531-08cd-4d02-b610-a462d94e52d5"
     shown = event(offset=123456, body=f'{{"order_id": "{order}"}}'.encode(), message_id=message)
@@ -170,7 +170,7 @@ def test_the_events_table_shows_whole_ids_on_80_columns() -> None:
 
 
 def test_copies_not_recorded_are_reported_with_how_far_they_got_and_how_to_go_on() -> None:
-    from infra.cli.events import _not_recorded
+    from operations.cli.events import _not_recorded
     from operations.events.errors import BackfillNotRecorded, BackfillStopped
 
     settings = load_settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/x")
