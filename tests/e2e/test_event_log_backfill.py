@@ -134,6 +134,11 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     assert entry["reason"] == "billing joined late"
     assert entry["outcome"] == "completed"
 
+    # The order's trace shows its OrderPaid backfilled into the team's queue.
+    code, out, err = await _checkout_cli(system, "trace", early[0], "--json")
+    assert code == 0, err
+    assert f"backfilled from {system.env['CHECKOUT_NAMESPACE']}.orders.log to {queue}" in out
+
     connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
     async with connection:
         channel = await connection.channel()
