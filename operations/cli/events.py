@@ -187,9 +187,13 @@ def backfill(
     if since_offset is not None and since_offset < 0:
         fail("--since-offset must be 0 or more", 2)
     selection = _selection_or_exit(since, until, types, ctx.args, started, since_offset)
-    stream = Topology.from_settings(settings).event_log
+    topology = Topology.from_settings(settings)
+    stream = topology.event_log
     if to_queue == stream:
         fail(f"{stream} is the event log itself: --to-queue names the queue to copy into", 2)
+    refused = _not_for_events(topology, to_queue)
+    if refused:
+        fail(refused, 2)
     actor = current_actor()
 
     async def main() -> BackfillOutcome:
@@ -255,6 +259,26 @@ def _selection_or_exit(
         )
     except ValueError as exc:
         fail(str(exc), 2)
+
+
+def _not_for_events(topology: Topology, name: str) -> str | None:
+    """Why `name` cannot receive public events, if it is one of the system's other queues.
+
+    A queue of ours that is not bound to `{ns}.orders` (the payment step's, a wait or
+    dead-letter queue) would only dead-letter them or re-run them at the wrong place.
+    The invoice, email and production queues may receive a backfill: their consumers
+    de-duplicate like anyone's.
+    """
+    for queue in topology.queues.values():
+        others = {queue.dlq, *(queue.wait_queue(n) for n in range(1, queue.max_attempts))}
+        if queue.exchange != topology.orders_exchange:
+            others.add(queue.name)
+        if name in others:
+            return (
+                f"{name} is one of the checkout system's own queues that take no public "
+                "events: --to-queue names a subscriber's queue"
+            )
+    return None
 
 
 # --------------------------------------------------------------------------- resources

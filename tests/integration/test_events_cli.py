@@ -295,6 +295,13 @@ async def test_what_is_down_or_missing_ends_with_one_line_and_exit_1(
     assert no_database.exit_code == 1
     assert "nothing was copied" in no_database.output
 
+    for own in (topology.queues["payment"].name, topology.queues["email"].dlq):
+        refused = await cli(
+            events_app, "backfill", "--to-queue", own, "--since", "1h", "--reason", "r"
+        )
+        assert refused.exit_code == 2
+        assert "take no public events" in refused.output
+
     into_the_log = await cli(
         events_app, "backfill", "--to-queue", topology.event_log, "--since", "1h", "--reason", "r"
     )
