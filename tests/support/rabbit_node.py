@@ -89,23 +89,33 @@ class RabbitNode:
                 raise RuntimeError(f"node {self.name} exited: see {self.base / 'server.out'}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.5):
-                    return
+                    break
             except OSError:
                 time.sleep(0.2)  # a process starting, not a message: nothing to poll instead
-        raise RuntimeError(f"node {self.name} did not listen within {START_PATIENCE}s")
+        else:
+            raise RuntimeError(f"node {self.name} did not listen within {START_PATIENCE}s")
+        # Listening is not booted: wait until the node says it has fully started (its
+        # queues recovered), as an operator's script would.
+        self._ctl("await_startup", "--timeout", str(int(START_PATIENCE)))
+
+    def _ctl(self, *args: str) -> None:
+        ctl = self.server.with_name("rabbitmqctl")
+        done = subprocess.run(
+            [str(ctl), "-n", self.name, *args],
+            env=self._env(),
+            capture_output=True,
+            timeout=START_PATIENCE + 30,
+            check=False,
+        )
+        if done.returncode != 0 and args[0] != "stop":
+            output = (done.stderr or done.stdout).decode(errors="replace")
+            raise RuntimeError(f"rabbitmqctl {args[0]} on {self.name}: {output}")
 
     def stop(self) -> None:
         """Stop the node gracefully (as an operator would), then make sure it is gone."""
         if self.process is None:
             return
-        ctl = self.server.with_name("rabbitmqctl")
-        subprocess.run(
-            [str(ctl), "-n", self.name, "stop"],
-            env=self._env(),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        self._ctl("stop")
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
