@@ -218,7 +218,7 @@ async def attach_dead_letters(
         if item is None:
             continue
         short = letter.queue.rsplit(".", 1)[-1]
-        reason = f"'stuck: {item.kind} {item.id}'"
+        reason = f"stuck: {item.kind} {item.id}"
         item.waiting.append(
             Waiting(
                 "dead_letter",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import textwrap
 from datetime import timedelta
 from typing import Annotated
 
 import sqlalchemy.exc
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 from sqlalchemy import text
 
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
@@ -114,32 +115,40 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
     return report
 
 
+_DETAIL_LINES = 3
+"""Lines of a waited-for thing's detail on a terminal (`--json` has it whole)."""
+
+
 def print_report(report: Report, out: Console) -> None:
-    """The report as a table (one row per thing waited for)."""
-    minutes = report.older_than.total_seconds() / 60
+    """The report for a person: one block per stuck checkout or cancellation, each thing it
+    waits for on a line of its own (cut to the terminal's width; `--json` has it whole),
+    and each repair as a whole line that can be copied as it is."""
+    threshold = _age(report.older_than.total_seconds())
     if not report.stuck:
         out.print(
-            f"Nothing is stuck: every checkout and cancellation older than {minutes:g} min"
+            f"[green]Nothing is stuck:[/] every checkout and cancellation older than {threshold}"
             " is final."
         )
         return
-    table = Table(title=f"Not final for more than {minutes:g} min: {len(report.stuck)}")
-    for column in ("kind", "id", "state", "for", "waiting for", "repair"):
-        table.add_column(column, overflow="fold")
+    out.print(f"[bold red]{len(report.stuck)} not final for more than {threshold}[/]")
+    width = max(out.width - 13, 40)
     for item in report.stuck:
-        for n, wait in enumerate(item.waiting):
-            first = n == 0
-            table.add_row(
-                item.kind if first else "",
-                str(item.id) if first else "",
-                item.state if first else "",
-                _age(item.age.total_seconds()) if first else "",
-                f"{wait.what}: {wait.detail}",
-                wait.repair or "-",
-            )
-    out.print(table)
+        out.print()
+        out.print(
+            f"[bold]{item.kind} {item.id}[/]  {item.state}  for {_age(item.age.total_seconds())}",
+            highlight=False,
+        )
+        for wait in item.waiting:
+            lines = textwrap.wrap(f"{wait.what}: {wait.detail}", width) or [""]
+            if len(lines) > _DETAIL_LINES:
+                lines = [*lines[: _DETAIL_LINES - 1], lines[_DETAIL_LINES - 1][: width - 1] + "…"]
+            for n, line in enumerate(lines):
+                lead = "  waits for  " if n == 0 else " " * 13
+                out.print(lead + escape(line), highlight=False, soft_wrap=True)
+            if wait.repair:
+                out.print(f"  [cyan]repair[/]     {escape(wait.repair)}", soft_wrap=True)
     if report.broker_error:
-        out.print(f"[yellow]dead-letter queues not read: {report.broker_error}[/]")
+        out.print(f"[yellow]dead-letter queues not read: {escape(report.broker_error)}[/]")
 
 
 def _age(seconds: float) -> str:
