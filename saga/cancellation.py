@@ -49,7 +49,7 @@ _LOCK_ORDER = (
 _LOAD = (
     "SELECT c.cancellation_id, c.order_id, c.reason, c.state,"
     " p.payment_id, p.checkout_id, p.provider_payment_id, p.amount, p.currency,"
-    " r.refund_id, r.amount, r.currency"
+    " r.refund_id, r.amount, r.currency, c.checkout_id"
     " FROM cancellations c"
     " LEFT JOIN payments p ON p.checkout_id = c.checkout_id"
     " LEFT JOIN refunds r ON r.cancellation_id = c.cancellation_id"
@@ -78,7 +78,7 @@ def _cancelling(row: tuple[Any, ...]) -> Cancelling:
     if row[4] is not None:
         payment = Payment(row[4], row[5], row[6], Decimal(row[7]), row[8])
     refund = None if row[9] is None else RefundRow(row[9], Decimal(row[10]), row[11])
-    return Cancelling(row[0], row[1], row[2], row[3], payment, refund)
+    return Cancelling(row[0], row[1], row[2], row[3], payment, refund, row[12])
 
 
 async def load(conn: psycopg.AsyncConnection[Any], cancellation_id: uuid.UUID) -> Cancelling:
@@ -97,11 +97,14 @@ async def apply(
     now: datetime,
     *,
     claim: tuple[str, uuid.UUID] | None,
+    fired: int = 0,
 ) -> Applied:
     """Apply `message` to the cancellation in the caller's transaction (the caller commits).
 
     `claim`: (consumer, message_id) to claim in the inbox; None when the caller has
-    claimed its own message already (the checkout's final transition).
+    claimed its own message already (the checkout's final transition) or the input has
+    no message (a deadline, claimed by its row's lock). `fired`: how often the deadline
+    a `SetDeadline` of this transition re-sets has fired.
     """
     cancelling = await load(conn, cancellation_id)
     previous = CancellationState(cancelling.state)
@@ -111,7 +114,7 @@ async def apply(
         if claimed is None:
             return Applied(cancellation_id, cancelling.order_id, previous, None)
     transition = decide(previous, message)
-    for sql, params in transition_writes(transition, cancelling, now):
+    for sql, params in transition_writes(transition, cancelling, now, fired=fired):
         await conn.execute(sql, params)
     return Applied(cancellation_id, cancelling.order_id, previous, transition)
 

@@ -24,6 +24,24 @@ cancellation's history shows it. A deadline firing (issue 13: a step that has wa
 too long) sends the pending step's command again; the steps are idempotent (the key is
 the cancellation), so at worst it is a harmless repeat. The shells apply the effects
 and the new state in one transaction (`saga.cancellation`).
+
+Time (CONTRACT.md section 8): a cancellation that waits for a checkout gets a deadline
+(kind `checkout`), set by the transition into WAITING_FOR_CHECKOUT, due when the
+checkout's own payment deadline has passed by `CHECKOUT_WAIT_MARGIN` (by then the
+checkout has been reconciled, unless the Payment Service cannot be asked). The
+checkout's end deletes it (`CheckoutEnded` cancels it in the same transaction). When it
+fires, the claimer says what the checkout is now: still active, the cancellation keeps
+waiting, the deadline set again with a growing backoff and the step saying so, so that
+`checkout stuck` shows the cancellation with its deadline and the checkout it waits for;
+already final (which the checkout's final transition should have seen: a repair, never
+expected), the cancellation takes over as if the checkout's end had reached it.
+
+CANCELLING_PRODUCTION and REFUNDING get no deadline: their commands are retried by the
+broker's wait queues and parked in a dead-letter queue past the retries, which
+`checkout stuck` lists with the replay that repairs it; a timer sending the command
+again would race that parked copy (and a replay of it) for nothing. Their answer to a
+deadline (the pending step's command sent again) stays for a deadline row written by
+hand or by an older version.
 """
 
 from __future__ import annotations
@@ -101,6 +119,10 @@ class DeadlineFired:
     """A deadline set for the cancellation came due (issue 13)."""
 
     kind: str
+    fired: int = 0
+    """How often this deadline fired before (its backoff grows with it)."""
+    checkout: str | None = None
+    """The awaited checkout's state when it fired (None: the cancellation has none)."""
     name = "deadline.fired"
 
 
@@ -152,7 +174,32 @@ class Reject:
     reason: str
 
 
-Effect = CancelOrder | CancelProduction | RequestRefund | ResendRefund | CompleteRefund | Reject
+@dataclass(frozen=True)
+class SetDeadline:
+    """(Re)set the cancellation's deadline of `kind`: due after `after` seconds, or (None)
+    `CHECKOUT_WAIT_MARGIN` after the awaited checkout's payment deadline."""
+
+    kind: str
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class CancelDeadline:
+    """Delete the cancellation's deadline of `kind`: what it waited for has happened."""
+
+    kind: str
+
+
+Effect = (
+    CancelOrder
+    | CancelProduction
+    | RequestRefund
+    | ResendRefund
+    | CompleteRefund
+    | Reject
+    | SetDeadline
+    | CancelDeadline
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +229,17 @@ class Transition:
 
 S = CancellationState
 
+CHECKOUT_DEADLINE = "checkout"
+CHECKOUT_WAIT_MARGIN = 10.0
+"""Seconds after the checkout's payment deadline that its cancellation looks again."""
+WAIT_BACKOFF_CAP = 300.0
+
+
+def wait_backoff(fired: int) -> float:
+    """Seconds until the `fired`-th look at a still-active checkout (1-based) is followed
+    by the next: doubling from the margin, at most the cap."""
+    return float(min(CHECKOUT_WAIT_MARGIN * 2 ** max(fired - 1, 0), WAIT_BACKOFF_CAP))
+
 
 def decide(state: CancellationState, message: CancellationInput) -> Transition:
     """The saga's rules; every (state, input) pair has an answer."""
@@ -200,17 +258,29 @@ def decide(state: CancellationState, message: CancellationInput) -> Transition:
                     S.WAITING_FOR_CHECKOUT,
                     "a checkout of the order is under way; waiting for its end",
                 ),
+                (SetDeadline(CHECKOUT_DEADLINE),),
             )
         case S.REQUESTED, Requested(situation=OrderSituation.PAID):
             return _cancel_production("the order is paid")
-        case S.WAITING_FOR_CHECKOUT, CheckoutEnded(paid=False):
+        case S.WAITING_FOR_CHECKOUT, CheckoutEnded(paid=paid):
+            return _checkout_ended(paid, CancelDeadline(CHECKOUT_DEADLINE))
+        case S.WAITING_FOR_CHECKOUT, DeadlineFired(kind="checkout", checkout="PAID" | "FAILED"):
+            # The fired row is deleted with this transition: nothing to cancel.
+            return _checkout_ended(message.checkout == "PAID")
+        case S.WAITING_FOR_CHECKOUT, DeadlineFired(kind="checkout", fired=fired):
+            again = wait_backoff(fired + 1)
+            still = f"still {message.checkout}" if message.checkout else "not found"
             return Transition(
-                S.CANCELLED,
-                Step("order.cancelled", S.CANCELLED, "the checkout failed: nothing to refund"),
-                (CancelOrder(refunded=False),),
+                state,
+                Step(
+                    "checkout.still_awaited",
+                    state,
+                    f"checkout deadline (time {fired + 1}): the checkout is {still}; "
+                    f"waiting for its end, looking again in {again:g} s",
+                ),
+                (SetDeadline(CHECKOUT_DEADLINE, again),),
+                moved=False,
             )
-        case S.WAITING_FOR_CHECKOUT, CheckoutEnded(paid=True):
-            return _cancel_production("the checkout ended PAID")
         case S.CANCELLING_PRODUCTION, ProductionCancelled():
             return Transition(
                 S.REFUNDING,
@@ -255,6 +325,17 @@ def decide(state: CancellationState, message: CancellationInput) -> Transition:
                 ),
                 moved=False,
             )
+
+
+def _checkout_ended(paid: bool, *effects: Effect) -> Transition:
+    if paid:
+        moved = _cancel_production("the checkout ended PAID")
+        return Transition(moved.state, moved.step, (*moved.effects, *effects))
+    return Transition(
+        S.CANCELLED,
+        Step("order.cancelled", S.CANCELLED, "the checkout failed: nothing to refund"),
+        (CancelOrder(refunded=False), *effects),
+    )
 
 
 def _cancel_production(why: str) -> Transition:

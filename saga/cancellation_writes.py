@@ -24,6 +24,8 @@ from infra.db.statements import Statement
 from infra.messaging.failures import PermanentFailure
 from infra.messaging.outbox import outbox_row
 from saga.cancellation_state_machine import (
+    CHECKOUT_WAIT_MARGIN,
+    CancelDeadline,
     CancelOrder,
     CancelProduction,
     CompleteRefund,
@@ -31,6 +33,7 @@ from saga.cancellation_state_machine import (
     Reject,
     RequestRefund,
     ResendRefund,
+    SetDeadline,
     Transition,
 )
 
@@ -58,6 +61,33 @@ SUCCEED_REFUND = (
     " WHERE refund_id = %s"
 )
 REFUND_PAYMENT = "UPDATE payments SET status = 'REFUNDED', updated_at = %s WHERE payment_id = %s"
+_DUE = (
+    "COALESCE((SELECT due_at FROM deadlines WHERE saga = 'checkout' AND saga_id = %s"
+    " AND kind = 'payment'), %s) + make_interval(secs => %s)"
+)
+"""When a cancellation's deadline is due: `secs` after the awaited checkout's payment
+deadline when the first parameter names a checkout that has one, else after the second."""
+_SET_DEADLINE = (
+    "INSERT INTO deadlines (deadline_id, saga, saga_id, kind, due_at, attempts, created_at)"
+    f" SELECT %s, 'cancellation', %s, %s, {_DUE}, %s, %s"
+    " ON CONFLICT (saga, saga_id, kind)"
+    " DO UPDATE SET due_at = EXCLUDED.due_at, attempts = EXCLUDED.attempts"
+)
+_DEADLINE_SET_EVENT = (
+    "INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, detail)"
+    f" SELECT %s, %s, %s, 'saga', 'deadline.set', %s::text || ' deadline due at '"
+    f" || to_char(({_DUE}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+0000\"')"
+)
+"""The timeline's line for it, written like the checkout's (the due time computed the same
+way, so the two statements may also run as one)."""
+_DEADLINE_CANCELLED_EVENT = (
+    "INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, detail)"
+    " SELECT %s, %s, %s, 'saga', 'deadline.cancelled', %s WHERE EXISTS (SELECT 1 FROM deadlines"
+    " WHERE saga = 'cancellation' AND saga_id = %s AND kind = %s)"
+)
+_CANCEL_DEADLINE = (
+    "DELETE FROM deadlines WHERE saga = 'cancellation' AND saga_id = %s AND kind = %s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +118,28 @@ class Cancelling:
     state: str
     payment: Payment | None
     refund: RefundRow | None
+    checkout_id: uuid.UUID | None = None
+    """The checkout the cancellation was recorded against (None: the order had none)."""
 
 
 def transition_writes(
-    transition: Transition, cancelling: Cancelling, now: datetime, *, inserted: bool = False
+    transition: Transition,
+    cancelling: Cancelling,
+    now: datetime,
+    *,
+    inserted: bool = False,
+    fired: int = 0,
 ) -> list[Statement]:
     """Everything one transition writes: its effects, its state (if it moved), its step.
 
     `inserted`: the cancellation row is being inserted in its new state (the first
-    transition, in the API), so the state needs no update.
+    transition, in the API), so the state needs no update. `fired`: how often the
+    deadline a `SetDeadline` re-sets has fired (0: a new one).
     """
     writes: list[Statement] = []
     refund = cancelling.refund
     for effect in transition.effects:
-        effect_writes, refund = _apply(effect, cancelling, refund, now)
+        effect_writes, refund = _apply(effect, cancelling, refund, now, fired)
         writes.extend(effect_writes)
     if transition.moved and not inserted:
         writes.append(
@@ -162,11 +200,29 @@ def refunded_event(
 
 
 def _apply(
-    effect: Effect, c: Cancelling, refund: RefundRow | None, now: datetime
+    effect: Effect, c: Cancelling, refund: RefundRow | None, now: datetime, fired: int
 ) -> tuple[list[Statement], RefundRow | None]:
     """The writes of one effect, and the refund as the effects after it see it."""
     correlation = c.cancellation_id
     match effect:
+        case SetDeadline(kind=kind, after=after):
+            # After the checkout's payment deadline, or `after` seconds from now.
+            checkout_id = c.checkout_id if after is None else None
+            seconds = CHECKOUT_WAIT_MARGIN if after is None else after
+            due = (checkout_id, now, seconds)
+            return [
+                (_SET_DEADLINE, (uuid.uuid4(), c.cancellation_id, kind, *due, fired, now)),
+                (_DEADLINE_SET_EVENT, (c.cancellation_id, c.order_id, now, kind, *due)),
+            ], refund
+        case CancelDeadline(kind=kind):
+            detail = f"{kind} deadline cancelled"
+            return [
+                (
+                    _DEADLINE_CANCELLED_EVENT,
+                    (c.cancellation_id, c.order_id, now, detail, c.cancellation_id, kind),
+                ),
+                (_CANCEL_DEADLINE, (c.cancellation_id, kind)),
+            ], refund
         case CancelOrder(refunded=refunded):
             summary = None
             if refunded:

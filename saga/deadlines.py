@@ -1,11 +1,12 @@
-"""The deadline claimer: fires the checkouts' due deadlines, in every saga instance.
+"""The deadline claimer: fires the sagas' due deadlines, in every saga instance.
 
 The `deadlines` table is the truth; the timer here only decides when to look. Each
-round claims the due rows with their checkouts (`FOR UPDATE SKIP LOCKED`, so two
-instances never fire one row twice) and applies each as an input to its checkout's
-state machine in the same transaction that deletes or re-sets the row
-(`CheckoutSaga.fire_due`). A crash between the claim and the commit leaves the row due,
-and a later round (of this instance after its restart, or of another) fires it.
+round claims the due rows with their sagas (`FOR UPDATE SKIP LOCKED`, so two
+instances never fire one row twice) and applies each as an input to its saga's
+state machine in the same transaction that deletes or re-sets the row: the checkouts'
+(`CheckoutSaga.fire_due`), then the cancellations' (`CancellationDeadlines.fire_due`).
+A crash between the claim and the commit leaves the row due, and a later round (of this
+instance after its restart, or of another) fires it.
 
 Between rounds it sleeps until the earliest deadline, at most `POLL_SECONDS`: a
 deadline set meanwhile by another process (a new checkout's, due two minutes later by
@@ -15,11 +16,11 @@ default) is never found much later than it is due.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
-
-from saga.orchestrator import CheckoutSaga
 
 log = structlog.get_logger()
 
@@ -27,14 +28,24 @@ POLL_SECONDS = 1.0
 BATCH = 50
 
 
-async def run_deadlines(saga: CheckoutSaga, *, poll: float = POLL_SECONDS) -> None:
+class Claimer(Protocol):
+    """Fires one saga's due deadlines (`CheckoutSaga`, `CancellationDeadlines`)."""
+
+    async def fire_due(self, limit: int = BATCH) -> Sequence[object]: ...
+
+    async def next_due(self) -> datetime | None: ...
+
+
+async def run_deadlines(*claimers: Claimer, poll: float = POLL_SECONDS) -> None:
     """Fire due deadlines until cancelled (the saga process's shutdown)."""
     while True:
         try:
-            fired = await saga.fire_due(BATCH)
-            if len(fired) == BATCH:
+            full = False
+            for claimer in claimers:
+                full |= len(await claimer.fire_due(BATCH)) == BATCH
+            if full:
                 continue  # more may be due right now
-            wait = await _until_next(saga, poll)
+            wait = min([await _until_next(claimer, poll) for claimer in claimers], default=poll)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -46,8 +57,8 @@ async def run_deadlines(saga: CheckoutSaga, *, poll: float = POLL_SECONDS) -> No
         await asyncio.sleep(wait)
 
 
-async def _until_next(saga: CheckoutSaga, poll: float) -> float:
-    due = await saga.next_due()
+async def _until_next(claimer: Claimer, poll: float) -> float:
+    due = await claimer.next_due()
     if due is None:
         return poll
     return min(max((due - datetime.now(UTC)).total_seconds(), 0.0), poll)

@@ -19,6 +19,7 @@ from infra.messaging.worker import Resources, Worker
 from infra.settings import Settings
 from infra.tracing import configure_tracing
 from operations.stuck import run_stuck_gauge
+from saga.cancellation_deadlines import CancellationDeadlines
 from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
@@ -54,7 +55,9 @@ def build_worker(settings: Settings) -> Worker:
     worker.consume("production-cancel", production_cancel_routes)
 
     async def deadlines(res: Resources) -> None:
-        await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))
+        await run_deadlines(
+            CheckoutSaga(res.uow, res.settings.payment_deadline), CancellationDeadlines(res.uow)
+        )
 
     worker.background("deadlines", deadlines)
 

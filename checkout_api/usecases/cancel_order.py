@@ -172,7 +172,13 @@ async def _attempt(
         cancellation_id = uuid.uuid4()
         transition = decide(CancellationState.REQUESTED, Requested(situation))
         cancelling = Cancelling(
-            cancellation_id, order_id, reason, CancellationState.REQUESTED, payment, None
+            cancellation_id,
+            order_id,
+            reason,
+            CancellationState.REQUESTED,
+            payment,
+            None,
+            checkout_id,
         )
         requested_step = StepOut(
             name=REQUESTED_STEP,

@@ -7,6 +7,8 @@ import itertools
 import pytest
 
 from saga.cancellation_state_machine import (
+    CHECKOUT_DEADLINE,
+    CancelDeadline,
     CancellationInput,
     CancellationState,
     CancelOrder,
@@ -23,7 +25,9 @@ from saga.cancellation_state_machine import (
     Requested,
     RequestRefund,
     ResendRefund,
+    SetDeadline,
     decide,
+    wait_backoff,
 )
 
 S = CancellationState
@@ -38,14 +42,49 @@ INPUTS: dict[str, CancellationInput] = {
     "production-refused": ProductionRefused("already_in_production"),
     "refund-succeeded": RefundSucceeded("r-1", attempts=3),
     "deadline": DeadlineFired("step"),
+    # The waiting cancellation's deadline, as the claimer fires it: with the state of
+    # the checkout it waits for (None: no checkout found), the second time it fires.
+    "deadline-checkout-active": DeadlineFired(CHECKOUT_DEADLINE, 1, "PAYMENT_PENDING"),
+    "deadline-checkout-started": DeadlineFired(CHECKOUT_DEADLINE, 1, "STARTED"),
+    "deadline-checkout-gone": DeadlineFired(CHECKOUT_DEADLINE, 1, None),
+    "deadline-checkout-paid": DeadlineFired(CHECKOUT_DEADLINE, 1, "PAID"),
+    "deadline-checkout-failed": DeadlineFired(CHECKOUT_DEADLINE, 1, "FAILED"),
 }
+STOP_WAITING = CancelDeadline(CHECKOUT_DEADLINE)
+WAIT_AGAIN = SetDeadline(CHECKOUT_DEADLINE, wait_backoff(2))
 
 EXPECTED: dict[tuple[CancellationState, str], tuple[CancellationState, tuple[Effect, ...]]] = {
     (S.REQUESTED, "requested-unpaid"): (S.CANCELLED, (CancelOrder(refunded=False),)),
-    (S.REQUESTED, "requested-active"): (S.WAITING_FOR_CHECKOUT, ()),
+    (S.REQUESTED, "requested-active"): (
+        S.WAITING_FOR_CHECKOUT,
+        (SetDeadline(CHECKOUT_DEADLINE),),  # after the checkout's payment deadline
+    ),
     (S.REQUESTED, "requested-paid"): (S.CANCELLING_PRODUCTION, (CancelProduction(),)),
-    (S.WAITING_FOR_CHECKOUT, "checkout-failed"): (S.CANCELLED, (CancelOrder(refunded=False),)),
-    (S.WAITING_FOR_CHECKOUT, "checkout-paid"): (S.CANCELLING_PRODUCTION, (CancelProduction(),)),
+    (S.WAITING_FOR_CHECKOUT, "checkout-failed"): (
+        S.CANCELLED,
+        (CancelOrder(refunded=False), STOP_WAITING),
+    ),
+    (S.WAITING_FOR_CHECKOUT, "checkout-paid"): (
+        S.CANCELLING_PRODUCTION,
+        (CancelProduction(), STOP_WAITING),
+    ),
+    # The checkout still active: keep waiting, look again later (backoff by times fired).
+    (S.WAITING_FOR_CHECKOUT, "deadline-checkout-active"): (S.WAITING_FOR_CHECKOUT, (WAIT_AGAIN,)),
+    (S.WAITING_FOR_CHECKOUT, "deadline-checkout-started"): (
+        S.WAITING_FOR_CHECKOUT,
+        (WAIT_AGAIN,),
+    ),
+    (S.WAITING_FOR_CHECKOUT, "deadline-checkout-gone"): (S.WAITING_FOR_CHECKOUT, (WAIT_AGAIN,)),
+    # The checkout ended without taking the cancellation over (a repair): take over now;
+    # the fired row is deleted by the claimer, so nothing to cancel.
+    (S.WAITING_FOR_CHECKOUT, "deadline-checkout-paid"): (
+        S.CANCELLING_PRODUCTION,
+        (CancelProduction(),),
+    ),
+    (S.WAITING_FOR_CHECKOUT, "deadline-checkout-failed"): (
+        S.CANCELLED,
+        (CancelOrder(refunded=False),),
+    ),
     (S.CANCELLING_PRODUCTION, "production-cancelled"): (S.REFUNDING, (RequestRefund(),)),
     (S.CANCELLING_PRODUCTION, "production-refused"): (
         S.REJECTED,
@@ -56,8 +95,16 @@ EXPECTED: dict[tuple[CancellationState, str], tuple[CancellationState, tuple[Eff
         (CompleteRefund("r-1"), CancelOrder(refunded=True)),
     ),
     # A deadline re-sends the pending step's command (idempotent) and stays.
-    (S.CANCELLING_PRODUCTION, "deadline"): (S.CANCELLING_PRODUCTION, (CancelProduction(),)),
-    (S.REFUNDING, "deadline"): (S.REFUNDING, (ResendRefund(),)),
+    **{
+        (S.CANCELLING_PRODUCTION, name): (S.CANCELLING_PRODUCTION, (CancelProduction(),))
+        for name in INPUTS
+        if name.startswith("deadline")
+    },
+    **{
+        (S.REFUNDING, name): (S.REFUNDING, (ResendRefund(),))
+        for name in INPUTS
+        if name.startswith("deadline")
+    },
 }
 
 
@@ -78,6 +125,25 @@ def test_every_state_and_input(state: CancellationState, name: str) -> None:
         assert (transition.state, transition.effects) == expected
         assert transition.changed
         assert transition.step.status == transition.state
+
+
+def test_a_waiting_cancellations_deadline_says_what_it_found_and_when_it_looks_again() -> None:
+    step = decide(S.WAITING_FOR_CHECKOUT, INPUTS["deadline-checkout-active"]).step
+    assert step.name == "checkout.still_awaited"
+    assert step.detail == (
+        "checkout deadline (time 2): the checkout is still PAYMENT_PENDING; "
+        "waiting for its end, looking again in 20 s"
+    )
+    gone = decide(S.WAITING_FOR_CHECKOUT, INPUTS["deadline-checkout-gone"]).step.detail
+    assert gone is not None
+    assert "the checkout is not found" in gone
+
+
+def test_the_wait_backs_off_to_a_cap() -> None:
+    assert [wait_backoff(n) for n in (1, 2, 3)] == [10.0, 20.0, 40.0]
+    assert wait_backoff(50) == 300.0
+    first = decide(S.WAITING_FOR_CHECKOUT, DeadlineFired(CHECKOUT_DEADLINE, 0, "STARTED"))
+    assert first.effects == (SetDeadline(CHECKOUT_DEADLINE, wait_backoff(1)),)
 
 
 def test_final_states_are_final() -> None:

@@ -123,3 +123,35 @@ def test_a_refund_without_its_charge_or_record_is_refused(
 ) -> None:
     with pytest.raises(PermanentFailure):
         transition_writes(decide(state, message), cancelling(state, paid=paid, refund=refund), NOW)
+
+
+def test_waiting_for_a_checkout_sets_a_deadline_after_the_checkouts_own() -> None:
+    checkout_id = uuid.uuid4()
+    c = Cancelling(uuid.uuid4(), uuid.uuid4(), "why", str(S.REQUESTED), None, None, checkout_id)
+    transition = decide(S.REQUESTED, Requested(OrderSituation.CHECKOUT_ACTIVE))
+    writes = transition_writes(transition, c, NOW, inserted=True)
+    [(_, row)] = [w for w in writes if w[0].startswith("INSERT INTO deadlines")]
+    # (id, cancellation, kind, the checkout whose payment deadline it follows, now, margin,
+    # times fired, created)
+    assert row[1:] == (c.cancellation_id, "checkout", checkout_id, NOW, 10.0, 0, NOW)
+    [(_, event)] = [w for w in writes if "'deadline.set'" in w[0]]
+    assert event == (c.cancellation_id, c.order_id, NOW, "checkout", checkout_id, NOW, 10.0)
+
+
+def test_a_deadline_set_again_is_due_from_now_and_counts_its_firings() -> None:
+    c = Cancelling(uuid.uuid4(), uuid.uuid4(), "why", str(S.WAITING_FOR_CHECKOUT), None, None)
+    transition = decide(S.WAITING_FOR_CHECKOUT, DeadlineFired("checkout", 2, "PAYMENT_PENDING"))
+    writes = transition_writes(transition, c, NOW, fired=3)
+    [(_, row)] = [w for w in writes if w[0].startswith("INSERT INTO deadlines")]
+    assert row[1:] == (c.cancellation_id, "checkout", None, NOW, 40.0, 3, NOW)
+    assert not any(sql.startswith("UPDATE cancellations") for sql, _ in writes)  # not moved
+
+
+def test_the_checkouts_end_cancels_the_deadline_and_the_timeline_says_so_first() -> None:
+    c = cancelling(S.WAITING_FOR_CHECKOUT, paid=False)
+    writes = transition_writes(decide(S.WAITING_FOR_CHECKOUT, CheckoutEnded(paid=False)), c, NOW)
+    sqls = [sql for sql, _ in writes]
+    event = next(i for i, sql in enumerate(sqls) if "'deadline.cancelled'" in sql)
+    delete = next(i for i, sql in enumerate(sqls) if sql.startswith("DELETE FROM deadlines"))
+    assert event < delete  # the line is written only if there was a deadline to cancel
+    assert writes[delete][1] == (c.cancellation_id, "checkout")

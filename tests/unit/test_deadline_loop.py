@@ -68,3 +68,18 @@ async def test_it_waits_until_the_next_deadline_but_never_longer_than_the_poll()
     assert await deadlines._until_next(saga, 1.0) == 0.0
     saga.next_in = None
     assert await deadlines._until_next(saga, 1.0) == 1.0
+
+
+async def test_every_claimer_fires_each_round_and_a_full_batch_of_either_goes_on_at_once() -> None:
+    checkouts = FakeSaga([1, 0, 0], None)  # nothing due later: it alone would wait a poll
+    cancellations = FakeSaga([deadlines.BATCH, deadlines.BATCH], None)
+    task = asyncio.create_task(deadlines.run_deadlines(checkouts, cancellations, poll=10.0))
+    try:
+        await asyncio.wait_for(cancellations.done.wait(), timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Three rounds without sleeping (after each full batch), each of both claimers.
+    assert cancellations.calls == 3
+    assert checkouts.calls == 3
