@@ -367,6 +367,8 @@ class Chaos:
         ("broker-latency", 5),
         ("latency", 18),
         ("reset", 18),
+        ("payment-outage", 4),
+        ("payment-slow", 4),
         ("duplicate", 26),
         ("pause", 10),
     )
@@ -495,7 +497,7 @@ class Chaos:
 
     async def _latency(self) -> None:
         service = self.rng.choice(sysmod.SERVICES)
-        latency = self.rng.uniform(0.1, 1.0)  # each way; over 0.5 the 1 s timeout bites
+        latency = self.rng.uniform(0.1, 1.0)  # each way
         window = self.rng.uniform(1.0, 3.0)
         if not self._free(service):
             return
@@ -524,6 +526,33 @@ class Chaos:
                     ts, kind, target, until=time.time(), detail=f"+{latency * 1000:.0f}ms each way"
                 )
             )
+
+    async def _payment_outage(self) -> None:
+        """The Payment Service unreachable for longer than the payment deadline: the
+        checkouts in flight are reconciled (unanswered first, then found or not)."""
+        if not self._free("payments"):
+            return
+        down = self.rng.uniform(sysmod.PAYMENT_DEADLINE + 1, sysmod.PAYMENT_DEADLINE + 5)
+        # Kept clear of other payment faults a while after: the retries' budget (about
+        # 35 s) must outlast the whole stretch the service is unusable.
+        self._busy["payments"] = time.monotonic() + down + 8
+        ts = time.time()
+        self.system.service_proxies["payments"].refuse_for(down)
+        self.events.append(
+            FaultEvent(ts, "refuse", "payments", until=ts + down, detail=f"outage {down:.1f}s")
+        )
+
+    async def _payment_slow(self) -> None:
+        """Charges slower than the payment deadline: each call takes longer than the
+        deadline, so the reconciliation asks while the charge is still on its way."""
+        latency = self.rng.uniform(1.5, 3.0)  # each way
+        window = self.rng.uniform(sysmod.PAYMENT_DEADLINE + 1, sysmod.PAYMENT_DEADLINE + 4)
+        if not self._free("payments"):
+            return
+        self._busy["payments"] = time.monotonic() + window + 8
+        self._spawn(
+            self._window("payments", latency, window, targets=("payments",), kind="latency")
+        )
 
     async def _reset(self) -> None:
         service = self.rng.choice(sysmod.SERVICES)

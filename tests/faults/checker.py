@@ -9,7 +9,9 @@ The checks:
 
 1. every accepted checkout exists once, for its order, and ended PAID or FAILED;
 2. at most one successful charge per order, exactly one for a PAID order; a charge of
-   an order that is not PAID (a late answer after its checkout failed) refunded once;
+   an order that is not PAID (a late answer after its checkout failed) refunded once,
+   and so is every charge made with the key of a FAILED checkout (nobody pays for a
+   failed checkout, whatever became of the order after);
 3. one invoice, one e-mail and one production order per PAID order, none for others;
 4. the dead-letter queues hold exactly the injected poison (with failure headers),
    and each fixable message, once parked and replayed, was applied exactly once;
@@ -313,6 +315,13 @@ def _charges(f: Facts) -> CheckResult:
         if order_id not in paid and order_id not in cancelled and order_id not in late:
             problems.append(f"order {order_id} ({f.orders.get(order_id)}) was charged")
     problems += [f"PAID order {o} has no successful charge" for o in sorted(paid - set(taken))]
+    for c in f.charges:
+        failed = f.checkouts.get(c.key or "", ("", ""))[1] == "FAILED"
+        if c.succeeded and failed and refunded[c.reference] != 1:
+            problems.append(
+                f"FAILED checkout {c.key} (order {c.order_id}): its charge {c.reference} "
+                f"refunded {refunded[c.reference]} times"
+            )
     attempts = sum(c.attempts for c in f.charges)
     summary = (
         f"{sum(taken.values())} charges for {len(paid)} PAID orders; "

@@ -208,6 +208,45 @@ async def read_applied(system: FaultSystem) -> list[Applied]:
     return applied + facts.applied
 
 
+# What time did during the run (CONTRACT.md section 8): shown in the report, not checked
+# (the checks say whether the outcome is right, these say the deadlines really fired).
+TIME_FIGURES = {
+    "payment_deadlines_fired": "SELECT count(*) FROM checkout_steps WHERE name = 'deadline.fired'",
+    "checkouts_reconciled": (
+        "SELECT count(DISTINCT checkout_id) FROM checkout_steps WHERE name = 'deadline.fired'"
+    ),
+    "reconciled_unanswered": (
+        "SELECT count(*) FROM checkout_steps WHERE name = 'payment.reconciliation'"
+    ),
+    "reconciled_found": (
+        "SELECT count(*) FROM checkout_steps WHERE detail LIKE '%found by reconciliation%'"
+    ),
+    "payment_timeouts": "SELECT count(*) FROM checkout_steps WHERE name = 'payment.timed_out'",
+    "late_successes": "SELECT count(*) FROM checkout_steps WHERE name = 'payment.late_success'",
+    "late_refunds": (
+        "SELECT count(*) FROM refunds WHERE cancellation_id IS NULL AND status = 'SUCCEEDED'"
+    ),
+    "cancellation_refunds": (
+        "SELECT count(*) FROM refunds WHERE cancellation_id IS NOT NULL AND status = 'SUCCEEDED'"
+    ),
+    "cancellations_waited": (
+        "SELECT count(*) FROM cancellation_steps WHERE name = 'checkout.awaited'"
+    ),
+    "cancellation_deadlines_set": (
+        "SELECT count(*) FROM checkout_events e JOIN cancellations c"
+        " ON c.cancellation_id = e.checkout_id WHERE e.kind = 'deadline.set'"
+    ),
+    "cancellation_deadlines_cancelled": (
+        "SELECT count(*) FROM checkout_events e JOIN cancellations c"
+        " ON c.cancellation_id = e.checkout_id WHERE e.kind = 'deadline.cancelled'"
+    ),
+    "cancellation_deadlines_fired": (
+        "SELECT count(*) FROM cancellation_steps WHERE name = 'checkout.still_awaited'"
+    ),
+    "deadlines_left": "SELECT count(*) FROM deadlines",
+}
+
+
 async def read_database(database_url: str, facts: Facts) -> None:
     async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
         rows = await (await conn.execute("SELECT order_id, status FROM orders")).fetchall()
@@ -226,6 +265,8 @@ async def read_database(database_url: str, facts: Facts) -> None:
         facts.invoices = [(str(o), str(m)) for o, m in rows]
         facts.outbox = await _scalar(conn, "SELECT count(*) FROM outbox")
         facts.applied += await _applied_records(conn)
+        for name, query in TIME_FIGURES.items():
+            facts.stats[name] = await _scalar(conn, query)
 
 
 def letter_of(dlq: str, message: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:

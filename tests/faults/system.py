@@ -67,6 +67,13 @@ BROKER_PROXIED: tuple[str, ...] = WORKERS
 # open a pause past each, and on a loaded CI machine a 10 s budget was overrun
 # (six payments dead-lettered as transient after 6 attempts).
 RETRY_DELAYS = "0.3,0.6,1.2,2.5,5,10,15"
+# Deadlines short enough to fire during the run (CONTRACT.md section 8): a checkout
+# still PAYMENT_PENDING this long after its charge was requested is reconciled. The
+# chaos's payment outages and slow windows outlast it (`chaos.Chaos`), and the HTTP
+# timeout outlasts the simulated slow charge (10 s), so that a slow charge's answer
+# arrives after its checkout was failed by the reconciliation: a late answer, refunded.
+PAYMENT_DEADLINE = 4.0
+HTTP_TIMEOUT = 12.0
 
 
 def connection_part(name: str, namespace: str) -> str | None:
@@ -256,7 +263,8 @@ def run_env(base: Settings, tag: str) -> dict[str, str]:
         "CHECKOUT_MOCKS_PORT": str(free_port()),
         "CHECKOUT_RETRY_DELAYS": RETRY_DELAYS,
         "CHECKOUT_RETRY_JITTER": "0.2",
-        "CHECKOUT_HTTP_TIMEOUT": "1",
+        "CHECKOUT_HTTP_TIMEOUT": str(HTTP_TIMEOUT),
+        "CHECKOUT_PAYMENT_DEADLINE": str(PAYMENT_DEADLINE),
         "CHECKOUT_HTTP_ATTEMPTS": "3",
         "CHECKOUT_BREAKER_THRESHOLD": "5",
         "CHECKOUT_BREAKER_PAUSE": "1",

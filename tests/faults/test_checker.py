@@ -431,3 +431,21 @@ def test_a_late_charge_of_a_failed_order_is_fine_once_refunded_once() -> None:
     facts.refunds.append(ServiceCall("refunds", "again", 1, None, 201, True, "pay-late"))
     problems = failed(facts)["refunds match charges"]
     assert any("pay-late" in p and "refunded 2 times" in p for p in problems)
+
+
+def test_a_charged_failed_checkout_of_a_cancelled_order_needs_its_own_refund() -> None:
+    # The order was cancelled while its checkout was in flight; the checkout failed by its
+    # deadline, then the charge went through: the cancellation refunds nothing (nothing
+    # was paid when it took over), the late charge's refund must return it.
+    facts = with_cancellations()
+    facts.accepted["co-late"] = "order-late"
+    facts.checkouts["co-late"] = ("order-late", "FAILED")
+    facts.orders["order-late"] = "CANCELLED"
+    facts.cancellations["cx-late"] = ("order-late", "CANCELLED")
+    facts.charges.append(ServiceCall("payments", "co-late", 1, "order-late", 201, True, "pay-l"))
+    problems = failed(facts)["one charge per paid order"]
+    assert problems == (
+        "FAILED checkout co-late (order order-late): its charge pay-l refunded 0 times",
+    )
+    facts.refunds.append(ServiceCall("refunds", "late-refund", 1, None, 201, True, "pay-l"))
+    assert check(facts).ok, check(facts).text()
