@@ -15,7 +15,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 import structlog
 
 from infra.db.session import UnitOfWork
@@ -69,14 +71,7 @@ class CancellationDeadlines:
             rows = await (await conn.execute(_CLAIM_DUE, (now, limit))).fetchall()
             for deadline_id, kind, attempts, cancellation_id, checkout_state in rows:
                 message = DeadlineFired(kind, attempts, checkout_state)
-                applied = await cancellation.apply(
-                    conn, cancellation_id, message, now, claim=None, fired=attempts + 1
-                )
-                transition = applied.transition
-                if transition is None or not any(
-                    isinstance(e, SetDeadline) and e.kind == kind for e in transition.effects
-                ):
-                    await conn.execute(_DELETE_FIRED, (deadline_id,))
+                applied = await self._fire(conn, deadline_id, cancellation_id, message, now)
                 fired.append(Fired(deadline_id, applied))
             await conn.commit()
         for one in fired:
@@ -87,6 +82,25 @@ class CancellationDeadlines:
                 order_id=str(one.applied.order_id),
             )
         return fired
+
+    async def _fire(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        deadline_id: uuid.UUID,
+        cancellation_id: uuid.UUID,
+        message: DeadlineFired,
+        now: datetime,
+    ) -> cancellation.Applied:
+        """Apply one claimed deadline; delete its row unless the transition set it again."""
+        applied = await cancellation.apply(
+            conn, cancellation_id, message, now, claim=None, fired=message.fired + 1
+        )
+        transition = applied.transition
+        if transition is None or not any(
+            isinstance(e, SetDeadline) and e.kind == message.kind for e in transition.effects
+        ):
+            await conn.execute(_DELETE_FIRED, (deadline_id,))
+        return applied
 
     async def next_due(self) -> datetime | None:
         """When the earliest deadline of any cancellation is due (None: there is none)."""
