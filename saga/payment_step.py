@@ -25,7 +25,9 @@ success is then a late answer, which the state machine refunds.
 `ReconcilePayment` (sent when the payment deadline fires) asks the Payment Service
 for the charge made with the checkout's key (`GET /payments/{key}`) and applies what
 it says the same way: found SUCCESSFUL or FAILED, the outcome; no such charge,
-`payment_timeout`; no answer, a step saying so (the deadline asks again).
+`payment_timeout`; no answer, a step saying so (the deadline asks again). It asks
+for a FAILED checkout too (its `late_charge` deadline, or a reconciliation that waited
+past the end): a charge found then is a late success, refunded.
 """
 
 from __future__ import annotations
@@ -189,9 +191,11 @@ class PaymentStep:
         if row.applied:
             log.info("duplicate message skipped")
             return Handled.DUPLICATE
-        if row.state.is_final:
-            log.info("checkout is final; nothing to reconcile", state=row.state)
+        if row.state is CheckoutState.PAID:
+            log.info("checkout is paid; nothing to reconcile", state=row.state)
             return Handled.DONE
+        # A FAILED checkout is asked about too: a charge that landed after its end (a
+        # call already on its way) is a late success, which the saga refunds.
         key = str(command.checkout_id)
         result: PaymentSucceeded | PaymentDeclined | PaymentNotFound | PaymentUnanswered
         try:

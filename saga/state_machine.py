@@ -6,6 +6,7 @@ STARTED ──CheckoutRequested──▶ PAYMENT_PENDING ──PaymentSucceeded�
                    DeadlineReached   │      └──PaymentNotFound────▶ FAILED (payment_timeout)
                  (ask the service)───┘  PaymentUnanswered: stays, asked again later
 FAILED ──PaymentSucceeded (a late answer)──▶ FAILED, the charge refunded
+   └──DeadlineReached(late_charge): look for a charge that landed after all
 ```
 PAID and FAILED are final. An input that does not fit the current state (a late
 duplicate outcome, a repeated request, a deadline after the end) changes nothing; its
@@ -16,6 +17,15 @@ leaving it cancels it; when it comes due the saga asks the Payment Service what 
 of the charge (`ReconcilePayment`) and sets the deadline again with a growing backoff,
 so an unanswered question is asked again. A charge that succeeds after the checkout
 ended FAILED is refunded: nobody pays for a failed checkout.
+
+A checkout failed by its reconciliation (no charge found: `payment_timeout`) may still
+be charged by a call that was on its way then: the payment step refuses every call
+after the end, but one already sent lands when it lands, and its answer may never
+reach the saga (the saga killed, the connection reset while it waited). So that end
+sets one more deadline, `late_charge`: it asks the Payment Service again
+(`LATE_CHARGE_LOOKS` times, the first after `CHECKOUT_PAYMENT_DEADLINE`, then with the
+reconciliation's backoff); a charge found is a late success like any other (refunded),
+and stops the looking.
 
 Each transition is applied where its input arises, in one transaction: the first by
 the API (`checkout_api.usecases.checkout_order`, in the checkout's own statement), the
@@ -40,6 +50,8 @@ from saga.inputs import (
 
 PAYMENT_DEADLINE = "payment"
 PAYMENT_TIMEOUT = "payment_timeout"
+LATE_CHARGE_DEADLINE = "late_charge"
+LATE_CHARGE_LOOKS = 3
 # Seconds until a reconciliation is asked again: doubling from the first, at most the cap.
 RECONCILE_BACKOFF_FIRST = 5.0
 RECONCILE_BACKOFF_CAP = 300.0
@@ -182,7 +194,7 @@ def decide(state: CheckoutState, message: SagaInput) -> Transition:
                     failed,
                     "reconciliation: the Payment Service has no charge with the checkout's key",
                 ),
-                (FailPayment(PAYMENT_TIMEOUT), stop_waiting),
+                (FailPayment(PAYMENT_TIMEOUT), stop_waiting, SetDeadline(LATE_CHARGE_DEADLINE)),
                 failure_reason=PAYMENT_TIMEOUT,
             )
         case CheckoutState.PAYMENT_PENDING, DeadlineReached(kind="payment", fired=fired):
@@ -215,7 +227,22 @@ def decide(state: CheckoutState, message: SagaInput) -> Transition:
                     failed,
                     f"provider payment {ref} succeeded after the checkout failed: refunding it",
                 ),
-                (RefundLateCharge(ref),),
+                (RefundLateCharge(ref), CancelDeadline(LATE_CHARGE_DEADLINE)),
+            )
+        case CheckoutState.FAILED, DeadlineReached(kind="late_charge", fired=fired):
+            look = fired + 1
+            more: tuple[Effect, ...] = ()
+            if look < LATE_CHARGE_LOOKS:
+                more = (SetDeadline(LATE_CHARGE_DEADLINE, reconcile_backoff(look)),)
+            return Transition(
+                failed,
+                Step(
+                    "late_charge.lookup",
+                    failed,
+                    f"asking the Payment Service for a charge that landed after the checkout "
+                    f"failed (look {look} of {LATE_CHARGE_LOOKS})",
+                ),
+                (ReconcilePayment(), *more),
             )
         case _:
             return Transition(

@@ -249,3 +249,60 @@ async def test_a_success_after_the_checkout_failed_is_recorded_for_its_refund(
         key,
     )
     assert sent.amount == command.amount
+
+
+async def _deadlines(engine: AsyncEngine, command: ChargePayment) -> list[tuple[str, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT kind, attempts FROM deadlines WHERE saga_id = :c ORDER BY kind"),
+            {"c": command.checkout_id},
+        )
+        return [(kind, int(attempts)) for kind, attempts in rows.all()]
+
+
+async def test_a_charge_that_lands_after_the_timeout_is_found_by_a_later_look_and_refunded(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    # The call was on its way when the reconciliation found nothing; its answer never
+    # reached the saga (killed, connection reset). The charge is found by a later look.
+    command = await pending_checkout(hot_uow)
+    payments = FakePayments(Charged("p-1"), found=None)
+    saga = CheckoutSaga(hot_uow, payment_deadline=0.001)
+    step = PaymentStep(hot_uow, payments, saga)
+    await step.reconcile(_reconcile(command), _delivery(uuid.uuid4()))
+    assert await _deadlines(engine, command) == [("late_charge", 0)]
+
+    async with engine.begin() as conn:  # due now, not waited for
+        await conn.execute(
+            text("UPDATE deadlines SET due_at = now() WHERE saga_id = :c"),
+            {"c": command.checkout_id},
+        )
+    [fired] = [a for a in await saga.fire_due() if a.checkout_id == command.checkout_id]
+    assert fired.transition is not None
+    assert fired.transition.step.name == "late_charge.lookup"
+    assert await _deadlines(engine, command) == [("late_charge", 1)]  # looks again later
+
+    payments.found = Charged("p-landed")  # the charge landed meanwhile
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert await _state(engine, command) == ("FAILED", "SUCCESSFUL", "FAILED", 1)
+    assert (await _steps(engine, command))[-1][0] == "payment.late_success"
+    assert await _deadlines(engine, command) == []  # found: no more looking
+    async with engine.connect() as conn:
+        refunds = await conn.execute(
+            text("SELECT count(*) FROM refunds WHERE payment_id = :p"), {"p": command.payment_id}
+        )
+        assert refunds.scalar_one() == 1
+    assert payments.calls == []  # looking never charges
+
+
+async def test_a_paid_checkout_is_not_asked_about_again(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    payments = FakePayments(Charged("p-1"), found=Charged("p-1"))
+    step = PaymentStep(hot_uow, payments, CheckoutSaga(hot_uow))
+    await step.handle(command, _delivery(uuid.uuid4()))
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+    assert payments.lookups == []
+    assert await _state(engine, command) == ("PAID", "SUCCESSFUL", "PAID", 1)

@@ -19,6 +19,8 @@ from saga.inputs import (
     SagaInput,
 )
 from saga.state_machine import (
+    LATE_CHARGE_DEADLINE,
+    LATE_CHARGE_LOOKS,
     PAYMENT_DEADLINE,
     CancelDeadline,
     CheckoutState,
@@ -40,7 +42,8 @@ DECLINED = PaymentDeclined(checkout_id=CHECKOUT, reason="card_declined")
 DUE = DeadlineReached(checkout_id=CHECKOUT, kind=PAYMENT_DEADLINE)
 NOT_FOUND = PaymentNotFound(checkout_id=CHECKOUT)
 UNANSWERED = PaymentUnanswered(checkout_id=CHECKOUT, error="payments service answered 503")
-MESSAGES: list[SagaInput] = [REQUESTED, SUCCEEDED, DECLINED, DUE, NOT_FOUND, UNANSWERED]
+LOOK = DeadlineReached(checkout_id=CHECKOUT, kind=LATE_CHARGE_DEADLINE)
+MESSAGES: list[SagaInput] = [REQUESTED, SUCCEEDED, DECLINED, DUE, NOT_FOUND, UNANSWERED, LOOK]
 STOP = CancelDeadline(PAYMENT_DEADLINE)
 
 P, S = CheckoutState.PAYMENT_PENDING, CheckoutState
@@ -53,15 +56,29 @@ EXPECTED: dict[tuple[CheckoutState, str], tuple[CheckoutState, tuple[Effect, ...
     ),
     (P, "PaymentSucceeded"): (S.PAID, (CompletePayment("p-1"), STOP), "payment.succeeded"),
     (P, "PaymentDeclined"): (S.FAILED, (FailPayment("card_declined"), STOP), "payment.declined"),
-    (P, "PaymentNotFound"): (S.FAILED, (FailPayment("payment_timeout"), STOP), "payment.timed_out"),
+    (P, "PaymentNotFound"): (
+        S.FAILED,
+        (FailPayment("payment_timeout"), STOP, SetDeadline(LATE_CHARGE_DEADLINE)),
+        "payment.timed_out",
+    ),
     (P, "DeadlineReached"): (
         P,
         (ReconcilePayment(), SetDeadline(PAYMENT_DEADLINE, reconcile_backoff(1))),
         "deadline.fired",
     ),
     (P, "PaymentUnanswered"): (P, (), "payment.reconciliation"),
-    (S.FAILED, "PaymentSucceeded"): (S.FAILED, (RefundLateCharge("p-1"),), "payment.late_success"),
+    (S.FAILED, "PaymentSucceeded"): (
+        S.FAILED,
+        (RefundLateCharge("p-1"), CancelDeadline(LATE_CHARGE_DEADLINE)),
+        "payment.late_success",
+    ),
 }
+# The late-charge deadline in FAILED: looks again (by kind, so keyed apart from DUE's).
+LOOKS_AGAIN = (
+    S.FAILED,
+    (ReconcilePayment(), SetDeadline(LATE_CHARGE_DEADLINE, reconcile_backoff(1))),
+    "late_charge.lookup",
+)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +89,10 @@ EXPECTED: dict[tuple[CheckoutState, str], tuple[CheckoutState, tuple[Effect, ...
 def test_every_state_and_input(state: CheckoutState, message: SagaInput) -> None:
     transition = decide(state, message)
     expected = EXPECTED.get((state, message.message_type))
+    if message == LOOK:
+        expected = LOOKS_AGAIN if state is S.FAILED else None
+    elif message == DUE and state is S.FAILED:
+        expected = None
     if expected is None:
         assert transition.state is state
         assert transition.effects == ()
@@ -145,7 +166,8 @@ def test_a_late_success_after_paid_is_a_duplicate_not_a_refund() -> None:
 def test_a_late_success_after_failed_is_refunded_and_the_checkout_stays_failed() -> None:
     late = decide(CheckoutState.FAILED, SUCCEEDED)
     assert late.state is CheckoutState.FAILED
-    assert late.effects == (RefundLateCharge("p-1"),)
+    # Refunded, and no more looking for a late charge: this is it.
+    assert late.effects == (RefundLateCharge("p-1"), CancelDeadline(LATE_CHARGE_DEADLINE))
     assert late.failure_reason is None  # the checkout's own reason is kept by the shell
 
 
@@ -163,3 +185,19 @@ def test_the_api_applies_the_first_transition_as_the_state_machine_decides_it() 
     assert transition.state is CheckoutState.PAYMENT_PENDING
     assert (transition.step.name, transition.step.detail) == ("payment.requested", "charge sent")
     assert transition.effects == (RequestPayment(), SetDeadline(PAYMENT_DEADLINE))
+
+
+def test_a_failed_checkout_looks_for_a_late_charge_a_bounded_number_of_times() -> None:
+    looks = [decide(S.FAILED, replace(LOOK, fired=n)) for n in range(LATE_CHARGE_LOOKS)]
+    assert all(ReconcilePayment() in t.effects for t in looks)
+    again = [e for t in looks for e in t.effects if isinstance(e, SetDeadline)]
+    assert [e.after for e in again] == [reconcile_backoff(n) for n in range(1, LATE_CHARGE_LOOKS)]
+    assert looks[-1].step.detail == (
+        "asking the Payment Service for a charge that landed after the checkout failed "
+        f"(look {LATE_CHARGE_LOOKS} of {LATE_CHARGE_LOOKS})"
+    )
+
+
+def test_only_a_timed_out_checkout_looks_for_a_late_charge() -> None:
+    declined = decide(CheckoutState.PAYMENT_PENDING, DECLINED)
+    assert not any(isinstance(e, SetDeadline) for e in declined.effects)
