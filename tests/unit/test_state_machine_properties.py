@@ -44,6 +44,7 @@ from saga.inputs import (
     SagaInput,
 )
 from saga.state_machine import (
+    LATE_CHARGE_DEADLINE,
     PAYMENT_DEADLINE,
     CancelDeadline,
     CheckoutState,
@@ -185,7 +186,12 @@ class Saga:
         if self.count(RefundLateCharge):
             assert self.state is CheckoutState.FAILED
         if self.state.is_final:
-            assert self.count(CancelDeadline) == 1, self.effects
+            assert self.effects.count(CancelDeadline(PAYMENT_DEADLINE)) == 1, self.effects
+        # The look for a late charge follows a timeout only, and a late success ends it.
+        if SetDeadline(LATE_CHARGE_DEADLINE) in self.effects:
+            assert self.failure_reason == "payment_timeout", self.effects
+        if CancelDeadline(LATE_CHARGE_DEADLINE) in self.effects:
+            assert self.count(RefundLateCharge), self.effects
         if self.state is CheckoutState.PAYMENT_PENDING:
             assert self.count(SetDeadline) >= 1
             assert not self.count(CancelDeadline)
@@ -236,8 +242,11 @@ def test_every_state_and_message_has_a_lawful_answer(
 def test_final_states_never_change(state: CheckoutState, message: SagaInput) -> None:
     transition = decide(state, message)
     assert transition.state is state
-    # Nothing happens after the end, but for a late success's refund.
-    assert all(isinstance(e, RefundLateCharge) for e in transition.effects)
+    # Nothing happens after the end, but for a late success's refund (which ends the look
+    # for one).
+    late = (RefundLateCharge, CancelDeadline)
+    assert all(isinstance(e, late) for e in transition.effects)
+    assert CancelDeadline(PAYMENT_DEADLINE) not in transition.effects
     assert state is CheckoutState.FAILED or transition.effects == ()
 
 
