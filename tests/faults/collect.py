@@ -84,7 +84,7 @@ def read_logs(logs: dict[str, Path], facts: Facts) -> None:
     """Fill the log-derived facts from every part's JSON log."""
     skipped: Counter[str] = Counter()
     lost: Counter[str] = Counter()
-    noop_seen: set[tuple[str, str]] = set()
+    noops: dict[tuple[str, str], Applied] = {}
     for part, path in logs.items():
         try:
             lines = path.read_text(errors="replace").splitlines()
@@ -106,13 +106,11 @@ def read_logs(logs: dict[str, Path], facts: Facts) -> None:
                 skipped[part] += 1
             elif event in APPLIED and message_id:
                 consumer = APPLIED[event] or part
+                applied = Applied(consumer, str(message_id), ts)
                 if event in NO_EFFECT:
-                    # Handled charging nothing: a redelivery (its ack lost to a kill or a
-                    # dropped connection) handles it so again, still charging nothing.
-                    if (consumer, str(message_id)) in noop_seen:
-                        continue
-                    noop_seen.add((consumer, str(message_id)))
-                facts.applied.append(Applied(consumer, str(message_id), ts))
+                    noops.setdefault((consumer, str(message_id)), applied)
+                else:
+                    facts.applied.append(applied)
             elif event == "mock_request":
                 facts.mock_requests.append(
                     MockRequest(
@@ -137,6 +135,12 @@ def read_logs(logs: dict[str, Path], facts: Facts) -> None:
                     facts.retries += 1
             if event in BROKER_LOST:
                 lost[part] += 1
+    # A message handled charging nothing (its checkout had ended) counts as applied once,
+    # and not at all when a copy of it applied its effect: a redelivery after a lost ack,
+    # or a concurrent copy that passed the check before the checkout ended (its charge is
+    # then a late success, refunded), handles it so again and still charges nothing.
+    effectful = {(a.consumer, a.message_id) for a in facts.applied}
+    facts.applied += [a for key, a in noops.items() if key not in effectful]
     facts.skipped = dict(skipped)
     facts.stats["broker_losses_logged"] = sum(lost.values())
     facts.stats["failed_attempts_logged"] = len(facts.failures)

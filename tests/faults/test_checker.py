@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.faults.checker import (
     ServiceCall,
     check,
 )
+from tests.faults.collect import read_logs
 
 pytestmark = pytest.mark.faults
 
@@ -449,3 +452,34 @@ def test_a_charged_failed_checkout_of_a_cancelled_order_needs_its_own_refund() -
     )
     facts.refunds.append(ServiceCall("refunds", "late-refund", 1, None, 201, True, "pay-l"))
     assert check(facts).ok, check(facts).text()
+
+
+def test_a_charge_handled_as_a_no_op_counts_once_and_not_beside_its_effect(
+    tmp_path: Path,
+) -> None:
+    def line(event: str, message_id: str, second: int) -> str:
+        return json.dumps(
+            {
+                "event": event,
+                "message_id": message_id,
+                "timestamp": f"2026-12-04T14:12:{second:02d}Z",
+            }
+        )
+
+    log = tmp_path / "saga.log"
+    log.write_text(
+        "\n".join(
+            [
+                # Redelivered after a lost ack: handled charging nothing, twice.
+                line("checkout is final; not charging", "m-noop", 1),
+                line("checkout is final; not charging", "m-noop", 2),
+                # Two copies at once: one found the checkout ended, one charged (late).
+                line("checkout is final; not charging", "m-late", 3),
+                line("checkout transition", "m-late", 4),
+            ]
+        )
+        + "\n"
+    )
+    facts = Facts()
+    read_logs({"saga": log}, facts)
+    assert sorted(a.message_id for a in facts.applied) == ["m-late", "m-noop"]
