@@ -324,3 +324,49 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
     finally:
         second.kill()
         await second.wait()
+
+
+async def test_a_cancellation_waits_through_an_outage_listed_as_stuck_then_follows_the_checkout(
+    system: System,
+) -> None:
+    async with httpx.AsyncClient(headers=system.auth) as client:
+
+        async def cancellation() -> Any:
+            return (await client.get(f"{system.api}/cancellations/{cancellation_id}")).json()
+
+        await outage(client, system, True)
+        try:
+            order_id, checkout_id = await start(client, system, "45.00")
+            requested = await client.post(
+                f"{system.api}/orders/{order_id}/cancel", json={"reason": "taking too long"}
+            )
+            assert requested.json()["state"] == "WAITING_FOR_CHECKOUT"
+            cancellation_id = requested.json()["cancellation_id"]
+            # Its deadline (the checkout's plus a margin) fires while the checkout is still
+            # in flight: it keeps waiting, and says so.
+            waiting = await eventually(
+                cancellation,
+                until=lambda c: "checkout.still_awaited" in step_names(c),
+                timeout=60,
+                what="the cancellation's deadline fired",
+            )
+            assert waiting["state"] == "WAITING_FOR_CHECKOUT"
+            status, report = await cli(system, "stuck", "--older-than", "1s", "--json")
+            assert status == 1
+            [item] = [s for s in report["stuck"] if s["id"] == cancellation_id]
+            waits = {w["what"]: w for w in item["waiting_for"]}
+            assert waits["deadline"]["detail"].startswith("checkout deadline at ")
+            assert waits["checkout"]["detail"] == f"checkout {checkout_id} to end"
+        finally:
+            await outage(client, system, False)
+
+        # The service answers again; the checkout ends, and the cancellation with it.
+        final = await eventually(
+            cancellation,
+            until=lambda c: c["state"] in ("CANCELLED", "REJECTED"),
+            timeout=90,
+            what="the cancellation ended after the checkout",
+        )
+        assert final["state"] == "CANCELLED"
+        assert (await order_of(client, system, order_id))["status"] == "CANCELLED"
+        assert await events(system, cancellation_id, "deadline.cancelled") == 1
