@@ -273,7 +273,7 @@ def decide(state: CancellationState, message: CancellationInput) -> Transition:
             return Transition(
                 state,
                 Step(
-                    "checkout.still_awaited",
+                    "deadline.fired",
                     state,
                     f"checkout deadline (time {fired + 1}): the checkout is {still}; "
                     f"waiting for its end, looking again in {again:g} s",

@@ -254,7 +254,7 @@ TIME_FIGURES = {
         " ON c.cancellation_id = e.checkout_id WHERE e.kind = 'deadline.cancelled'"
     ),
     "cancellation_deadlines_fired": (
-        "SELECT count(*) FROM cancellation_steps WHERE name = 'checkout.still_awaited'"
+        "SELECT count(*) FROM cancellation_steps WHERE name = 'deadline.fired'"
     ),
     "deadlines_left": "SELECT count(*) FROM deadlines",
 }

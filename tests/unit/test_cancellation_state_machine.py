@@ -129,7 +129,7 @@ def test_every_state_and_input(state: CancellationState, name: str) -> None:
 
 def test_a_waiting_cancellations_deadline_says_what_it_found_and_when_it_looks_again() -> None:
     step = decide(S.WAITING_FOR_CHECKOUT, INPUTS["deadline-checkout-active"]).step
-    assert step.name == "checkout.still_awaited"
+    assert step.name == "deadline.fired"
     assert step.detail == (
         "checkout deadline (time 2): the checkout is still PAYMENT_PENDING; "
         "waiting for its end, looking again in 20 s"
