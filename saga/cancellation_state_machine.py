@@ -7,6 +7,8 @@ REQUESTED ─Requested(UNPAID)────────────────�
     └─Requested(PAID)─────────────────────────────────────────────────┴▶ CANCELLING_PRODUCTION
 CANCELLING_PRODUCTION ─ProductionCancelled─▶ REFUNDING ─RefundSucceeded─▶ CANCELLED
           └─ProductionRefused───────────────▶ REJECTED
+WAITING_FOR_CHECKOUT ─DeadlineFired(checkout still active)─▶ WAITING_FOR_CHECKOUT, again later
+                     └DeadlineFired(checkout ended: a repair)─▶ as CheckoutEnded
 ```
 
 The order of a paid order's steps follows the saga theory (Garcia-Molina and Salem,
@@ -20,10 +22,8 @@ go, and nothing unless a checkout was PAID.
 
 CANCELLED and REJECTED are final. An input that does not fit the state (a duplicate, a
 reordered or a late reply) changes nothing; its transition says so in `step`, so the
-cancellation's history shows it. A deadline firing (issue 13: a step that has waited
-too long) sends the pending step's command again; the steps are idempotent (the key is
-the cancellation), so at worst it is a harmless repeat. The shells apply the effects
-and the new state in one transaction (`saga.cancellation`).
+cancellation's history shows it. The shells apply the effects and the new state in one
+transaction (`saga.cancellation`).
 
 Time (CONTRACT.md section 8): a cancellation that waits for a checkout gets a deadline
 (kind `checkout`), set by the transition into WAITING_FOR_CHECKOUT, due when the
@@ -40,8 +40,8 @@ CANCELLING_PRODUCTION and REFUNDING get no deadline: their commands are retried 
 broker's wait queues and parked in a dead-letter queue past the retries, which
 `checkout stuck` lists with the replay that repairs it; a timer sending the command
 again would race that parked copy (and a replay of it) for nothing. Their answer to a
-deadline (the pending step's command sent again) stays for a deadline row written by
-hand or by an older version.
+deadline stays, for a row written by hand: the pending step's command sent again (the
+steps are idempotent, the key is the cancellation: at worst a harmless repeat).
 """
 
 from __future__ import annotations
