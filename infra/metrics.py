@@ -59,3 +59,9 @@ BREAKER_OPEN = Gauge(
     "1 while a service's circuit breaker is open (or half-open), else 0",
     ["service"],
 )
+
+BROKER_CONNECTED = Gauge(
+    "checkout_broker_connected",
+    "1 while this connection to RabbitMQ is open, 0 while it is lost and reconnecting",
+    ["connection"],
+)

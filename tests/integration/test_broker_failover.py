@@ -1,0 +1,156 @@
+"""Failover across a list of broker URLs, and an older deployment's queues migrated.
+
+Two fault proxies in front of the one local broker stand for two nodes of a cluster:
+cutting one (its connections reset, new ones refused) is what a dead node looks like
+to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import pytest
+from aiormq.exceptions import ChannelPreconditionFailed
+from structlog.testing import capture_logs
+
+from infra import metrics
+from infra.messaging.connect import connect
+from infra.messaging.publisher import Outgoing, Publisher
+from infra.messaging.topology import (
+    Topology,
+    delete_topology,
+    migrate_topology,
+    queue_arguments,
+)
+from infra.settings import Settings, load_settings
+from tests.faults.proxy import FaultProxy
+from tests.support.amqp import private_queue, take
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def _via(url: str, proxy: FaultProxy) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{proxy.address}"))
+
+
+@pytest.fixture
+async def nodes(settings: Settings) -> AsyncIterator[tuple[FaultProxy, FaultProxy]]:
+    parts = urlsplit(settings.rabbit_urls[0])
+    proxies = [
+        await FaultProxy(name, parts.hostname or "127.0.0.1", parts.port or 5672).start()
+        for name in ("node-a", "node-b")
+    ]
+    yield proxies[0], proxies[1]
+    for proxy in proxies:
+        await proxy.close()
+
+
+def _connected(name: str) -> float:
+    return float(metrics.BROKER_CONNECTED.labels(name)._value.get())
+
+
+async def test_a_publisher_moves_to_the_next_url_when_its_node_dies(
+    settings: Settings,
+    topology: Topology,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+    nodes: tuple[FaultProxy, FaultProxy],
+) -> None:
+    node_a, node_b = nodes
+    url = settings.rabbit_urls[0]
+    name = f"test.failover.{uuid.uuid4().hex[:6]}"
+    publisher = await Publisher.connect(f"{_via(url, node_a)},{_via(url, node_b)}", name=name)
+    channel = await rabbit.channel()
+    downstream = await private_queue(channel, topology.orders_exchange, "order.failover")
+    try:
+        assert node_a.stats.connections == 1
+        assert node_b.stats.connections == 0
+        with capture_logs() as logs:
+            node_a.refuse_for(60)  # node a is gone, and stays gone
+            node_a.reset()
+
+            async def published() -> bool:
+                try:
+                    await publisher.publish(
+                        Outgoing(topology.orders_exchange, "order.failover", b"{}", "m", "c", "T")
+                    )
+                except Exception:
+                    return False
+                return True
+
+            assert await eventually(published, timeout=20, what="a publish through node b")
+        assert node_b.stats.connections >= 1
+        assert _connected(name) == 1
+        assert len(await take(channel, downstream.name, 1)) == 1
+        lines = [(line["log_level"], line["event"]) for line in logs if "broker" in line["event"]]
+        assert lines == [
+            ("warning", "broker connection lost; reconnecting"),
+            ("info", "broker connection restored"),
+        ]
+    finally:
+        await publisher.close()
+        await channel.close()
+
+
+async def test_a_command_connects_to_the_first_url_that_answers(
+    settings: Settings, nodes: tuple[FaultProxy, FaultProxy]
+) -> None:
+    node_a, node_b = nodes
+    node_a.refuse_for(60)
+    url = settings.rabbit_urls[0]
+    connection = await connect(f"{_via(url, node_a)},{_via(url, node_b)}")
+    async with connection:
+        assert not connection.is_closed
+    assert node_b.stats.connections == 1
+
+
+async def _declare_classic(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> None:
+    """The topology as an older release declared it: wait queues and DLQs classic."""
+    for name, arguments in queue_arguments(topology):
+        if ".wait." in name or name.endswith(".dlq"):
+            classic = {
+                k: v
+                for k, v in arguments.items()
+                if k not in ("x-queue-type", "x-dead-letter-strategy", "x-overflow")
+            }
+            await channel.declare_queue(name, durable=True, arguments=classic)
+
+
+async def test_migrate_moves_classic_queues_to_quorum_keeping_their_messages(
+    settings: Settings, rabbit: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    old = load_settings(namespace=f"{settings.namespace}_mig", retry_delays="60")
+    topology = Topology.from_settings(old)
+    channel = await rabbit.channel()
+    try:
+        await _declare_classic(channel, topology)
+        dlq, wait = topology.queues["email"].dlq, topology.queues["email"].wait_queue(1)
+        for target, ident in ((dlq, "dead-1"), (dlq, "dead-2"), (wait, "waiting-1")):
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"{}", message_id=ident, headers={"x-attempt": 2}), target
+            )
+
+        moved = await migrate_topology(old)
+
+        assert moved[dlq] == 2
+        assert moved[wait] == 1
+        dead = await take(channel, dlq, 2)
+        assert [m.message_id for m in dead] == ["dead-1", "dead-2"]
+        assert dead[0].headers["x-attempt"] == 2
+        assert [m.message_id for m in await take(channel, wait, 1)] == ["waiting-1"]
+        # Now quorum: declaring them classic again is refused.
+        probe = await rabbit.channel()
+        with pytest.raises(ChannelPreconditionFailed):
+            await probe.declare_queue(dlq, durable=True)
+        assert await migrate_topology(old) == {}  # nothing left to move
+    finally:
+        cleanup = await rabbit.channel()
+        await delete_topology(cleanup, topology)
+        await cleanup.close()
+        await asyncio.gather(channel.close(), return_exceptions=True)
