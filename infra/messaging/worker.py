@@ -31,7 +31,7 @@ from contracts import Message
 from infra.db.session import UnitOfWork, create_engine, create_pool
 from infra.health import ReadinessCheck, serving_health
 from infra.http import ServiceClient, build_breakers, build_http_client
-from infra.messaging.connect import ConnectionWatch, failover_class
+from infra.messaging.connect import RECONNECT_INTERVAL_S, ConnectionWatch, failover_class
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
 from infra.messaging.publisher import Publisher
 from infra.messaging.topology import Topology, declare_apart
@@ -89,6 +89,7 @@ class FailoverBroker(RabbitBroker):
     def __init__(self, urls: list[str], name: str, **kwargs: Any) -> None:
         super().__init__(urls[0], **kwargs)
         self._connection_kwargs["connection_class"] = failover_class(urls)
+        self._connection_kwargs["reconnect_interval"] = RECONNECT_INTERVAL_S
         self._watch = ConnectionWatch(name)
 
     async def _connect(self) -> RobustConnection:
