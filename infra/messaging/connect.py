@@ -130,6 +130,9 @@ class OncePerOutage(logging.Filter):
         if key in self._seen:
             return False
         self._seen.add(key)
+        # The line says what happened; the library's traceback of its own reader task
+        # says nothing more to an operator (it is kept at debug level).
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 
     def reset(self) -> None:
@@ -138,7 +141,12 @@ class OncePerOutage(logging.Filter):
 
 # One filter for the process: the client libraries' loggers are process-wide.
 _LIBRARY_NOISE = OncePerOutage()
-_NOISY_LOGGERS = ("aio_pika.robust_connection", "aio_pika.connection", "aiormq.connection")
+_NOISY_LOGGERS = (
+    "aio_pika.robust_connection",
+    "aio_pika.connection",
+    "aio_pika.tools",  # "Callback ... RobustChannel._on_close error", once per channel
+    "aiormq.connection",
+)
 
 
 def _hold_back_repeats() -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,6 +190,7 @@ class OutboxRelay:
         self._listen_url = listen_url or database_url
         self._connect_kwargs = connect_kwargs or {}
         self._notify_watch = NotifyWatch(notify_silence_s)
+        self._failing_since: float | None = None  # the first failure of an outage
         self._publisher = publisher
         self._topology = topology
         self._batch_size = batch_size
@@ -360,7 +362,11 @@ class OutboxRelay:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set, reconnecting with backoff after any failure."""
+        """Relay until `stop` is set, reconnecting with backoff after any failure.
+
+        An outage is logged once: its first failure at warning level, the retries that
+        follow at debug level, and the first batch through again at info level.
+        """
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -368,23 +374,37 @@ class OutboxRelay:
                     self._listen_url, autocommit=True, **self._connect_kwargs
                 ) as listener:
                     await listener.execute("LISTEN outbox")
-                    log.info("relay listening for outbox rows")
+                    if self._failing_since is None:
+                        log.info("relay listening for outbox rows")
                     backoff = 0.5
                     await self._loop(listener, stop)
             except (psycopg.Error, OSError, ConnectionError) as exc:
-                log.warning("relay lost a connection; retrying", error=repr(exc), in_s=backoff)
+                self._failed("relay lost a connection; retrying", exc, backoff)
                 await self.close()
             except Exception as exc:  # a publish failure: rows stay, retried after backoff
-                log.warning("relay could not publish; retrying", error=repr(exc), in_s=backoff)
+                self._failed("relay could not publish; retrying", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
         await self.close()
 
+    def _failed(self, what: str, exc: BaseException, backoff: float) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(what, error=repr(exc), in_s=backoff)
+        else:
+            log.debug(what, error=repr(exc), in_s=backoff)
+
     async def _loop(self, listener: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
         by_notify = True
         while not stop.is_set():
             moved = await self._publish_backlog(stop)  # returns once a batch is not full
+            if self._failing_since is not None:
+                log.info(
+                    "relay publishing again",
+                    after_s=round(time.monotonic() - self._failing_since, 1),
+                )
+                self._failing_since = None
             if by_notify:
                 if self._notify_watch.notified():
                     log.info("relay woken by NOTIFY again")
@@ -471,7 +491,7 @@ async def sample_gauges(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), interval)
         except Exception as exc:  # metrics must never stop the relay
-            log.warning("could not sample gauges", error=repr(exc))
+            log.debug("could not sample gauges", error=repr(exc))  # the outage is logged once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

@@ -69,6 +69,20 @@ def test_repeats_of_a_library_line_are_held_back_until_reset(
     ]
 
 
+def test_a_library_line_let_through_loses_its_traceback() -> None:
+    once = OncePerOutage()
+    try:
+        raise ConnectionResetError("reset")
+    except ConnectionResetError:
+        import sys
+
+        record = logging.LogRecord(
+            "aiormq.connection", logging.WARNING, __file__, 1, "reader exited", (), sys.exc_info()
+        )
+    assert once.filter(record)
+    assert record.exc_info is None
+
+
 def test_a_list_of_brokers_is_named_by_every_address() -> None:
     urls = "amqp://u:p@rabbit-1:5672/,amqp://u:p@rabbit-2/, amqps://rabbit-3/"
     assert broker_address(urls) == "rabbit-1:5672, rabbit-2:5672, rabbit-3:5671"
