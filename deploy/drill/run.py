@@ -18,6 +18,9 @@
    a dead-letter queue, nothing applied twice. And per kill: how long checkouts
    stalled (the longest stretch in which no checkout finished, and the slowest
    checkout started in the 5 s after the kill), next to the node's downtime.
+4. Last, RabbitMQ 3.10's stuck-nacking channel provoked for real on the cluster
+   (`deploy.drill.nack_probe`): what a bare channel answers, and how a `Publisher`
+   gets through.
 
 The report is printed and written to `<workdir>/report.txt`; the exit status says
 whether the checker passed. `--short` runs shorter phases at a lower rate (for a busy
@@ -44,6 +47,7 @@ import httpx
 import psycopg
 
 from deploy.drill.cluster import Cluster, Node
+from deploy.drill.nack_probe import probe
 from infra.db.migrate import libpq_url
 from infra.messaging.topology import Topology, declare_apart
 from infra.settings import load_settings
@@ -218,6 +222,8 @@ async def drill(args: argparse.Namespace) -> Report:
             extra_env={
                 "CHECKOUT_RABBIT_URL": broker,
                 "CHECKOUT_DATABASE_LISTEN_URL": direct,
+                # The workload places a phase's orders at once, then checks them out.
+                "CHECKOUT_API_RATE_LIMIT": "100000/second",
             },
         )
         print(f"system up through PgBouncer and {args.via}; logs in {system.workdir}", flush=True)
@@ -269,6 +275,11 @@ async def drill(args: argparse.Namespace) -> Report:
         }
         report = check(facts, title="CLUSTER DRILL")
         text = "\n".join([report.text(), *phase_lines(phases)])
+        if args.nack_probe:  # after the checker: it costs the system its quorum a while
+            print("\n" + text + "\nprobing the stuck-nacking channel...", flush=True)
+            text += "\nstuck-nacking channel probe:\n" + "\n".join(
+                "  " + line for line in await probe(cluster)
+            )
         print("\n" + text, flush=True)
         if errors:
             print("client errors:", *errors[:10], sep="\n  ")
@@ -291,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--via", choices=("haproxy", "list"), default="haproxy")
     parser.add_argument("--short", action="store_true", help="shorter phases, lower rate")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument(
+        "--no-nack-probe",
+        dest="nack_probe",
+        action="store_false",
+        help="skip the last step (3.10's stuck-nacking channel, deploy/drill/nack_probe.py)",
+    )
     parser.add_argument("--workdir", help="where the cluster and the parts keep their files")
     args = parser.parse_args(argv)
     report = asyncio.run(drill(args))
