@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import aio_pika
 import structlog
 from yarl import URL
+
+from infra.messaging.connect import failover_class
+from infra.settings import split_urls
 
 log = structlog.get_logger(__name__)
 
@@ -26,8 +28,9 @@ class BrokerLink:
     """A robust connection that is connecting, connected, or reconnecting."""
 
     def __init__(self, url: str, *, name: str = "checkout-api") -> None:
-        self._connection = aio_pika.RobustConnection(
-            URL(url),
+        urls = split_urls(url)  # one URL, or a cluster's nodes: failover across them
+        self._connection = failover_class(urls)(
+            URL(urls[0]),
             fail_fast=False,
             reconnect_interval=RECONNECT_INTERVAL,
             client_properties={"connection_name": name},

@@ -17,6 +17,7 @@ import pytest
 from aiormq.exceptions import ChannelPreconditionFailed
 from structlog.testing import capture_logs
 
+from consumers.main import build_worker as build_consumer
 from infra import metrics
 from infra.messaging.connect import connect
 from infra.messaging.publisher import Outgoing, Publisher
@@ -154,3 +155,47 @@ async def test_migrate_moves_classic_queues_to_quorum_keeping_their_messages(
         await delete_topology(cleanup, topology)
         await cleanup.close()
         await asyncio.gather(channel.close(), return_exceptions=True)
+
+
+async def test_a_reconnect_declares_nothing_so_a_changed_queue_cannot_block_it(
+    settings: Settings,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+    nodes: tuple[FaultProxy, FaultProxy],
+) -> None:
+    """A queue that can no longer be declared as the parts declare it (here: redeclared
+    with other arguments; in a cluster: its home node down) does not keep a consumer
+    process's connections from coming back after they are lost: the topology was
+    declared apart, at start, so aio-pika has nothing to re-declare."""
+    node_a, _ = nodes
+    run = load_settings(
+        namespace=f"{settings.namespace}_redecl",
+        rabbit_url=_via(settings.rabbit_urls[0], node_a),
+    )
+    topology = Topology.from_settings(run)
+    channel = await rabbit.channel()
+    worker = build_consumer(run, "email")
+    try:
+        async with worker.running():
+            names = [f"{run.namespace}.consumer-email", f"{run.namespace}.consumer-email.publisher"]
+            assert [_connected(n) for n in names] == [1, 1]
+            dlq = topology.queues["email"].dlq
+            await channel.queue_delete(dlq)
+            await channel.declare_queue(dlq, durable=True)  # classic: a re-declare fails
+            node_a.reset()
+
+            async def connected() -> list[float]:
+                return [_connected(n) for n in names]
+
+            await eventually(connected, until=lambda c: c == [1, 1], timeout=20)
+            assert node_a.stats.connections_reset >= 2
+
+            async def consumers() -> int:
+                probe = await rabbit.channel()
+                async with probe:
+                    queue = await probe.declare_queue(topology.queues["email"].name, passive=True)
+                    return queue.declaration_result.consumer_count or 0
+
+            await eventually(consumers, until=lambda n: n == 1, what="consuming again")
+    finally:
+        await delete_topology(channel, topology)
+        await channel.close()
