@@ -2,23 +2,27 @@
 
 A channel whose first publish to a quorum queue happens while the queue has no leader
 may nack every later publish to that queue, though the queue has long had a leader
-again. The probe makes that happen on the drill's cluster: a quorum queue led by node
-1, nodes 2 and 3 killed (no majority: no leader), a first publish on two channels (a
-bare one, and a `Publisher`'s), the two nodes back; then it publishes on both, and
-reports what the bare channel answered and how the `Publisher` got its messages
-through (`infra.messaging.publisher`, `NackStreak`).
+again. The probe tries to make that happen on the drill's cluster, two ways: a quorum
+queue led by node 1 with nodes 2 and 3 killed (no majority: no leader), and with node
+1 killed (a leader being elected); each time a first publish on two channels (a bare
+one, and a `Publisher`'s), the nodes back; then it publishes on both, and reports
+what the bare channel answered and how the `Publisher` got its messages through
+(`infra.messaging.publisher`, `NackStreak`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from deploy.drill.cluster import Cluster
+from deploy.drill.cluster import Cluster, Node
 from infra.messaging.connect import connect
 from infra.messaging.publisher import Outgoing, Publisher, nacked
 
@@ -38,66 +42,113 @@ async def _outcome(channel: AbstractChannel, body: bytes) -> str:
     return "ack"
 
 
-async def probe(cluster: Cluster) -> list[str]:
-    """Run the probe; the report's lines."""
-    first, second, third = cluster.nodes
-    lines = []
-    setup = await connect(first.url, name="drill.nack-probe")
-    publisher = await Publisher.connect(first.url, name="drill.nack-probe.publisher")
+async def _publisher_outcome(publisher: Publisher) -> str:
     try:
+        async with asyncio.timeout(5):
+            await publisher.publish(Outgoing("", QUEUE, b"{}", "probe", "probe", "Probe"))
+    except TimeoutError:
+        return "no answer in 5 s"
+    except Exception as exc:
+        return "nack" if nacked(exc) else type(exc).__name__
+    return "ack"
+
+
+async def _until_a_fresh_channel_is_acked(setup: AbstractConnection) -> float:
+    began = time.monotonic()
+    while True:  # a new channel each time: one that publishes too early may stick
+        fresh = await setup.channel(publisher_confirms=True)
+        answer = await _outcome(fresh, b"fresh")
+        with contextlib.suppress(Exception):
+            await fresh.close()
+        if answer == "ack":
+            return time.monotonic() - began
+        if time.monotonic() - began > 120:
+            raise TimeoutError(f"{QUEUE} took no publish on a fresh channel: {answer}")
+        await asyncio.sleep(0.5)
+
+
+async def _scenario(
+    cluster: Cluster,
+    leader: Node,
+    kill: list[Node],
+    via: Node,
+    what: str,
+    *,
+    restart_first: bool = True,
+) -> list[str]:
+    """Declare the queue led by `leader`, kill `kill`, publish first on a bare channel
+    and a Publisher connected to `via`; once the queue takes publishes again (after a
+    restart of the killed nodes, or without it: a new leader elected meanwhile),
+    publish again on both."""
+    lines = [what]
+    setup = await connect(leader.url, name="drill.nack-probe")
+    async with setup:
         channel = await setup.channel()
         await channel.queue_delete(QUEUE)
         await channel.declare_queue(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-        bare = await setup.channel(publisher_confirms=True)
-
-        second.kill()
-        third.kill()
-        lines.append(f"{second.name} and {third.name} killed: {QUEUE} has no leader")
-        lines.append(f"bare channel, first publish: {await _outcome(bare, b'first')}")
-        message = Outgoing("", QUEUE, b"{}", "probe", "probe", "Probe")
-        try:
-            async with asyncio.timeout(5):
-                await publisher.publish(message)
-            lines.append("publisher, first publish: ack")
-        except Exception as exc:
-            lines.append(f"publisher, first publish: {'nack' if nacked(exc) else repr(exc)}")
-
-        back = time.monotonic()
-        second.start()
-        third.start()
-        await cluster.wait_clustered(timeout=180)
-        deadline = time.monotonic() + 120
-        while True:  # a new channel each time: one that publishes too early may stick
-            fresh = await setup.channel(publisher_confirms=True)
-            answer = await _outcome(fresh, b"fresh")
-            with contextlib.suppress(Exception):
-                await fresh.close()
-            if answer == "ack":
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{QUEUE} took no publish on a fresh channel: {answer}")
-            await asyncio.sleep(0.5)
-        lines.append(
-            f"nodes back; a fresh channel's publish acked {time.monotonic() - back:.0f}s on"
-        )
-
+    client = await connect(via.url, name="drill.nack-probe.bare")
+    publisher = await Publisher.connect(via.url, name="drill.nack-probe.publisher")
+    try:
+        bare = await client.channel(publisher_confirms=True)
+        for node in kill:
+            node.kill()
+        lines.append(f"  killed {', '.join(n.name for n in kill)}; publishing through {via.name}")
+        lines.append(f"  bare channel, first publish: {await _outcome(bare, b'first')}")
+        lines.append(f"  publisher, first publish: {await _publisher_outcome(publisher)}")
+        if restart_first:
+            for node in kill:
+                node.start()
+            await cluster.wait_clustered(timeout=180)
+        took = await _until_a_fresh_channel_is_acked(client)
+        back = "nodes back" if restart_first else "a new leader"
+        lines.append(f"  {back}; a fresh channel's publish acked {took:.0f}s on")
         answers = [await _outcome(bare, f"bare {i}".encode()) for i in range(ATTEMPTS)]
-        lines.append(f"bare channel, {ATTEMPTS} publishes after: {', '.join(answers)}")
-        results = []
-        for _ in range(ATTEMPTS):
-            try:
-                async with asyncio.timeout(5):
-                    await publisher.publish(message)
-                results.append("ack")
-            except Exception as exc:
-                results.append("nack" if nacked(exc) else type(exc).__name__)
+        lines.append(f"  bare channel, {ATTEMPTS} publishes after: {', '.join(answers)}")
+        results = [await _publisher_outcome(publisher) for _ in range(ATTEMPTS)]
         lines.append(
-            f"publisher, {ATTEMPTS} publishes after: {', '.join(results)}"
+            f"  publisher, {ATTEMPTS} publishes after: {', '.join(results)}"
             f" (channels replaced: {publisher.channels_renewed})"
         )
-        with contextlib.suppress(Exception):
-            await channel.queue_delete(QUEUE)
+        cleanup = await client.channel()
+        await cleanup.queue_delete(QUEUE)
+        if not restart_first:
+            for node in kill:
+                node.start()
+            await cluster.wait_clustered(timeout=180)
     finally:
         await publisher.close()
-        await setup.close()
+        await client.close()
     return lines
+
+
+async def probe(cluster: Cluster) -> list[str]:
+    """Run both scenarios; the report's lines."""
+    first, second, third = cluster.nodes
+    return [
+        *await _scenario(
+            cluster, first, [second, third], first, "no majority (two of three nodes down):"
+        ),
+        *await _scenario(
+            cluster,
+            first,
+            [first],
+            second,
+            "the leader's node down, publishing on while it stays down:",
+            restart_first=False,
+        ),
+    ]
+
+
+async def main() -> None:
+    """`python -m deploy.drill.nack_probe WORKDIR`: the probe alone, on a cluster of its own."""
+    workdir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="checkout-probe-")
+    cluster = Cluster(Path(workdir) / "cluster")
+    try:
+        await cluster.start()
+        print("\n".join(await probe(cluster)), flush=True)
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
