@@ -273,10 +273,17 @@ async def drill(args: argparse.Namespace) -> Report:
             "phase_s": seconds,
             "total_s": round(time.monotonic() - began, 1),
         }
-        report = check(facts, title="CLUSTER DRILL")
+        # "Faults bit" (a redelivery, a suppressed duplicate) is the fault suite's proof
+        # that its faults bit; a node's death need not cause either. Its figures stay
+        # among the numbers (retries, suppressed).
+        full = check(facts, title="CLUSTER DRILL")
+        kept = tuple(c for c in full.checks if c.name in CHECKS_THAT_MATTER)
+        report = Report(full.seed, kept, full.numbers, full.title)
         text = "\n".join([report.text(), *phase_lines(phases)])
         if args.nack_probe:  # after the checker: it costs the system its quorum a while
-            print("\n" + text + "\nprobing the stuck-nacking channel...", flush=True)
+            print(
+                f"checker: {'PASS' if report.ok else 'FAIL'}; probing the stuck channel", flush=True
+            )
             text += "\nstuck-nacking channel probe:\n" + "\n".join(
                 "  " + line for line in await probe(cluster)
             )
@@ -292,9 +299,8 @@ async def drill(args: argparse.Namespace) -> Report:
 
 
 def passed(report: Report) -> bool:
-    """The drill's verdict: nothing lost, nothing doubled. ("Faults bit" is shown, not
-    required: a node's death need not make any message be delivered twice.)"""
-    return all(c.ok for c in report.checks if c.name in CHECKS_THAT_MATTER)
+    """The drill's verdict: nothing lost, nothing doubled."""
+    return report.ok and {c.name for c in report.checks} == set(CHECKS_THAT_MATTER)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,24 +88,27 @@ class FailoverConnection(RobustConnection):
     def __init__(self, url: URL, loop: Any = None, **kwargs: Any) -> None:
         super().__init__(url, loop=loop, **kwargs)
         self._urls = self.URLS or (self.url,)
-        self._next = 0
+        self._current = 0  # the URL of the connection made last
+        self._next = 0  # where the next attempt starts
 
     async def _on_connection_close(self, closing: Any) -> None:
         # The node went away, most likely: start the next attempt at the next URL.
-        self._next = (self._urls.index(self.url) + 1) % len(self._urls)
+        self._next = (self._current + 1) % len(self._urls)
         await super()._on_connection_close(closing)
 
     async def _RobustConnection__connect_transport(self) -> None:
         failure: BaseException | None = None
         for step in range(len(self._urls)):
-            # Keep the query parameters aio-pika parsed from the first URL's.
-            self.url = self._urls[(self._next + step) % len(self._urls)]
+            # aio-pika read its parameters (reconnect_interval...) once, at __init__;
+            # only the address changes here.
+            index = (self._next + step) % len(self._urls)
+            self.url = self._urls[index]
             try:
                 await super()._RobustConnection__connect_transport()  # type: ignore[misc]
             except CONNECTION_EXCEPTIONS as exc:
                 failure = exc
                 continue
-            self._next = (self._next + step) % len(self._urls)
+            self._current = self._next = index
             return
         assert failure is not None
         raise failure
@@ -131,7 +134,7 @@ class OncePerOutage(logging.Filter):
             return False
         self._seen.add(key)
         # The line says what happened; the library's traceback of its own reader task
-        # says nothing more to an operator (it is kept at debug level).
+        # says nothing more to an operator, so it is dropped.
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
 
