@@ -16,9 +16,11 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelPreconditionFailed
 from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
 from consumers.main import build_worker as build_consumer
 from infra import metrics
+from infra.cli.main import app
 from infra.messaging.connect import connect
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import (
@@ -33,6 +35,8 @@ from tests.support.amqp import private_queue, take
 from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
+
+runner = CliRunner()
 
 
 def _via(url: str, proxy: FaultProxy) -> str:
@@ -199,3 +203,85 @@ async def test_a_reconnect_declares_nothing_so_a_changed_queue_cannot_block_it(
     finally:
         await delete_topology(channel, topology)
         await channel.close()
+
+
+def _classic_deployment(url: str, topology: Topology, dead: int) -> None:
+    """An older release's queues, with `dead` messages in the email DLQ."""
+
+    async def setup() -> None:
+        connection = await connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await _declare_classic(channel, topology)
+            for i in range(dead):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"{}", message_id=f"dead-{i}"), topology.queues["email"].dlq
+                )
+
+    asyncio.run(setup())
+
+
+def _remove(url: str, topology: Topology) -> None:
+    async def remove() -> None:
+        connection = await connect(url)
+        async with connection:
+            await delete_topology(await connection.channel(), topology)
+
+    asyncio.run(remove())
+
+
+def test_checkout_declare_says_to_migrate_then_migrates(settings: Settings) -> None:
+    env = {"CHECKOUT_NAMESPACE": f"{settings.namespace}_cli", "CHECKOUT_RETRY_DELAYS": "60"}
+    topology = Topology.from_settings(
+        load_settings(namespace=env["CHECKOUT_NAMESPACE"], retry_delays="60")
+    )
+    url = settings.rabbit_urls[0]
+    _classic_deployment(url, topology, dead=2)
+    try:
+        refused = runner.invoke(app, ["declare"], env=env)
+        assert refused.exit_code == 1
+        assert "inequivalent arg" in refused.stderr
+        assert refused.stderr.strip().endswith(
+            "stop the parts and run `checkout declare --migrate` to move them over"
+        )
+
+        migrated = runner.invoke(app, ["declare", "--migrate"], env=env)
+        assert migrated.exit_code == 0, migrated.output
+        lines = migrated.stdout.splitlines()
+        assert f"{topology.queues['email'].dlq}: migrated, 2 messages moved" in lines
+        assert lines[-1] == f"broker topology of namespace {env['CHECKOUT_NAMESPACE']} declared"
+
+        again = runner.invoke(app, ["declare"], env=env)
+        assert again.exit_code == 0, again.output
+    finally:
+        _remove(url, topology)
+
+
+async def test_a_migration_cut_short_is_finished_by_running_it_again(
+    settings: Settings, rabbit: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    run = load_settings(namespace=f"{settings.namespace}_cut", retry_delays="60")
+    topology = Topology.from_settings(run)
+    dlq = topology.queues["email"].dlq
+    channel = await rabbit.channel()
+    try:
+        # Cut short after the DLQ's messages were moved out and the queue deleted.
+        holding = await channel.declare_queue(
+            dlq + ".migrating", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", message_id="parked"), holding.name
+        )
+
+        moved = await migrate_topology(run)
+
+        assert moved == {dlq: 1}
+        assert [m.message_id for m in await take(channel, dlq, 1)] == ["parked"]
+        probe = await rabbit.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await probe.declare_queue(holding.name, passive=True)
+    finally:
+        cleanup = await rabbit.channel()
+        await delete_topology(cleanup, topology)
+        await cleanup.close()
+        await asyncio.gather(channel.close(), return_exceptions=True)
