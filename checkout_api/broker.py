@@ -15,7 +15,7 @@ import contextlib
 import structlog
 from yarl import URL
 
-from infra.messaging.connect import failover_class
+from infra.messaging.connect import ConnectionWatch, failover_class
 from infra.settings import split_urls
 
 log = structlog.get_logger(__name__)
@@ -36,12 +36,21 @@ class BrokerLink:
             client_properties={"connection_name": name},
         )
         self._connecting: asyncio.Task[None] | None = None
+        # One warning per outage, and checkout_broker_connected{connection=name}.
+        self._watch = ConnectionWatch(name)
+        self._watch.attach(self._connection, connected=False)
 
     def start(self) -> None:
         """Begin connecting; returns at once."""
         self._connecting = asyncio.create_task(
             self._connection.connect(timeout=CONNECT_TIMEOUT), name="broker-connect"
         )
+        self._connecting.add_done_callback(self._first_connect)
+
+    def _first_connect(self, task: asyncio.Task[None]) -> None:
+        # aio-pika calls its reconnect callbacks from the second connection on.
+        if not task.cancelled() and task.exception() is None:
+            self._watch.on_reconnect(self._connection)
 
     @property
     def is_connected(self) -> bool:

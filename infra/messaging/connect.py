@@ -167,11 +167,12 @@ class ConnectionWatch:
         self.lost = False
         self._gauge = metrics.BROKER_CONNECTED.labels(name)
 
-    def attach(self, connection: AbstractRobustConnection) -> None:
+    def attach(self, connection: AbstractRobustConnection, *, connected: bool = True) -> None:
+        """Watch `connection`; `connected`: whether it is open yet (the gauge's start)."""
         _hold_back_repeats()
         connection.close_callbacks.add(self.on_close)
         connection.reconnect_callbacks.add(self.on_reconnect)
-        self._gauge.set(0 if connection.is_closed else 1)
+        self._gauge.set(1 if connected and not connection.is_closed else 0)
 
     def on_close(self, connection: object, exc: BaseException | None = None) -> None:
         if not connection_lost(exc):

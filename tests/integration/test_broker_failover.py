@@ -15,9 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import pytest
 from aiormq.exceptions import ChannelPreconditionFailed
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from checkout_api.testing import api_client
 from consumers.main import build_worker as build_consumer
 from infra import metrics
 from infra.cli.main import app
@@ -285,3 +287,29 @@ async def test_a_migration_cut_short_is_finished_by_running_it_again(
         await delete_topology(cleanup, topology)
         await cleanup.close()
         await asyncio.gather(channel.close(), return_exceptions=True)
+
+
+async def test_the_api_reports_its_broker_connection_and_fails_over(
+    settings: Settings, nodes: tuple[FaultProxy, FaultProxy]
+) -> None:
+    node_a, node_b = nodes
+    url = settings.rabbit_urls[0]
+    listed = settings.model_copy(
+        update={"rabbit_url": SecretStr(f"{_via(url, node_a)},{_via(url, node_b)}")}
+    )
+    name = f"{settings.namespace}.api"
+    async with api_client(listed) as client:
+        await eventually(lambda: client.get("/health/ready"), until=lambda r: r.status_code == 200)
+        assert _connected(name) == 1
+        node_a.refuse_for(60)
+        node_a.reset()
+        await eventually(
+            lambda: asyncio.sleep(0, result=node_b.stats.connections),
+            until=lambda n: n >= 1,
+            what="the API's link on node b",
+        )
+        ready = await eventually(
+            lambda: client.get("/health/ready"), until=lambda r: r.status_code == 200
+        )
+        assert ready.json()["checks"]["broker"] == "ok"
+        assert _connected(name) == 1
