@@ -24,7 +24,7 @@ from consumers.main import build_worker as build_consumer
 from infra import metrics
 from infra.cli.main import app
 from infra.messaging.connect import connect
-from infra.messaging.publisher import Outgoing, Publisher
+from infra.messaging.publisher import Outgoing, Publisher, nacked
 from infra.messaging.topology import (
     Topology,
     delete_topology,
@@ -313,3 +313,41 @@ async def test_the_api_reports_its_broker_connection_and_fails_over(
         )
         assert ready.json()["checks"]["broker"] == "ok"
         assert _connected(name) == 1
+
+
+async def test_the_relays_batch_path_replaces_a_channel_after_three_nacked_batches(
+    settings: Settings, rabbit: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    """Nacks for real on one node: a full quorum queue that rejects publishes. (A fresh
+    channel cannot help there; what is tested is that the batch path counts and acts.)"""
+    channel = await rabbit.channel()
+    name = f"{settings.namespace}.full.{uuid.uuid4().hex[:6]}"
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
+    )
+    publisher = await Publisher.connect(settings.rabbit_urls[0], name="t.full")
+    message = Outgoing("", name, b"{}", "m", "c", "T")
+    try:
+        first_channel = publisher.channel
+        # The queue takes a message or two (its length is checked after the fact) ...
+        for _ in range(10):
+            [outcome] = await publisher.publish_many([message])
+            if outcome is not None:
+                break
+        assert nacked(outcome)
+        # ... then nacks: three batches in a row nacked, none acked.
+        for _ in range(2):
+            [outcome] = await publisher.publish_many([message])
+            assert nacked(outcome)
+        assert publisher.channels_renewed == 0  # not before it has to publish again
+        await queue.purge()
+        assert await publisher.publish_many([message]) == [None]
+        assert publisher.channels_renewed == 1
+        assert publisher.channel is not first_channel
+        assert first_channel.is_closed
+    finally:
+        await publisher.close()
+        await channel.queue_delete(name)
+        await channel.close()
