@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # pyproject.toml alone (with empty packages), then the project itself on top.
 WORKDIR /src
 COPY pyproject.toml README.md ./
-RUN for pkg in contracts checkout_api saga consumers infra mock_services; do \
+RUN for pkg in contracts checkout_api saga consumers infra operations mock_services; do \
         mkdir -p "$pkg" && touch "$pkg/__init__.py"; \
     done \
     && pip install . \

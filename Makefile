@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy contracts checkout_api saga consumers infra mock_services
+	$(BIN)/mypy contracts checkout_api saga consumers infra operations mock_services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

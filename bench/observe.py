@@ -165,7 +165,7 @@ PROGRESS = """
            (SELECT count(*) FROM email_notifications) AS emails,
            (SELECT count(*) FROM production_submissions) AS productions,
            (SELECT count(*) FROM checkouts WHERE state = 'FAILED') AS failed,
-           (SELECT count(*) FROM checkouts WHERE state <> 'STARTED') AS moved
+           (SELECT count(*) FROM checkouts WHERE state IN ('PAID', 'FAILED')) AS moved
 """
 
 

@@ -8,14 +8,16 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from checkout_api.auth import Access, AuthMiddleware, route_access
 from checkout_api.body_limit import BodyLimitMiddleware
+from checkout_api.docs_ui import install_docs_ui
 from checkout_api.errors import install_error_handlers
 from checkout_api.lifespan import make_lifespan
 from checkout_api.metrics import ApiMetrics
 from checkout_api.middleware import RequestMiddleware
 from checkout_api.openapi import install_openapi
-from checkout_api.routes import checkouts, docs, health, orders, timeline
+from checkout_api.routes import cancellations, checkouts, docs, health, orders, timeline
 from checkout_api.strict_query import reject_unknown_query
 from infra.settings import Settings
+from operations.console.app import console_routes
 
 MAX_BODY_BYTES = 64 * 1024  # an order is a few hundred bytes
 
@@ -34,6 +36,7 @@ def _operation_id(route: APIRoute) -> str:
 ROUTER_ACCESS = (
     (orders.router, Access.clerk),
     (checkouts.router, Access.clerk),
+    (cancellations.router, Access.clerk),
     (timeline.router, Access.operator),
     (health.router, Access.public),
     (docs.router, Access.public),
@@ -50,8 +53,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=make_lifespan(settings, metrics),
         generate_unique_id_function=_operation_id,
         dependencies=[Depends(reject_unknown_query)],
+        docs_url=None,  # served with local assets instead (install_docs_ui)
+        redoc_url=None,
     )
-    builtin = list(app.routes)  # the documentation routes FastAPI adds itself
+    install_docs_ui(app)
+    # The operators' console signs its operators in itself (a session cookie, not a
+    # bearer key): public to the key middleware, guarded inside (operations.console).
+    app.router.routes.extend(console_routes())
+    builtin = list(app.routes)  # the documents, their assets and the console
     routers = [router for router, _ in ROUTER_ACCESS]
     for router in routers:
         app.include_router(router)

@@ -1,8 +1,10 @@
-"""The API's broker connection, kept for readiness only.
+"""The API's broker connection: readiness, and the operators' console.
 
 The API never publishes: a checkout writes an outbox row and the relay publishes it.
 But an API whose system cannot reach the broker is not ready to take checkouts that
-would only pile up, so readiness reports the connection. It is made in the background
+would only pile up, so readiness reports the connection. The console
+(`operations.console`) reads and repairs the dead-letter queues over it, each
+operation on a channel of its own. It is made in the background
 (`fail_fast=False`): the API starts, and reports not ready, while the broker is down,
 and aio-pika's robust connection reconnects by itself after a loss.
 """
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 
 import structlog
+from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from infra.messaging.connect import ConnectionWatch, failover_class
@@ -55,6 +58,11 @@ class BrokerLink:
     @property
     def is_connected(self) -> bool:
         return self._connection.connected.is_set() and not self._connection.is_closed
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        """The connection while it is up, else None."""
+        return self._connection if self.is_connected else None
 
     async def close(self) -> None:
         await self._connection.close()

@@ -3,8 +3,9 @@
 Problem types: `about:blank` for plain HTTP errors (unknown route, wrong method,
 unexpected failure), where the title is the status phrase; `urn:checkout:problem:<slug>`
 for this API's own problems (validation-error, order-not-found, checkout-not-found,
-order-already-paid, idempotency-key-reused, not-ready). URNs are stable identifiers,
-not links. Responses never carry exception text from outside the domain.
+cancellation-not-found, order-already-paid, order-already-cancelled,
+refund-window-expired, order-cancelled, idempotency-key-reused, not-ready). URNs are
+stable identifiers, not links. Responses never carry exception text from outside the domain.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import HTTPExceptionHandler
 
 from checkout_api.usecases.errors import (
+    CancellationNotFound,
     CheckoutNotFound,
     IdempotencyKeyReused,
+    OrderAlreadyCancelled,
     OrderAlreadyPaid,
+    OrderCancelled,
     OrderNotFound,
+    RefundWindowExpired,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,7 +81,10 @@ def field_name(loc: Sequence[str | int]) -> str:
 
 
 def validation_problem(
-    errors: Iterable[tuple[str, str]], *, slug: str = "validation-error"
+    errors: Iterable[tuple[str, str]],
+    *,
+    slug: str = "validation-error",
+    title: str = "Request validation failed",
 ) -> ProblemResponse:
     """A 422 listing each (field, message)."""
     listed = [{"field": field, "message": message} for field, message in errors]
@@ -85,7 +93,7 @@ def validation_problem(
         422,
         f"invalid input: {names}",
         type_=problem_type(slug),
-        title="Request validation failed",
+        title=title,
         errors=listed,
     )
 
@@ -141,8 +149,25 @@ def _allowed(routes: Sequence[BaseRoute], path: str) -> str:
 
 
 async def _on_not_found(request: Request, exc: Exception) -> Response:
-    slug = "order-not-found" if isinstance(exc, OrderNotFound) else "checkout-not-found"
+    if isinstance(exc, OrderNotFound):
+        slug = "order-not-found"
+    elif isinstance(exc, CancellationNotFound):
+        slug = "cancellation-not-found"
+    else:
+        slug = "checkout-not-found"
     return problem(404, str(exc), type_=problem_type(slug), title="Not found")
+
+
+_CONFLICTS = {
+    OrderAlreadyCancelled: ("order-already-cancelled", "Order already cancelled"),
+    RefundWindowExpired: ("refund-window-expired", "Refund window expired"),
+    OrderCancelled: ("order-cancelled", "Order cancelled"),
+}
+
+
+async def _on_conflict(request: Request, exc: Exception) -> Response:
+    slug, title = _CONFLICTS[type(exc)]
+    return problem(409, str(exc), type_=problem_type(slug), title=title)
 
 
 async def _on_already_paid(request: Request, exc: Exception) -> Response:
@@ -152,7 +177,12 @@ async def _on_already_paid(request: Request, exc: Exception) -> Response:
 
 
 async def _on_key_reused(request: Request, exc: Exception) -> Response:
-    return validation_problem([(IDEMPOTENCY_HEADER, str(exc))], slug="idempotency-key-reused")
+    # Its own title: a client that reads titles must not take it for a malformed request.
+    return validation_problem(
+        [(IDEMPOTENCY_HEADER, str(exc))],
+        slug="idempotency-key-reused",
+        title="Idempotency key reused for another order",
+    )
 
 
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
@@ -164,5 +194,8 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     app.add_exception_handler(HTTPException, _http_error_handler(routes))
     app.add_exception_handler(OrderNotFound, _on_not_found)
     app.add_exception_handler(CheckoutNotFound, _on_not_found)
+    app.add_exception_handler(CancellationNotFound, _on_not_found)
     app.add_exception_handler(OrderAlreadyPaid, _on_already_paid)
+    for conflict in _CONFLICTS:
+        app.add_exception_handler(conflict, _on_conflict)
     app.add_exception_handler(IdempotencyKeyReused, _on_key_reused)

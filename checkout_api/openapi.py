@@ -3,7 +3,10 @@
 Every protected operation lists `security: [{"apiKey": []}]`, the role it needs in
 `x-required-role`, and the refusals the auth middleware can answer before the route
 runs (401, 403 for operator routes, 413, 429, 503), so that a client generated from the
-document, and schemathesis, know every status the API can answer.
+document, and schemathesis, know every status the API can answer. A public operation
+(health, metrics, the documents) says `security: []`: public on purpose, which linters
+(Spectral, Redocly) otherwise cannot tell from forgotten. Every operation that takes a
+JSON body lists the 415 it answers to a body of another type, or none.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ _REFUSALS = {
     413: "The request body is too large",
     429: "The key is over its rate limit (with `Retry-After`, seconds)",
     503: "A dependency is unreachable (with `Retry-After` when authentication could not run)",
+    415: "The body is missing or not JSON (send it with `Content-Type: application/json`)",
 }
 
 
@@ -49,8 +53,13 @@ def _secure(document: dict[str, Any], access_by_path: Mapping[str, Access]) -> N
         "`make run` prints a development key (operator) on first start.",
     }
     for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                operation.setdefault("responses", {}).setdefault("415", _problem_response(415))
         access = access_by_path.get(path, Access.public)
         if access is Access.public:
+            for operation in operations.values():
+                operation["security"] = []
             continue
         for operation in operations.values():
             operation["security"] = [{SECURITY_SCHEME: []}]

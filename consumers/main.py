@@ -1,4 +1,4 @@
-"""`checkout consumer NAME`: one of the three `OrderPaid` consumers in its own process."""
+"""`checkout consumer NAME`: one of the three consumers of public events in its own process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from faststream import FastStream
 from consumers.email import EmailConsumer
 from consumers.invoice import InvoiceConsumer
 from consumers.production import ProductionConsumer
-from contracts import Message, OrderPaid
+from contracts import Message, OrderCancelled, OrderPaid
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
@@ -19,12 +19,14 @@ from infra.tracing import configure_tracing
 
 
 def _invoice(res: Resources) -> dict[type[Message], Handler]:
-    return {OrderPaid: InvoiceConsumer(res.uow).handle}
+    consumer = InvoiceConsumer(res.uow)
+    return {OrderPaid: consumer.handle, OrderCancelled: consumer.handle_cancelled}
 
 
 def _email(res: Resources) -> dict[type[Message], Handler]:
     service = res.service("email", res.settings.email_base_url)
-    return {OrderPaid: EmailConsumer(res.uow, service).handle}
+    consumer = EmailConsumer(res.uow, service)
+    return {OrderPaid: consumer.handle, OrderCancelled: consumer.handle_cancelled}
 
 
 def _production(res: Resources) -> dict[type[Message], Handler]:

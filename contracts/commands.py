@@ -1,27 +1,18 @@
-"""Internal messages of the checkout saga on ``{namespace}.internal``.
+"""Internal commands of the checkout saga on ``{namespace}.internal``.
 
-Commands are imperative and have exactly one handler (``ChargePayment`` -> the payment
-step). ``CheckoutRequested`` starts the saga; ``PaymentSucceeded``/``PaymentDeclined``
-are the payment step's replies to the orchestrator. Not part of the public contract.
+Commands are imperative and have exactly one handler (``ChargePayment`` and
+``ReconcilePayment`` -> the payment step, ``RefundPayment`` -> the refund step,
+``CancelProductionOrder`` -> the production cancellation step). Each step applies its
+outcome to its saga itself, in one transaction, so no reply travels back through the
+broker. Not part of the public contract.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 from contracts.envelope import Message
 from contracts.events import Money
-
-
-class CheckoutRequested(Message):
-    """A client asked to check out an order; the saga takes it from here."""
-
-    routing_key = "checkout.requested"
-
-    checkout_id: UUID
-    order_id: UUID
-    requested_at: datetime
 
 
 class ChargePayment(Message):
@@ -36,27 +27,41 @@ class ChargePayment(Message):
     currency: str
 
 
-class PaymentSucceeded(Message):
-    """The Payment Service took the money."""
+class ReconcilePayment(Message):
+    """Ask the Payment Service what became of the checkout's charge (its deadline passed)."""
 
-    routing_key = "payment.succeeded"
+    routing_key = "payment.reconcile"
 
     checkout_id: UUID
+    order_id: UUID
+    payment_id: UUID
+
+
+class RefundPayment(Message):
+    """Refund a payment in full at the Payment Service (idempotency key: `idempotency_key`).
+
+    The key is the cancellation id for a cancellation's refund, `str(refund_id)` for the
+    refund of a charge that succeeded after its checkout had ended (no cancellation).
+    """
+
+    routing_key = "payment.refund"
+
+    refund_id: UUID
     payment_id: UUID
     provider_payment_id: str
-    succeeded_at: datetime
-    attempts: int = 1
-    """Calls to the Payment Service this outcome took (retries included)."""
-
-
-class PaymentDeclined(Message):
-    """The Payment Service refused the charge: a business outcome, not an error."""
-
-    routing_key = "payment.declined"
-
+    order_id: UUID
     checkout_id: UUID
-    payment_id: UUID
+    cancellation_id: UUID | None
+    amount: Money
+    currency: str
     reason: str
-    declined_at: datetime
-    attempts: int = 1
-    """Calls to the Payment Service this outcome took (retries included)."""
+    idempotency_key: str
+
+
+class CancelProductionOrder(Message):
+    """Cancel the order at the Production Service (idempotency key: the cancellation)."""
+
+    routing_key = "production.cancel"
+
+    cancellation_id: UUID
+    order_id: UUID

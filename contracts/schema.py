@@ -117,9 +117,12 @@ document shows `{exchange}`. Bind your own durable queue with the routing key of
 each event you want (or `order.*` for all of them); nothing else is needed.
 
 **Envelope** (AMQP properties on every message): `message_id` (UUID, unique per
-event: the de-duplication key), `correlation_id` (the checkout_id), `type` (the event
-name, e.g. `OrderPaid`), `content_type` `application/json`, `timestamp`, delivery mode
-2 (persistent), and the header `x-schema-version` (integer version of the body).
+event: the de-duplication key), `correlation_id` (the checkout_id; for a cancellation's
+events the cancellation_id), `type` (the event name, e.g. `OrderPaid`), `content_type`
+`application/json`, `timestamp`, delivery mode 2 (persistent), and the header
+`x-schema-version` (integer version of the body). These are AMQP message properties,
+not application headers: each message's `correlationId` points at the body field that
+carries the same value, and `x-amqp-properties` describes them all.
 
 **Delivery** is at-least-once: de-duplicate by `message_id`. There is no ordering
 across checkouts.
@@ -133,7 +136,7 @@ per version: `docs/schemas/<Type>.v<N>.json`; this document is served by the API
 
 _MESSAGE = """\
 AMQP properties: `message_id` = UUID, unique per event (de-duplicate by it);
-`correlation_id` = the checkout_id; `type` = `{type}`; `content_type` =
+`correlation_id` = the {correlation}; `type` = `{type}`; `content_type` =
 `application/json`; `timestamp`; delivery mode 2 (persistent). Header
 `x-schema-version` = {version}. Routing key `{routing_key}` on `{exchange}`.
 """
@@ -183,6 +186,50 @@ def _version_headers(event: type[Message]) -> dict[str, Any]:
     }
 
 
+def _correlation_field(event: type[Message]) -> str | None:
+    """The body field whose value the AMQP `correlation_id` carries, if the body has it."""
+    field = getattr(event, "correlation_field", None)
+    return field if isinstance(field, str) and field in event.model_fields else None
+
+
+def _amqp_properties(event: type[Message], correlation: str | None) -> dict[str, Any]:
+    """The AMQP message properties of `event`, as a schema (an `x-` extension).
+
+    AsyncAPI has no place for them: message `headers` are application headers and
+    "MUST NOT define the protocol headers", a runtime expression reaches only
+    `$message.header` or `$message.payload`, and the AMQP 0-9-1 message binding
+    (0.3.0) carries only `messageType` (the `type` property) and `contentEncoding`.
+    """
+    same = f"the body's `{correlation}`" if correlation else "the saga the event belongs to"
+    return {
+        "type": "object",
+        "properties": {
+            "message_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "Unique per event: the de-duplication key.",
+            },
+            "correlation_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": f"The same value as {same}.",
+            },
+            "type": {"type": "string", "const": event.message_type},
+            "content_type": {"type": "string", "const": CONTENT_TYPE},
+            "delivery_mode": {"type": "integer", "const": 2, "description": "Persistent."},
+            "timestamp": {"type": "integer", "description": "Seconds since the epoch."},
+        },
+        "required": [
+            "message_id",
+            "correlation_id",
+            "type",
+            "content_type",
+            "delivery_mode",
+            "timestamp",
+        ],
+    }
+
+
 def asyncapi_document(
     namespace: str = DEFAULT_NAMESPACE, events: Sequence[type[Message]] = PUBLIC_EVENTS
 ) -> dict[str, Any]:
@@ -218,12 +265,14 @@ def asyncapi_document(
     for message in components.get("messages", {}).values():
         ref = message["payload"]["$ref"]
         event = by_type[ref.rsplit("/", 1)[-1]]
+        correlation = _correlation_field(event)
         message.update(
             name=event.message_type,
             contentType=CONTENT_TYPE,
             description=_paragraphs(
                 _MESSAGE.format(
                     type=event.message_type,
+                    correlation=correlation or "id of the saga the event belongs to",
                     version=event.schema_version,
                     routing_key=event.routing_key,
                     exchange=exchange,
@@ -232,7 +281,20 @@ def asyncapi_document(
             headers=_version_headers(event),
             bindings={"amqp": {"messageType": event.message_type, "bindingVersion": "0.3.0"}},
         )
-        message["correlationId"]["description"] = "The checkout_id the event belongs to."
+        message["x-amqp-properties"] = _amqp_properties(event, correlation)
+        # The correlation id travels as the AMQP property `correlation_id`, which no
+        # runtime expression can reach (see `_amqp_properties`); FastStream's default,
+        # `$message.header#/correlation_id`, names an application header that is never
+        # sent. The body carries the same value, so the expression points there.
+        if correlation is None:
+            message.pop("correlationId", None)
+        else:
+            message["correlationId"] = {
+                "location": f"$message.payload#/{correlation}",
+                "description": (
+                    f"The {correlation}; the AMQP property `correlation_id` carries the same value."
+                ),
+            }
     # A round trip through JSON makes the result plain data with sorted keys.
     result: dict[str, Any] = json.loads(render_json(document))
     return result

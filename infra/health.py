@@ -1,7 +1,9 @@
 """A small HTTP endpoint for a worker process: `/health/live`, `/health/ready`, `/metrics`.
 
-The relay, the saga and each consumer run one on `CHECKOUT_HEALTH_PORT` (each part
-has its own default, see `DEFAULT_PORTS`), in the same event loop as their work. It
+The relay, the saga and each consumer run one on `CHECKOUT_HEALTH_PORT`, by default a
+port free at start (logged, and listed by `checkout up`'s banner, which gives each
+part its own): fixed defaults would collide as soon as two systems, or two copies of
+a part, run on one machine. It runs in the same event loop as the worker's work and
 never handles signals: the worker's own shutdown stops it.
 """
 
@@ -14,30 +16,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 
 import structlog
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from infra.metrics import registry_for
 from infra.settings import Settings
 
 log = structlog.get_logger()
 
-# Distinct defaults so every part of `checkout up` can expose one on a single machine.
-DEFAULT_PORTS: Mapping[str, int] = {
-    "relay": 8002,
-    "saga": 8003,
-    "consumer-invoice": 8004,
-    "consumer-email": 8005,
-    "consumer-production": 8006,
-}
-
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
-def health_app(checks: Mapping[str, ReadinessCheck]) -> Starlette:
-    """Live: the process answers. Ready: every check passes (503 names the ones that fail)."""
+def health_app(checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry) -> Starlette:
+    """Live: the process answers. Ready: every check passes (503 names the ones that fail).
+    Metrics: `registry`, what this process measures."""
 
     async def live(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -57,7 +52,7 @@ def health_app(checks: Mapping[str, ReadinessCheck]) -> Starlette:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -82,11 +77,11 @@ async def serving_health(
 ) -> AsyncIterator[int | None]:
     """Serve the health app while the block runs; yield the port (None if it could not bind).
 
-    A port already in use (say, a second copy of a part on one machine without its
-    own CHECKOUT_HEALTH_PORT) is logged and the worker goes on without the endpoint:
-    its real work matters more than its metrics.
+    A port given in CHECKOUT_HEALTH_PORT that is already in use is logged and the
+    worker goes on without the endpoint: its real work matters more than its metrics.
+    Unset (or 0), any free port is taken, which never fails that way.
     """
-    port = settings.health_port if settings.health_port is not None else DEFAULT_PORTS[component]
+    port = settings.health_port or 0
     # Bind here, not in uvicorn: uvicorn exits the process when it cannot bind.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,10 +98,20 @@ async def serving_health(
         yield None
         return
     bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(health_app(checks), log_config=None, access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        health_app(checks, registry_for(component)),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    log.info("health endpoint listening", url=f"http://{settings.health_host}:{bound}")
+    log.info(
+        "health endpoint listening",
+        component=component,
+        url=f"http://{settings.health_host}:{bound}",
+        metrics=f"http://{settings.health_host}:{bound}/metrics",
+    )
     try:
         yield bound
     finally:

@@ -125,12 +125,31 @@ class ServiceClient:
                 return body, attempt.retry_state.attempt_number
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    async def _guarded(self, path: str, payload: dict[str, Any], key: str) -> Any:
+    async def get_or_none(self, path: str) -> Any:
+        """GET; the decoded 2xx body, None on 404 (nothing there), else a classified
+        failure. Retried like a POST; a GET changes nothing, so it needs no key."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
+            retry=retry_if_exception_type(TransientFailure),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await self._guarded(path, None, None, method="GET")
+                except _NotFound:
+                    return None
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    async def _guarded(
+        self, path: str, payload: dict[str, Any] | None, key: str | None, *, method: str = "POST"
+    ) -> Any:
         if self._breakers is None:
-            return await self._post_once(path, payload, key)
+            return await self._send(method, path, payload, key)
         try:
             async with await self._breakers.get_breaker(self.name):
-                return await self._post_once(path, payload, key)
+                return await self._send(method, path, payload, key)
         except OpenedState as exc:
             metrics.SERVICE_CALLS.labels(self.name, "circuit_open").inc()
             cause = f"; the last failure: {self._last_failure}" if self._last_failure else ""
@@ -139,18 +158,23 @@ class ServiceClient:
             self._last_failure = str(exc)
             raise
 
-    async def _post_once(self, path: str, payload: dict[str, Any], key: str) -> Any:
+    async def _send(
+        self, method: str, path: str, payload: dict[str, Any] | None, key: str | None
+    ) -> Any:
         url = f"{self._base_url}{path}"
         with tracer().start_as_current_span(
-            f"POST {path}",
+            f"{method} {path}",
             kind=trace.SpanKind.CLIENT,
-            attributes={"http.request.method": "POST", "url.full": url, "peer.service": self.name},
+            attributes={"http.request.method": method, "url.full": url, "peer.service": self.name},
         ) as span:
-            headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+            headers = {"Content-Type": "application/json"}
+            if key is not None:
+                headers["Idempotency-Key"] = key
             inject(headers)
+            data = json.dumps(payload) if payload is not None else None
             try:
-                async with self._client.post(
-                    url, data=json.dumps(payload), headers=headers
+                async with self._client.request(
+                    method, url, data=data, headers=headers
                 ) as response:
                     status = response.status
                     content = await response.read()
@@ -168,6 +192,9 @@ class ServiceClient:
         if 200 <= status < 300:
             metrics.SERVICE_CALLS.labels(self.name, "success").inc()
             return _json_or_none(self.name, status, content)
+        if status == 404 and method == "GET":
+            metrics.SERVICE_CALLS.labels(self.name, "success").inc()  # it answered
+            raise _NotFound(f"{self.name} service has nothing at {path}")
         text = content.decode("utf-8", errors="replace")
         detail = f"{self.name} service answered {status}: {text[:300]}"
         if is_transient_status(status):
@@ -175,7 +202,39 @@ class ServiceClient:
             log.warning("service call failed; transient", service=self.name, status=status)
             raise TransientFailure(detail)
         metrics.SERVICE_CALLS.labels(self.name, "permanent").inc()
-        raise PermanentFailure(detail)
+        raise ServiceRefused(detail, status, _json_or_text(content))
+
+
+class ServiceRefused(PermanentFailure):
+    """The service refused the request for good (a 4xx other than 408/429).
+
+    Carries the status and the decoded body, for a caller to whom one refusal is an
+    outcome rather than a failure (the Production Service's 409 `cancelled`).
+    """
+
+    def __init__(self, detail: str, status: int, body: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = body
+
+    @property
+    def reason(self) -> str | None:
+        """The body's `reason`, if it is a JSON object that has one."""
+        reason = self.body.get("reason") if isinstance(self.body, dict) else None
+        return reason if isinstance(reason, str) else None
+
+
+def _json_or_text(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", errors="replace")
+
+
+class _NotFound(PermanentFailure):
+    """A GET answered 404: an answer (nothing there), not a failure of the service. A
+    permanent failure to the breaker (which excludes those: the service answered);
+    `get_or_none` turns it into None."""
 
 
 def _json_or_none(service: str, status: int, content: bytes) -> Any:

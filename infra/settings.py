@@ -150,8 +150,9 @@ class Settings(BaseSettings):
     email_url: AnyUrl | None = None
     production_url: AnyUrl | None = None
 
-    # Health and metrics endpoint of a worker (relay, saga, consumers). Unset: the
-    # part's own default port (8002-8006); 0: any free port.
+    # Health and metrics endpoint of a worker (relay, saga, consumers). Unset or 0: a
+    # port free at start (`checkout up` picks one per part and lists them); a number N:
+    # that port (under `checkout up`: N for the relay, N+1 for the saga, and so on).
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
 
@@ -183,7 +184,17 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_pause: float = Field(default=10.0, gt=0, le=600)
 
+    # Deadlines (CONTRACT.md section 8): seconds a checkout may stay PAYMENT_PENDING
+    # before the saga asks the Payment Service what became of its charge.
+    payment_deadline: float = Field(default=120.0, gt=0, le=7 * 24 * 3600)
+
     db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # How long after its payment an order may still be cancelled with a refund.
+    refund_window_days: int = Field(default=30, ge=0, le=3650)
+    # The event log (`{ns}.orders.log`, a stream): days an event is kept. RabbitMQ drops
+    # whole segments once every event in them is older.
+    event_log_days: int = Field(default=30, ge=1, le=3650)
 
     # Security. Requests per API key and API process, in the `limits` notation
     # ("100/second", "1000/minute", several separated by ";").

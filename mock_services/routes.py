@@ -55,7 +55,8 @@ def service_router(service: MockService[Any]) -> APIRouter:
     )
     async def call(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
         """Call the simulated service; a repeated Idempotency-Key replays the first result."""
-        return respond(await service.handle(idempotency_key or None, await request.body()))
+        body = await request.body()
+        return respond(await service.handle(idempotency_key or None, body, request.path_params))
 
     @router.get(spec.inspect_path, name=f"{spec.name}:inspect")
     async def inspect(include: Include = None) -> list[JsonObject]:
@@ -66,6 +67,9 @@ def service_router(service: MockService[Any]) -> APIRouter:
         """
         with_status = include == "status_code"
         return [entry.as_json(status_code=with_status) for entry in service.store.entries()]
+
+    if spec.outage_path is None:
+        return router  # switched with the rest of its system
 
     @router.post(spec.outage_path, name=f"{spec.name}:outage")
     async def outage(switch: OutageSwitch) -> OutageState:

@@ -3,14 +3,16 @@
 For each request: count the attempt under the key's lock, then answer 503 if the outage
 switch is on or the random failure strikes, else replay the key's stored answer, else
 validate the body and let the service decide. Final answers are stored before any sleep,
-so a retry that arrives while a slow first request is still sleeping sees the effect.
+so a retry that arrives while a slow first request is still sleeping sees the effect;
+the entry counts as answered (what `GET /payments/{key}` reports) only once an answer
+with it has been sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from random import Random
 from typing import Generic, TypeVar
@@ -30,8 +32,11 @@ class ServiceSpec(Generic[M]):
 
     name: str
     path: str
+    """May hold path parameters (`/production/orders/{order_id}/cancel`); their values
+    become fields of the request, as if the body had carried them."""
     inspect_path: str
-    outage_path: str
+    outage_path: str | None
+    """None for a service that shares its system's switch (refunds: the payments')."""
     success_status: int
     model: type[M]
     decide: Callable[[M, int], Outcome]
@@ -57,13 +62,19 @@ class Chaos:
 class MockService(Generic[M]):
     """A simulated service at run time: its spec, its store and the app's chaos knobs."""
 
-    def __init__(self, spec: ServiceSpec[M], chaos: Chaos) -> None:
+    def __init__(
+        self, spec: ServiceSpec[M], chaos: Chaos, store: EffectStore | None = None
+    ) -> None:
         self.spec = spec
         self.chaos = chaos
-        self.store = EffectStore()
+        self.store = store if store is not None else EffectStore()
 
-    async def handle(self, key: str | None, body: bytes) -> Outcome:
+    async def handle(
+        self, key: str | None, body: bytes, path_params: Mapping[str, str] | None = None
+    ) -> Outcome:
         """Answer one request to the service (see the module docstring for the order)."""
+        if path_params:
+            body = _with_path(body, path_params)
         request = _recorded(body)
         # Deciding takes no await today, so it could not interleave anyway; the lock keeps
         # "one effect per key" true should it ever await (and says so to the reader).
@@ -84,6 +95,8 @@ class MockService(Generic[M]):
         delay = self.chaos.latency_seconds + (self.chaos.slow_seconds if outcome.slow else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
+        if outcome.final:
+            entry.answered = True
         return outcome
 
     def _answer(self, entry: Entry, body: bytes) -> Outcome:
@@ -107,3 +120,16 @@ def _recorded(body: bytes) -> JsonObject:
     except ValueError:
         return {"body": body.decode("utf-8", errors="replace")}
     return value if isinstance(value, dict) else {"body": value}
+
+
+def _with_path(body: bytes, path_params: Mapping[str, str]) -> bytes:
+    """The body (a JSON object, or nothing) with the path parameters as its fields."""
+    if not body.strip():
+        return json.dumps(dict(path_params)).encode()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body  # refused as it is by validation
+    if not isinstance(value, dict):
+        return body
+    return json.dumps({**value, **path_params}).encode()

@@ -23,6 +23,9 @@ class Entry:
     attempts: int = 0
     final: tuple[int, JsonObject] | None = None
     """The stored answer (status code, body), replayed to every later request."""
+    answered: bool = False
+    """Whether the final answer was sent to a caller yet (a slow one may still be asleep):
+    only then can the service be asked what became of the key (`GET /payments/{key}`)."""
 
     def as_json(self, *, status_code: bool = False) -> JsonObject:
         """The inspection view: the contract's four fields, and the stored answer's status
@@ -39,14 +42,30 @@ class Entry:
         return view
 
 
+@dataclass
+class Outage:
+    """Whether a simulated system is down; one system may offer several services (the
+    Payment Service charges and refunds), which then share one switch."""
+
+    down: bool = False
+
+
 class EffectStore:
     """The entries of one simulated service, its outage switch and a lock per key."""
 
-    def __init__(self) -> None:
-        self.down = False
+    def __init__(self, switch: Outage | None = None) -> None:
+        self.switch = switch if switch is not None else Outage()
         self._entries: list[Entry] = []
         self._by_key: dict[str, Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def down(self) -> bool:
+        return self.switch.down
+
+    @down.setter
+    def down(self, value: bool) -> None:
+        self.switch.down = value
 
     def lock(self, key: str | None) -> asyncio.Lock:
         """The lock that lets one request with `key` at a time decide its answer."""
@@ -65,9 +84,24 @@ class EffectStore:
         entry.attempts += 1
         return entry
 
+    def find(self, key: str) -> Entry | None:
+        """The entry of `key`, if a request carried it."""
+        return self._by_key.get(key)
+
     def entries(self) -> list[Entry]:
         """Every entry, oldest first."""
         return list(self._entries)
+
+    def answered(self, status_code: int, **request: object) -> list[Entry]:
+        """The entries whose stored answer has `status_code` and whose request has the
+        given fields (e.g. ``order_id="..."``), oldest first."""
+        return [
+            entry
+            for entry in self._entries
+            if entry.final is not None
+            and entry.final[0] == status_code
+            and all(entry.request.get(name) == value for name, value in request.items())
+        ]
 
     def reset(self) -> None:
         """Forget every entry and switch the outage off."""

@@ -1,4 +1,5 @@
-"""`checkout saga`: the orchestrator and the payment step in one process."""
+"""`checkout saga`: the orchestrator and the steps (charge, refund, production
+cancellation) in one process."""
 
 from __future__ import annotations
 
@@ -6,43 +7,61 @@ import uvloop
 from faststream import FastStream
 
 from contracts import (
+    CancelProductionOrder,
     ChargePayment,
-    CheckoutRequested,
     Message,
-    PaymentDeclined,
-    PaymentSucceeded,
+    ReconcilePayment,
+    RefundPayment,
 )
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
 from infra.settings import Settings
 from infra.tracing import configure_tracing
+from operations.stuck import run_stuck_gauge
+from saga.deadlines import run_deadlines
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
+from saga.production_cancel_client import ProductionCancelClient
+from saga.production_cancel_step import ProductionCancelStep
+from saga.refund_client import RefundClient
+from saga.refund_step import RefundStep
 
 
 def build_worker(settings: Settings) -> Worker:
-    """The saga process: the orchestrator's queue and the payment step's queue."""
+    """The saga process: the payment step's queue, whose outcomes the orchestrator
+    applies, and the deadline claimer."""
     worker = Worker(settings, "saga")
-
-    def saga_routes(res: Resources) -> dict[type[Message], Handler]:
-        saga = CheckoutSaga(res.uow)
-        return {
-            CheckoutRequested: saga.handle,
-            PaymentSucceeded: saga.handle,
-            PaymentDeclined: saga.handle,
-        }
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        step = PaymentStep(
-            res.uow, PaymentClient(service), res.publisher, res.topology.internal_exchange
-        )
-        return {ChargePayment: step.handle}
+        saga = CheckoutSaga(res.uow, res.settings.payment_deadline)
+        step = PaymentStep(res.uow, PaymentClient(service), saga)
+        return {ChargePayment: step.handle, ReconcilePayment: step.reconcile}
 
-    worker.consume("saga", saga_routes)
+    def refund_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("refunds", res.settings.payment_base_url)
+        return {RefundPayment: RefundStep(res.uow, RefundClient(service)).handle}
+
+    def production_cancel_routes(res: Resources) -> dict[type[Message], Handler]:
+        service = res.service("production", res.settings.production_base_url)
+        step = ProductionCancelStep(res.uow, ProductionCancelClient(service))
+        return {CancelProductionOrder: step.handle}
+
     worker.consume("payment", payment_routes)
+    worker.consume("refund", refund_routes)
+    worker.consume("production-cancel", production_cancel_routes)
+
+    async def deadlines(res: Resources) -> None:
+        await run_deadlines(CheckoutSaga(res.uow, res.settings.payment_deadline))
+
+    worker.background("deadlines", deadlines)
+
+    async def stuck_gauge(res: Resources) -> None:
+        await run_stuck_gauge(res.uow.engine)
+
+    worker.background("stuck gauge", stuck_gauge)
     return worker
 
 

@@ -1,94 +1,136 @@
-"""The payment step: handles `ChargePayment`, calls the Payment Service, replies to the saga.
+"""The payment step: handles `ChargePayment`, calls the Payment Service, applies the outcome.
 
 Before it charges, the step checks the command against the payments table: the
 payment must exist for that checkout and order, with the same amount and currency. A
 command that does not match (forged, or about a checkout this system never had) is
-dead-lettered at once and nothing is charged. Only the saga writes that row, in the
+dead-lettered at once and nothing is charged. Only the API writes that row, in the
 transaction that also puts the command in the outbox, so a true command always matches.
 
-The reply is published straight to the broker (confirmed) before the command is
-acked; its message_id is derived from the command's, so a redelivered command that
-calls the service again (same idempotency key, same result) produces the same reply
-id, which the saga's inbox drops.
+The outcome is applied to the checkout right here, through the saga's own shell
+(`saga.orchestrator`: lock the checkout, claim the outcome in the inbox, decide, write
+the state, its step and `OrderPaid` or `OrderPaymentFailed` to the outbox), in one
+transaction, and only then is the command acked. The outcome's inbox key is derived
+from the command's message_id (`reply_id`): a command redelivered after a crash
+between the call and the commit calls the service again with the same idempotency
+key (the same answer, no second charge) and applies it under the same key; one
+redelivered after the commit finds that key in the inbox and calls nothing.
+
+Once the checkout is final (PAID, or FAILED: declined, or given up on by its
+reconciliation), its `ChargePayment` never charges again, wherever a copy of it waited
+(a retry queue, a dead-letter queue and a later replay, a redelivery): the step reads
+the checkout's state with the payment and acks such a command without calling. A
+call already past that check when the checkout ended is the one window left; its
+success is then a late answer, which the state machine refunds.
+
+`ReconcilePayment` (sent when the payment deadline fires) asks the Payment Service
+for the charge made with the checkout's key (`GET /payments/{key}`) and applies what
+it says the same way: found SUCCESSFUL or FAILED, the outcome; no such charge,
+`payment_timeout`; no answer, a step saying so (the deadline asks again).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
-from contracts import ChargePayment, PaymentDeclined, PaymentSucceeded
+from contracts import ChargePayment, ReconcilePayment
 from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
-from infra.messaging.failures import PermanentFailure
-from infra.messaging.publisher import Outgoing, Publisher
-from infra.tracing import inject
-from saga.payment_client import Charged, PaymentClient
+from infra.messaging.failures import PermanentFailure, TransientFailure
+from saga import orchestrator
+from saga.inputs import PaymentDeclined, PaymentNotFound, PaymentSucceeded, PaymentUnanswered
+from saga.orchestrator import CheckoutSaga
+from saga.payment_client import Charged, Declined, PaymentClient
+from saga.state_machine import CheckoutState
 
 log = structlog.get_logger()
 
 
-def traced(headers: dict[str, Any]) -> dict[str, Any]:
-    inject(headers)
-    return headers
-
-
 def reply_id(command_id: uuid.UUID) -> uuid.UUID:
-    """The reply's message_id: the same for every delivery of one command."""
+    """The outcome's inbox key: the same for every delivery of one command."""
     return uuid.uuid5(command_id, "payment-reply")
 
 
 _PAYMENTS = (
-    "SELECT payment_id, checkout_id, order_id, amount, currency FROM payments"
-    " WHERE payment_id = ANY(%s::uuid[])"
+    "SELECT m.payment_id, m.reply_id, p.checkout_id, p.order_id, p.amount, p.currency,"
+    " EXISTS (SELECT 1 FROM inbox i WHERE i.consumer = %s AND i.message_id = m.reply_id),"
+    " c.state"
+    " FROM unnest(%s::uuid[], %s::uuid[]) AS m (payment_id, reply_id)"
+    " LEFT JOIN payments p ON p.payment_id = m.payment_id"
+    " LEFT JOIN checkouts c ON c.checkout_id = p.checkout_id"
 )
-"""The payments the saga recorded, for the commands in hand (one statement for all)."""
+"""The payments recorded for the commands in hand, whether each command's outcome was
+applied already, and the checkout's state (one statement for all)."""
 
-Recorded = tuple[uuid.UUID, Decimal, str] | None
-"""A payment as the saga recorded it: (order, amount, currency); None if it has none."""
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A payment as recorded, and whether its command's outcome is applied already."""
+
+    order_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    applied: bool
+    state: CheckoutState
+
+
+Check = tuple[ChargePayment | ReconcilePayment, uuid.UUID]
+"""A command and its outcome's inbox key."""
 
 
 class PaymentStep:
-    """Charges once per checkout and reports the outcome."""
+    """Charges once per checkout and applies the outcome to it."""
 
-    def __init__(
-        self, uow: UnitOfWork, payments: PaymentClient, publisher: Publisher, exchange: str
-    ) -> None:
+    def __init__(self, uow: UnitOfWork, payments: PaymentClient, saga: CheckoutSaga) -> None:
+        """Args:
+        saga: the shell that applies each outcome (also the reconciliations')."""
         self._uow = uow
         self._payments = payments
-        self._publisher = publisher
-        self._exchange = exchange
+        self._saga = saga
         # The commands in hand at one moment are checked by one read (group commit).
-        self._recorded: Batcher[ChargePayment, Recorded] = Batcher(
+        self._recorded: Batcher[Check, Recorded | None] = Batcher(
             "payment checks", self._recorded_all
         )
 
-    async def _recorded_all(self, commands: Sequence[ChargePayment]) -> list[Recorded]:
+    async def _recorded_all(self, checks: Sequence[Check]) -> list[Recorded | None]:
         async with self._uow.reads() as conn:
-            cursor = await conn.execute(_PAYMENTS, ([c.payment_id for c in commands],))
-            found = {row[0]: row for row in await cursor.fetchall()}
-        recorded: list[Recorded] = []
-        for command in commands:
-            row = found.get(command.payment_id)
-            ours = row is not None and row[1] == command.checkout_id
-            recorded.append((row[2], row[3], row[4]) if row is not None and ours else None)
+            cursor = await conn.execute(
+                _PAYMENTS,
+                (
+                    orchestrator.CONSUMER,
+                    [command.payment_id for command, _ in checks],
+                    [reply for _, reply in checks],
+                ),
+            )
+            found = {(row[0], row[1]): row[2:] for row in await cursor.fetchall()}
+        recorded: list[Recorded | None] = []
+        for command, reply in checks:
+            checkout_id, order_id, amount, currency, applied, state = found[
+                command.payment_id, reply
+            ]
+            ours = checkout_id is not None and checkout_id == command.checkout_id
+            recorded.append(
+                Recorded(order_id, amount, currency, applied, CheckoutState(state))
+                if ours
+                else None
+            )
         return recorded
 
-    async def _check(self, command: ChargePayment) -> None:
-        """PermanentFailure unless the saga recorded exactly this payment."""
-        row = await self._recorded.submit(command)
+    async def _check(self, command: ChargePayment, reply: uuid.UUID) -> Recorded:
+        """The payment as recorded; PermanentFailure unless it was recorded exactly as the
+        command says."""
+        row = await self._recorded.submit((command, reply))
         if row is None:
             raise PermanentFailure(
                 f"no payment {command.payment_id} of checkout {command.checkout_id}: "
                 "not charging a payment this system did not record"
             )
-        if tuple(row) != (
+        if (row.order_id, row.amount, row.currency) != (
             command.order_id,
             command.amount,
             command.currency,
@@ -97,50 +139,73 @@ class PaymentStep:
                 f"ChargePayment of checkout {command.checkout_id} does not match its payment "
                 f"(order, amount or currency differ): not charging it"
             )
+        return row
 
     async def handle(self, command: ChargePayment, delivery: Delivery) -> Handled:
         structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
-        await self._check(command)
+        reply = reply_id(delivery.message_id)
+        recorded = await self._check(command, reply)
+        if recorded.applied:
+            log.info("duplicate message skipped")
+            return Handled.DUPLICATE
+        if recorded.state.is_final:
+            log.warning("checkout is final; not charging", state=recorded.state)
+            return Handled.DONE
         outcome = await self._payments.charge(
             order_id=command.order_id,
             amount=command.amount,
             currency=command.currency,
             idempotency_key=str(command.checkout_id),
         )
-        now = datetime.now(UTC)
         # Calls made in earlier deliveries of this command (each one tried
         # `attempts` times in process before giving up) are not counted here; the
         # delivery attempt is logged and shown by the dead-letter headers.
-        reply: PaymentSucceeded | PaymentDeclined
+        result: PaymentSucceeded | PaymentDeclined
         if isinstance(outcome, Charged):
-            reply = PaymentSucceeded(
-                checkout_id=command.checkout_id,
-                payment_id=command.payment_id,
-                provider_payment_id=outcome.provider_payment_id,
-                succeeded_at=now,
-                attempts=outcome.attempts,
+            result = PaymentSucceeded(
+                command.checkout_id, outcome.provider_payment_id, outcome.attempts
             )
         else:
-            reply = PaymentDeclined(
-                checkout_id=command.checkout_id,
-                payment_id=command.payment_id,
-                reason=outcome.reason,
-                declined_at=now,
-                attempts=outcome.attempts,
-            )
+            result = PaymentDeclined(command.checkout_id, outcome.reason, outcome.attempts)
         log.info(
             "payment outcome",
-            outcome=reply.message_type,
+            outcome=result.message_type,
             attempts=outcome.attempts,
             delivery_attempt=delivery.attempt,
         )
-        await self._publisher.publish(
-            Outgoing.of(
-                reply,
-                exchange=self._exchange,
-                message_id=reply_id(delivery.message_id),
-                correlation_id=command.checkout_id,
-                headers=traced({}),
+        applied = await self._saga.apply(result, reply)
+        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+
+    async def reconcile(self, command: ReconcilePayment, delivery: Delivery) -> Handled:
+        """Ask the Payment Service what became of the checkout's charge; apply the answer."""
+        structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
+        reply = reply_id(delivery.message_id)
+        row = await self._recorded.submit((command, reply))
+        if row is None or row.order_id != command.order_id:
+            raise PermanentFailure(
+                f"no payment {command.payment_id} of checkout {command.checkout_id}: "
+                "nothing to reconcile"
             )
-        )
-        return Handled.DONE
+        if row.applied:
+            log.info("duplicate message skipped")
+            return Handled.DUPLICATE
+        if row.state.is_final:
+            log.info("checkout is final; nothing to reconcile", state=row.state)
+            return Handled.DONE
+        key = str(command.checkout_id)
+        result: PaymentSucceeded | PaymentDeclined | PaymentNotFound | PaymentUnanswered
+        try:
+            found = await self._payments.find(key)
+        except TransientFailure as exc:
+            result = PaymentUnanswered(command.checkout_id, str(exc))
+        else:
+            match found:
+                case Charged(provider_payment_id=reference):
+                    result = PaymentSucceeded(command.checkout_id, reference, reconciled=True)
+                case Declined(reason=reason):
+                    result = PaymentDeclined(command.checkout_id, reason, reconciled=True)
+                case None:
+                    result = PaymentNotFound(command.checkout_id)
+        log.info("payment reconciled", answer=result.message_type)
+        applied = await self._saga.apply(result, reply)
+        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE

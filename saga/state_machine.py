@@ -1,13 +1,26 @@
-"""The checkout saga as a pure state machine: (state, message) -> transition. No I/O.
+"""The checkout saga as a pure state machine: (state, input) -> transition. No I/O.
 
 ```
 STARTED ──CheckoutRequested──▶ PAYMENT_PENDING ──PaymentSucceeded──▶ PAID
-                                       └────────PaymentDeclined───▶ FAILED
+                                 │   ▲      ├──PaymentDeclined────▶ FAILED
+                   DeadlineReached   │      └──PaymentNotFound────▶ FAILED (payment_timeout)
+                 (ask the service)───┘  PaymentUnanswered: stays, asked again later
+FAILED ──PaymentSucceeded (a late answer)──▶ FAILED, the charge refunded
 ```
-PAID and FAILED are final. A message that does not fit the current state (a late
-duplicate reply, a repeated request) changes nothing; its transition says so in
-`step`, so the checkout's history shows it. The shell (`saga.orchestrator`) applies
-the effects and the new state in one transaction.
+PAID and FAILED are final. An input that does not fit the current state (a late
+duplicate outcome, a repeated request, a deadline after the end) changes nothing; its
+transition says so in `step`, so the checkout's history shows it.
+
+Time is an input like any other: entering PAYMENT_PENDING sets the payment deadline,
+leaving it cancels it; when it comes due the saga asks the Payment Service what became
+of the charge (`ReconcilePayment`) and sets the deadline again with a growing backoff,
+so an unanswered question is asked again. A charge that succeeds after the checkout
+ended FAILED is refunded: nobody pays for a failed checkout.
+
+Each transition is applied where its input arises, in one transaction: the first by
+the API (`checkout_api.usecases.checkout_order`, in the checkout's own statement), the
+payment outcomes by the payment step through the shell (`saga.orchestrator`), a
+deadline by the claimer that found it due (`saga.deadlines`).
 """
 
 from __future__ import annotations
@@ -15,9 +28,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from contracts import CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from saga.inputs import (
+    CheckoutRequested,
+    DeadlineReached,
+    PaymentDeclined,
+    PaymentNotFound,
+    PaymentSucceeded,
+    PaymentUnanswered,
+    SagaInput,
+)
 
-SagaInput = CheckoutRequested | PaymentSucceeded | PaymentDeclined
+PAYMENT_DEADLINE = "payment"
+PAYMENT_TIMEOUT = "payment_timeout"
+# Seconds until a reconciliation is asked again: doubling from the first, at most the cap.
+RECONCILE_BACKOFF_FIRST = 5.0
+RECONCILE_BACKOFF_CAP = 300.0
 
 
 class CheckoutState(StrEnum):
@@ -50,7 +75,43 @@ class FailPayment:
     reason: str
 
 
-Effect = RequestPayment | CompletePayment | FailPayment
+@dataclass(frozen=True)
+class SetDeadline:
+    """(Re)set the checkout's deadline of `kind`: due after `after` seconds, or after the
+    configured time for that kind (`CHECKOUT_PAYMENT_DEADLINE`) when None."""
+
+    kind: str
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class CancelDeadline:
+    """Delete the checkout's deadline of `kind`: what it waited for has happened."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class ReconcilePayment:
+    """Send `ReconcilePayment`: ask the Payment Service for the charge made with the key."""
+
+
+@dataclass(frozen=True)
+class RefundLateCharge:
+    """A charge succeeded after the checkout ended FAILED: record it and refund it."""
+
+    provider_payment_id: str
+
+
+Effect = (
+    RequestPayment
+    | CompletePayment
+    | FailPayment
+    | SetDeadline
+    | CancelDeadline
+    | ReconcilePayment
+    | RefundLateCharge
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +125,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Transition:
-    """What applying a message means: the new state, its history line and its effects."""
+    """What applying an input means: the new state, its history line and its effects."""
 
     state: CheckoutState
     step: Step
@@ -76,14 +137,21 @@ class Transition:
         return bool(self.effects)
 
 
+def reconcile_backoff(fired: int) -> float:
+    """Seconds until the `fired`-th reconciliation (1-based) is followed by the next."""
+    return float(min(RECONCILE_BACKOFF_FIRST * 2 ** max(fired - 1, 0), RECONCILE_BACKOFF_CAP))
+
+
 def decide(state: CheckoutState, message: SagaInput) -> Transition:
-    """The saga's rules; every (state, message) pair has an answer."""
+    """The saga's rules; every (state, input) pair has an answer."""
+    pending, failed = CheckoutState.PAYMENT_PENDING, CheckoutState.FAILED
+    stop_waiting = CancelDeadline(PAYMENT_DEADLINE)
     match state, message:
         case CheckoutState.STARTED, CheckoutRequested():
             return Transition(
-                CheckoutState.PAYMENT_PENDING,
-                Step("payment.requested", CheckoutState.PAYMENT_PENDING, "charge sent"),
-                (RequestPayment(),),
+                pending,
+                Step("payment.requested", pending, "charge sent"),
+                (RequestPayment(), SetDeadline(PAYMENT_DEADLINE)),
             )
         case CheckoutState.PAYMENT_PENDING, PaymentSucceeded(provider_payment_id=ref):
             return Transition(
@@ -91,18 +159,63 @@ def decide(state: CheckoutState, message: SagaInput) -> Transition:
                 Step(
                     "payment.succeeded",
                     CheckoutState.PAID,
-                    f"provider payment {ref}{_after(message.attempts)}",
+                    f"provider payment {ref}{_after(message.attempts)}{_found(message)}",
                 ),
-                (CompletePayment(ref),),
+                (CompletePayment(ref), stop_waiting),
             )
         case CheckoutState.PAYMENT_PENDING, PaymentDeclined(reason=reason):
             return Transition(
-                CheckoutState.FAILED,
+                failed,
                 Step(
-                    "payment.declined", CheckoutState.FAILED, f"{reason}{_after(message.attempts)}"
+                    "payment.declined",
+                    failed,
+                    f"{reason}{_after(message.attempts)}{_found(message)}",
                 ),
-                (FailPayment(reason),),
+                (FailPayment(reason), stop_waiting),
                 failure_reason=reason,
+            )
+        case CheckoutState.PAYMENT_PENDING, PaymentNotFound():
+            return Transition(
+                failed,
+                Step(
+                    "payment.timed_out",
+                    failed,
+                    "reconciliation: the Payment Service has no charge with the checkout's key",
+                ),
+                (FailPayment(PAYMENT_TIMEOUT), stop_waiting),
+                failure_reason=PAYMENT_TIMEOUT,
+            )
+        case CheckoutState.PAYMENT_PENDING, DeadlineReached(kind="payment", fired=fired):
+            again = reconcile_backoff(fired + 1)
+            return Transition(
+                pending,
+                Step(
+                    "deadline.fired",
+                    pending,
+                    f"payment deadline (time {fired + 1}): asking the Payment Service; "
+                    f"again in {again:g} s unless it answers",
+                ),
+                (ReconcilePayment(), SetDeadline(PAYMENT_DEADLINE, again)),
+            )
+        case CheckoutState.PAYMENT_PENDING, PaymentUnanswered(error=error):
+            # Nothing to do but wait: the deadline, set again when it fired, asks again.
+            return Transition(
+                pending,
+                Step(
+                    "payment.reconciliation",
+                    pending,
+                    f"no answer ({error}); asking again when the deadline fires",
+                ),
+            )
+        case CheckoutState.FAILED, PaymentSucceeded(provider_payment_id=ref):
+            return Transition(
+                failed,
+                Step(
+                    "payment.late_success",
+                    failed,
+                    f"provider payment {ref} succeeded after the checkout failed: refunding it",
+                ),
+                (RefundLateCharge(ref),),
             )
         case _:
             return Transition(
@@ -117,3 +230,7 @@ def decide(state: CheckoutState, message: SagaInput) -> Transition:
 
 def _after(attempts: int) -> str:
     return f" after {attempts} attempts" if attempts > 1 else ""
+
+
+def _found(message: PaymentSucceeded | PaymentDeclined) -> str:
+    return " (found by reconciliation)" if message.reconciled else ""

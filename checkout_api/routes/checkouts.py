@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from structlog.contextvars import bind_contextvars
 
-from checkout_api.deps import MetricsDep, UowDep
+from checkout_api.deps import MetricsDep, SettingsDep, UowDep
 from checkout_api.errors import IDEMPOTENCY_HEADER
 from checkout_api.routes.docs import problems
 from checkout_api.schemas.checkouts import CheckoutOut
@@ -49,11 +49,14 @@ async def post_checkout(
     order_id: uuid.UUID,
     uow: UowDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Start paying the order, or return its active checkout (never a second payment)."""
     bind_contextvars(order_id=str(order_id))
-    outcome = await checkout_order(uow, order_id, idempotency_key)
+    outcome = await checkout_order(
+        uow, order_id, idempotency_key, payment_deadline=settings.payment_deadline
+    )
     bind_contextvars(checkout_id=str(outcome.checkout_id))
     if outcome.started:
         metrics.checkouts_started.inc()

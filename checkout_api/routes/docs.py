@@ -24,8 +24,8 @@ router = APIRouter(tags=["documentation"])
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` entries for these statuses (422 gets the validation problem)."""
     described = {
-        404: "Unknown order or checkout",
-        409: "The order is already paid",
+        404: "Unknown order, checkout or cancellation",
+        409: "The order is already paid, cancelled or past its refund window",
         422: "Invalid input; `errors` names each bad field",
         503: "A dependency is unreachable",
     }

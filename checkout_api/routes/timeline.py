@@ -17,8 +17,8 @@ from structlog.contextvars import bind_contextvars
 from checkout_api.deps import UowDep
 from checkout_api.routes.docs import problems
 from checkout_api.usecases.errors import CheckoutNotFound
-from infra.timeline.query import trace
-from infra.timeline.render import trace_json
+from operations.timeline.query import trace
+from operations.timeline.render import trace_json
 
 router = APIRouter(tags=["checkouts"])
 

@@ -50,7 +50,7 @@ Name = Annotated[
 ]
 """1-200 characters, not only white space; surrounding white space is removed."""
 
-OrderStatus = Literal["PENDING", "PAID", "FAILED"]
+OrderStatus = Literal["PENDING", "PAID", "FAILED", "CANCELLED"]
 
 
 class CustomerIn(BaseModel):
@@ -94,7 +94,7 @@ class PaymentSummary(BaseModel):
     """The order's most recent payment."""
 
     payment_id: UUID
-    status: Literal["PENDING", "SUCCESSFUL", "FAILED"]
+    status: Literal["PENDING", "SUCCESSFUL", "FAILED", "REFUNDED"]
     amount: MoneyOut
 
 
@@ -102,7 +102,7 @@ class InvoiceSummary(BaseModel):
     """The order's invoice, once the invoice consumer has written it."""
 
     invoice_id: UUID
-    status: Literal["CREATED", "SENT", "FAILED"]
+    status: Literal["CREATED", "SENT", "FAILED", "VOIDED"]
     amount: MoneyOut
 
 

@@ -1,12 +1,20 @@
 """Check out an order: the order change, the checkout and its outbox message in one transaction.
 
+The checkout saga's first transition (STARTED to PAYMENT_PENDING: record the payment
+and command its charge) is applied here, in the checkout's own statement, as the pure
+state machine decides it (`saga.state_machine.decide`): no broker hop stands between
+the request and the charge. The checkout is written PAYMENT_PENDING with both its
+steps (the request, then `payment.requested`), the payment PENDING, `ChargePayment`
+in the outbox and the payment deadline (`CHECKOUT_PAYMENT_DEADLINE` from now) in
+`deadlines`, with its timeline line.
+
 Concurrency, in the order the transaction meets it:
 
 1. An Idempotency-Key already stored answers at once with the first response, even if
    the order has been paid since; stored for another order, the request is refused.
 2. One statement (`_START`) locks the order (`FOR UPDATE` serialises every checkout of
-   it), reads its active checkout, and inserts the new checkout, its step and its
-   outbox row only if the order is not PAID and has none active.
+   it), reads its active checkout, and inserts the new checkout, its steps, its payment
+   and its outbox row only if the order is not PAID and has none active.
 3. The partial unique index checkouts_one_active_per_order is the guarantee; the lock
    only makes violating it rare. The statement reads the active checkout on the
    snapshot it started with, so one committed while it waited for the lock is missed and
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -33,12 +41,26 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.exc import IntegrityError
 
 from checkout_api.schemas.checkouts import CheckoutOut, StepOut
-from checkout_api.usecases.errors import IdempotencyKeyReused, OrderAlreadyPaid, OrderNotFound
-from contracts import CheckoutRequested
+from checkout_api.usecases.errors import (
+    IdempotencyKeyReused,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+)
+from contracts import ChargePayment
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
-from infra.messaging.outbox import outbox_message
+from infra.messaging.outbox import outbox_envelope
 from infra.tracing import current_trace_id
+from saga.inputs import CheckoutRequested
+from saga.state_machine import (
+    PAYMENT_DEADLINE,
+    CheckoutState,
+    RequestPayment,
+    SetDeadline,
+    Transition,
+    decide,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +73,10 @@ _FIND_KEY = (
 )
 _START = """
 WITH locked AS (
-    SELECT status FROM orders WHERE order_id = %(order)s FOR UPDATE
+    SELECT status, amount, currency FROM orders WHERE order_id = %(order)s FOR UPDATE
+), cancelling AS (
+    SELECT 1 FROM cancellations
+    WHERE order_id = %(order)s AND state NOT IN ('CANCELLED', 'REJECTED')
 ), active AS (
     SELECT c.checkout_id, c.order_id, c.state, c.failure_reason, c.created_at, c.updated_at,
         s.name, s.status, s.at, s.detail, s.id AS step
@@ -60,28 +85,59 @@ WITH locked AS (
 ), started AS (
     INSERT INTO checkouts (checkout_id, order_id, state, failure_reason, trace_id,
         created_at, updated_at)
-    SELECT %(checkout)s, %(order)s, 'STARTED', NULL, %(trace)s::varchar, %(now)s, %(now)s
-    FROM locked WHERE locked.status <> 'PAID' AND NOT EXISTS (SELECT 1 FROM active)
+    SELECT %(checkout)s, %(order)s, %(state)s::varchar, NULL, %(trace)s::varchar, %(now)s,
+        %(now)s
+    FROM locked WHERE locked.status NOT IN ('PAID', 'CANCELLED')
+        AND NOT EXISTS (SELECT 1 FROM active) AND NOT EXISTS (SELECT 1 FROM cancelling)
     RETURNING checkout_id
 ), step AS (
     INSERT INTO checkout_steps (checkout_id, name, status, at, detail)
-    SELECT checkout_id, %(step)s::varchar, 'STARTED', %(now)s, %(detail)s::text FROM started
+    SELECT checkout_id, s.name, s.status, %(now)s, s.detail
+    FROM started, (VALUES (1, %(step)s::varchar, 'STARTED'::varchar, %(detail)s::text),
+        (2, %(next_step)s::varchar, %(state)s::varchar, %(next_detail)s::text))
+        AS s (n, name, status, detail)
+    ORDER BY s.n
+), payment AS (
+    INSERT INTO payments (payment_id, checkout_id, order_id, amount, currency, status,
+        created_at, updated_at)
+    SELECT %(payment)s, checkout_id, %(order)s, locked.amount, locked.currency, 'PENDING',
+        %(now)s, %(now)s
+    FROM started, locked
 ), message AS (
     INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id,
         headers, body, created_at)
     SELECT %(message_id)s, %(exchange)s::varchar, %(routing_key)s::varchar,
-        %(message_type)s::varchar, checkout_id, %(headers)s, %(body)s::text, %(now)s
+        %(message_type)s::varchar, checkout_id, %(headers)s,
+        json_build_object('checkout_id', checkout_id, 'order_id', %(order)s::uuid,
+            'payment_id', %(payment)s::uuid, 'amount', locked.amount::text,
+            'currency', locked.currency)::text,
+        %(now)s
+    FROM started, locked
+), deadline AS (
+    INSERT INTO deadlines (deadline_id, saga, saga_id, kind, due_at, attempts, created_at)
+    SELECT %(deadline)s, 'checkout', checkout_id, %(deadline_kind)s, %(due)s, 0, %(now)s
+    FROM started
+), deadline_set AS (
+    INSERT INTO checkout_events (checkout_id, order_id, at, source, kind, detail)
+    SELECT checkout_id, %(order)s, %(now)s, 'api', 'deadline.set', %(deadline_detail)s
     FROM started
 ), reopened AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
 )
-SELECT (SELECT status FROM locked), EXISTS (SELECT 1 FROM started),
+SELECT (SELECT CASE WHEN EXISTS (SELECT 1 FROM cancelling) THEN 'CANCELLED' ELSE status END
+        FROM locked), EXISTS (SELECT 1 FROM started),
     a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
     a.name, a.status, a.at, a.detail
 FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
 """
-"""Lock the order and start a checkout of it unless it is PAID or has an active one.
+"""Lock the order and start a checkout of it unless it is PAID, CANCELLED, being cancelled
+or has an active checkout (an order being cancelled reads as CANCELLED).
+
+The checkout starts as the saga's first transition leaves it: PAYMENT_PENDING with its
+request step and the transition's, the payment PENDING and its `ChargePayment` in the
+outbox. That command's body is built here from the locked order's own amount and
+currency (`ChargePayment`'s fields; NUMERIC(12, 2) as text is the model's "19.99").
 
 One row each: the order's status (NULL: no such order), whether the checkout was
 started, then the active checkout with one of its steps (NULLs: none). The active
@@ -112,12 +168,20 @@ class _Raced(Exception):
 
 
 async def checkout_order(
-    uow: UnitOfWork, order_id: uuid.UUID, idempotency_key: str | None = None
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+    idempotency_key: str | None = None,
+    *,
+    payment_deadline: float,
 ) -> CheckoutOutcome:
-    """Start a checkout of the order, or return the active one (202 either way)."""
+    """Start a checkout of the order, or return the active one (202 either way).
+
+    `payment_deadline`: seconds until the checkout, if still PAYMENT_PENDING, is
+    reconciled (`CHECKOUT_PAYMENT_DEADLINE`).
+    """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return await _attempt(uow, order_id, idempotency_key)
+            return await _attempt(uow, order_id, idempotency_key, payment_deadline)
         except (_Raced, IntegrityError, psycopg.IntegrityError):
             if attempt == _ATTEMPTS:
                 raise
@@ -125,7 +189,9 @@ async def checkout_order(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> CheckoutOutcome:
+async def _attempt(
+    uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> CheckoutOutcome:
     async with uow.transaction() as conn, conn.pipeline():
         if key is not None:
             stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
@@ -137,7 +203,7 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
 
-        new, params = _new_checkout(order_id, key)
+        new, params = _new_checkout(order_id, key, payment_deadline)
         result = await conn.execute(_START, params)
         if key is None:
             # Without a key nothing else is written: the COMMIT travels with the
@@ -151,6 +217,8 @@ async def _attempt(uow: UnitOfWork, order_id: uuid.UUID, key: str | None) -> Che
             raise OrderNotFound(order_id)
         if status == "PAID":
             raise OrderAlreadyPaid(order_id)
+        if status == "CANCELLED":
+            raise OrderCancelled(order_id)
         checkout = new if started else _checkout(rows)
         body = checkout.model_dump(mode="json")
 
@@ -193,45 +261,75 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
     )
 
 
-def _new_checkout(order_id: uuid.UUID, key: str | None) -> tuple[CheckoutOut, dict[str, Any]]:
+def first_transition(checkout_id: uuid.UUID) -> Transition:
+    """The saga's answer to a new checkout's request, as `_START` applies it.
+
+    The statement knows how to apply exactly these effects, the payment's request and its
+    deadline (the configured one); a state machine that answered otherwise would be
+    applied wrongly, so it is refused here.
+    """
+    transition = decide(CheckoutState.STARTED, CheckoutRequested(checkout_id))
+    if transition.effects != (RequestPayment(), SetDeadline(PAYMENT_DEADLINE)):
+        raise AssertionError(f"the checkout statement cannot apply {transition.effects!r}")
+    return transition
+
+
+def _new_checkout(
+    order_id: uuid.UUID, key: str | None, payment_deadline: float
+) -> tuple[CheckoutOut, dict[str, Any]]:
     """The checkout `_START` inserts if it may, and the statement's parameters: the
-    checkout, its first step and its CheckoutRequested outbox row."""
+    checkout after the saga's first transition, its two steps, its payment and its
+    ChargePayment outbox row."""
     now = datetime.now(UTC)
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
+    transition = first_transition(checkout_id)
+    due = now + timedelta(seconds=payment_deadline)
     step = StepOut(
         name=REQUESTED_STEP,
-        status="STARTED",
+        status=str(CheckoutState.STARTED),
         at=now,
         detail=_request_detail(key, trace_id),
     )
-    message = outbox_message(
-        CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now),
-        correlation_id=checkout_id,
+    moved = StepOut(
+        name=transition.step.name,
+        status=str(transition.step.status),
+        at=now,
+        detail=transition.step.detail,
     )
+    message = outbox_envelope(ChargePayment, correlation_id=checkout_id)
     params = {
         "order": order_id,
         "active": _ACTIVE_STATES,
         "checkout": checkout_id,
+        "state": str(transition.state),
         "trace": trace_id,
         "now": now,
         "step": step.name,
         "detail": step.detail,
+        "next_step": moved.name,
+        "next_detail": moved.detail,
+        "payment": uuid.uuid4(),
         "message_id": message.message_id,
         "exchange": message.exchange,
         "routing_key": message.routing_key,
         "message_type": message.message_type,
         "headers": message.headers,
-        "body": message.body,
+        "deadline": uuid.uuid4(),
+        "deadline_kind": PAYMENT_DEADLINE,
+        "due": due,
+        "deadline_detail": f"{PAYMENT_DEADLINE} deadline due at {due:%Y-%m-%dT%H:%M:%S%z}",
     }
-    checkout = CheckoutOut(
-        checkout_id=checkout_id,
-        order_id=order_id,
-        state="STARTED",
-        failure_reason=None,
-        steps=[step],
-        created_at=now,
-        updated_at=now,
+    checkout = CheckoutOut.model_validate(
+        {
+            "checkout_id": checkout_id,
+            "order_id": order_id,
+            "state": str(transition.state),
+            "failure_reason": None,
+            "steps": [step, moved],
+            "created_at": now,
+            "updated_at": now,
+        }
     )
     return checkout, params
 

@@ -4,8 +4,12 @@
 DomainError
  ├── NotFound
  │    ├── OrderNotFound            404
- │    └── CheckoutNotFound         404
+ │    ├── CheckoutNotFound         404
+ │    └── CancellationNotFound     404
  ├── OrderAlreadyPaid              409
+ ├── OrderAlreadyCancelled         409
+ ├── RefundWindowExpired           409
+ ├── OrderCancelled                409 (a checkout of a cancelled or cancelling order)
  └── IdempotencyKeyReused          422 (names the Idempotency-Key header)
 ```
 """
@@ -35,6 +39,34 @@ class CheckoutNotFound(NotFound):
         self.checkout_id = checkout_id
 
 
+class CancellationNotFound(NotFound):
+    def __init__(self, cancellation_id: uuid.UUID) -> None:
+        super().__init__(f"cancellation {cancellation_id} does not exist")
+        self.cancellation_id = cancellation_id
+
+
+class OrderAlreadyCancelled(DomainError):
+    def __init__(self, order_id: uuid.UUID) -> None:
+        super().__init__(f"order {order_id} is already cancelled")
+        self.order_id = order_id
+
+
+class RefundWindowExpired(DomainError):
+    def __init__(self, order_id: uuid.UUID, days: int) -> None:
+        super().__init__(
+            f"order {order_id} was paid more than {days} days ago: too late to cancel it"
+        )
+        self.order_id = order_id
+
+
+class OrderCancelled(DomainError):
+    """A checkout of an order that is cancelled, or being cancelled."""
+
+    def __init__(self, order_id: uuid.UUID) -> None:
+        super().__init__(f"order {order_id} is cancelled or being cancelled: not checking it out")
+        self.order_id = order_id
+
+
 class OrderAlreadyPaid(DomainError):
     def __init__(self, order_id: uuid.UUID) -> None:
         super().__init__(f"order {order_id} is already paid")
@@ -42,7 +74,7 @@ class OrderAlreadyPaid(DomainError):
 
 
 class IdempotencyKeyReused(DomainError):
-    """The key was first used to check out another order."""
+    """The key was first used for another order."""
 
-    def __init__(self) -> None:
-        super().__init__("this Idempotency-Key was already used to check out another order")
+    def __init__(self, what: str = "check out") -> None:
+        super().__init__(f"this Idempotency-Key was already used to {what} another order")

@@ -12,10 +12,12 @@ from psycopg.rows import dict_row
 from sqlalchemy import Row, Select
 
 from checkout_api.cursor import PageCursor, encode_cursor
+from checkout_api.schemas.cancellations import CancellationOut
 from checkout_api.schemas.checkouts import CheckoutOut
 from checkout_api.schemas.orders import OrderOut, OrderPage
+from checkout_api.usecases.cancellation_views import load_cancellation
 from checkout_api.usecases.checkout_views import load_checkout
-from checkout_api.usecases.errors import CheckoutNotFound, OrderNotFound
+from checkout_api.usecases.errors import CancellationNotFound, CheckoutNotFound, OrderNotFound
 from checkout_api.usecases.order_views import contains_pattern, to_order
 from checkout_api.usecases.sql import as_psycopg, search_matches, search_window, select_orders
 from infra.db.session import UnitOfWork
@@ -155,3 +157,11 @@ async def get_checkout(uow: UnitOfWork, checkout_id: uuid.UUID) -> CheckoutOut:
     if checkout is None:
         raise CheckoutNotFound(checkout_id)
     return checkout
+
+
+async def get_cancellation(uow: UnitOfWork, cancellation_id: uuid.UUID) -> CancellationOut:
+    async with uow.reads() as conn:
+        cancellation = await load_cancellation(conn, cancellation_id)
+    if cancellation is None:
+        raise CancellationNotFound(cancellation_id)
+    return cancellation

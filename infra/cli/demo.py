@@ -2,7 +2,11 @@
 
 It talks only HTTP to the API, like any client would. The samples are chosen to show
 the interesting paths: the simulated payment service declines an amount ending in .01
-and answers 503 twice to one ending in .02 (retried, then paid).
+and answers 503 twice to one ending in .02 (retried, then paid). Two paid orders are
+then cancelled: one is refunded and ends CANCELLED; the other (.06) is already in
+production, so its cancellation is REJECTED and it stays paid. (For that one the demo
+first waits, through the simulated Production Service's inspection list, until the
+order has reached production: cancelled before, it would simply never be made.)
 
 `run_demo` takes an `httpx.AsyncClient` and a callback, so tests can hand it a client
 on a fake transport; `main` wires the real client, the live table and the JSON output.
@@ -29,6 +33,7 @@ from infra.cli.supervisor import local_url
 from infra.settings import Settings
 
 FINAL = ("PAID", "FAILED")
+CANCELLATION_FINAL = ("CANCELLED", "REJECTED")
 POLL_INTERVAL = 0.2
 CUSTOMER = {"email": "ada.lovelace@example.com", "name": "Ada Lovelace"}
 
@@ -44,6 +49,7 @@ class Sample:
     order_name: str
     amount: str
     expect: str
+    cancel: str | None = None  # the final state its cancellation should reach, if cancelled
 
 
 def samples(tag: str) -> list[Sample]:
@@ -53,6 +59,8 @@ def samples(tag: str) -> list[Sample]:
         Sample(f"demo {tag} declined card .01", "25.01", "FAILED"),
         Sample(f"demo {tag} flaky payment .02", "30.02", "PAID"),
         Sample(f"demo {tag} coffee beans", "12.50", "PAID"),
+        Sample(f"demo {tag} cancelled and refunded", "35.00", "PAID", cancel="CANCELLED"),
+        Sample(f"demo {tag} already in production .06", "40.06", "PAID", cancel="REJECTED"),
     ]
 
 
@@ -68,14 +76,37 @@ class Tracked:
     steps: list[dict[str, Any]] = field(default_factory=list)
     started: float | None = None
     finished: float | None = None
+    cancellation_id: str | None = None
+    cancellation_state: str | None = None
+    refund: dict[str, Any] | None = None
+    rejection_reason: str | None = None
 
     @property
-    def done(self) -> bool:
+    def checkout_done(self) -> bool:
         return self.state in FINAL
 
     @property
+    def done(self) -> bool:
+        if not self.checkout_done:
+            return False
+        if self.sample.cancel is None or self.state != "PAID":
+            return True
+        return self.cancellation_state in CANCELLATION_FINAL
+
+    @property
     def as_expected(self) -> bool:
-        return self.state == self.sample.expect
+        return self.state == self.sample.expect and self.cancellation_state == self.sample.cancel
+
+    def cancellation(self) -> str:
+        """The cancellation column: its state, and its refund or why it was rejected."""
+        if self.cancellation_state is None:
+            return ""
+        if self.refund is not None:
+            refund = self.refund
+            return f"{self.cancellation_state} (refund {refund['status']} {refund['amount']})"
+        if self.rejection_reason:
+            return f"{self.cancellation_state} ({self.rejection_reason})"
+        return self.cancellation_state
 
     def elapsed(self, now: float) -> float | None:
         if self.started is None:
@@ -98,6 +129,9 @@ class Tracked:
             "state": self.state,
             "order_status": self.order_status,
             "steps": self.steps,
+            "cancellation_id": self.cancellation_id,
+            "cancellation_state": self.cancellation_state,
+            "refund": self.refund,
         }
 
 
@@ -220,6 +254,46 @@ async def refresh(client: httpx.AsyncClient, tracked: Tracked, clock: Callable[[
     tracked.order_status = order["status"]
 
 
+async def in_production(client: httpx.AsyncClient, mocks_url: str, order_id: str) -> bool:
+    """Whether the simulated Production Service has received the order."""
+    try:
+        entries = await _send(client, "GET", f"{mocks_url}/mock/production/orders")
+    except DemoError:
+        return False
+    return any(order_id in str(entry.get("request")) for entry in entries)
+
+
+async def advance_cancellation(client: httpx.AsyncClient, tracked: Tracked, mocks_url: str) -> None:
+    """Cancel a paid sample meant to be cancelled (once it may be), or read its cancellation."""
+    if tracked.cancellation_id is None:
+        if tracked.sample.cancel == "REJECTED" and not await in_production(
+            client, mocks_url, str(tracked.order_id)
+        ):
+            return  # not in production yet: cancelled now, it would be refunded instead
+        cancellation = await _send(
+            client,
+            "POST",
+            f"/orders/{tracked.order_id}/cancel",
+            json={"reason": "demo: the customer changed their mind"},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+    else:
+        try:
+            cancellation = await _send(client, "GET", f"/cancellations/{tracked.cancellation_id}")
+            order = await _send(client, "GET", f"/orders/{tracked.order_id}")
+        except DemoError:
+            return
+        tracked.order_status = order["status"]
+    tracked.cancellation_id = cancellation["cancellation_id"]
+    tracked.cancellation_state = cancellation["state"]
+    tracked.refund = cancellation.get("refund")
+    tracked.rejection_reason = cancellation.get("rejection_reason")
+    if cancellation.get("steps"):
+        tracked.steps = tracked.steps + [
+            step for step in cancellation["steps"] if step not in tracked.steps
+        ]
+
+
 async def run_demo(
     client: httpx.AsyncClient,
     orders: Sequence[Sample],
@@ -229,6 +303,7 @@ async def run_demo(
     interval: float = POLL_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     no_key_error: str | None = None,
+    mocks_url: str = "",
 ) -> list[Tracked]:
     """Check the API is ready, start every sample, poll until all are final or out of patience.
 
@@ -246,14 +321,23 @@ async def run_demo(
     deadline = clock() + patience
     while not all(item.done for item in tracked) and clock() < deadline:
         await asyncio.sleep(interval)
-        await asyncio.gather(*(refresh(client, item, clock) for item in tracked if not item.done))
+        await asyncio.gather(
+            *(refresh(client, item, clock) for item in tracked if not item.checkout_done)
+        )
+        await asyncio.gather(
+            *(
+                advance_cancellation(client, item, mocks_url)
+                for item in tracked
+                if item.checkout_done and not item.done
+            )
+        )
         on_update(tracked)
     return tracked
 
 
 # --------------------------------------------------------------------------- presentation
 
-_COLOURS = {"PAID": "green", "FAILED": "red"}
+_COLOURS = {"PAID": "green", "FAILED": "red", "CANCELLED": "magenta", "REJECTED": "red"}
 
 
 def _status(value: str | None) -> Text:
@@ -269,6 +353,7 @@ def render(tracked: Sequence[Tracked], now: float) -> Table:
     table.add_column("amount", justify="right", no_wrap=True)
     table.add_column("checkout", no_wrap=True)
     table.add_column("order status", no_wrap=True)
+    table.add_column("cancellation")
     table.add_column("last step")
     table.add_column("elapsed", justify="right", no_wrap=True)
     for item in tracked:
@@ -278,6 +363,7 @@ def render(tracked: Sequence[Tracked], now: float) -> Table:
             item.sample.amount,
             _status(item.state),
             _status(item.order_status),
+            Text(item.cancellation(), style=_COLOURS.get(item.cancellation_state or "", "yellow")),
             item.last_step(),
             f"{elapsed:.1f}s" if elapsed is not None else "",
         )
@@ -294,9 +380,14 @@ def _where_next(
         rows.append(("one order", f"{curl} {api}/orders/{one.order_id}"))
         rows.append(("its checkout", f"{curl} {api}/checkouts/{one.checkout_id}"))
         rows.append(("its timeline", f"{curl} {api}/checkouts/{one.checkout_id}/timeline"))
+    cancelled = next((t for t in tracked if t.cancellation_id), None)
+    if cancelled is not None:
+        rows.append(("a cancellation", f"{curl} {api}/cancellations/{cancelled.cancellation_id}"))
+        rows.append(("its trace", f".venv/bin/checkout trace {cancelled.order_id}"))
     rows += [
         ("all demo orders", f"{curl} '{api}/orders?name=demo'"),
         ("payments seen", f"curl {mocks}/mock/payments"),
+        ("refunds made", f"curl {mocks}/mock/refunds"),
         ("emails sent", f"curl {mocks}/mock/emails"),
         ("production orders", f"curl {mocks}/mock/production/orders"),
         ("dead letters", ".venv/bin/checkout dlq list"),
@@ -307,7 +398,15 @@ def _where_next(
 def _report_unexpected(tracked: Sequence[Tracked], timeout: float) -> None:
     err = err_console()
     for item in tracked:
-        if not item.done:
+        if item.checkout_done and not item.done:
+            err.print(
+                f"[yellow]cancellation still {item.cancellation_state or 'not started'} after "
+                f"{timeout:g}s:[/] {item.sample.order_name} (order {item.order_id}); look at "
+                f"`.venv/bin/checkout trace {item.order_id}` and `.venv/bin/checkout dlq list`",
+                markup=True,
+                soft_wrap=True,
+            )
+        elif not item.done:
             err.print(
                 f"[yellow]still {item.state or 'not started'} after {timeout:g}s:[/] "
                 f"{item.sample.order_name} (checkout {item.checkout_id}, "
@@ -317,9 +416,15 @@ def _report_unexpected(tracked: Sequence[Tracked], timeout: float) -> None:
                 soft_wrap=True,
             )
         elif not item.as_expected:
+            ended = f"{item.state}" + (
+                f", cancellation {item.cancellation_state}" if item.sample.cancel else ""
+            )
+            expected = item.sample.expect + (
+                f", cancellation {item.sample.cancel}" if item.sample.cancel else ""
+            )
             err.print(
-                f"[red]{item.sample.order_name} ended {item.state}, expected "
-                f"{item.sample.expect}[/]: {item.last_step()}",
+                f"[red]{item.sample.order_name} ended {ended}, expected {expected}[/]: "
+                f"{item.last_step()}",
                 soft_wrap=True,
             )
 
@@ -331,6 +436,7 @@ async def _demo(
     transport: httpx.AsyncBaseTransport | None,
 ) -> list[Tracked]:
     api = local_url(settings.api_host, settings.api_port)
+    mocks = local_url(settings.mocks_host, settings.mocks_port)
     tag = uuid.uuid4().hex[:4]
     creds = credentials(settings)
     headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
@@ -340,7 +446,9 @@ async def _demo(
         base_url=api, timeout=5.0, trust_env=False, transport=transport, headers=headers
     ) as client:
         if not live:
-            return await run_demo(client, samples(tag), patience=patience, no_key_error=missing)
+            return await run_demo(
+                client, samples(tag), patience=patience, no_key_error=missing, mocks_url=mocks
+            )
         out = console()
         with Live(console=out, refresh_per_second=10) as view:
 
@@ -348,7 +456,12 @@ async def _demo(
                 view.update(render(tracked, time.monotonic()))
 
             return await run_demo(
-                client, samples(tag), on_update=show, patience=patience, no_key_error=missing
+                client,
+                samples(tag),
+                on_update=show,
+                patience=patience,
+                no_key_error=missing,
+                mocks_url=mocks,
             )
 
 
@@ -375,7 +488,9 @@ def main(
         out = console()
         if ok:
             out.print(
-                "\n[green]Every checkout ended as expected[/] (the .01 one is declined on purpose)."
+                "\n[green]Every checkout ended as expected[/] (the .01 one is declined on "
+                "purpose), and so did both cancellations (the .06 order was already in "
+                "production: its cancellation is rejected and it stays paid)."
             )
         else:
             out.print("\n[red]Not every checkout ended as expected[/] (details below).")

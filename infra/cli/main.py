@@ -20,10 +20,12 @@ from typing import Annotated, Any
 import typer
 
 from infra.cli.apikey import apikey_app
-from infra.cli.dlq import dlq_app
 from infra.cli.output import fail, quiet_loggers, settings_or_exit
-from infra.cli.trace import trace
 from infra.settings import Settings
+from operations.cli.dlq import dlq_app
+from operations.cli.events import events_app
+from operations.cli.trace import trace
+from operations.stuck_cli import stuck
 
 # Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).
 BROKER_PATIENCE = 15.0
@@ -230,4 +232,6 @@ def contracts(
 # Sub-apps, one line each (with their import at the top):
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(events_app, name="events")
 app.command()(trace)
+app.command()(stuck)

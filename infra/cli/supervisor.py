@@ -35,8 +35,9 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
@@ -61,10 +62,12 @@ REPEAT_WINDOW = 1.0
 
 @dataclass(frozen=True)
 class Part:
-    """One child process to keep running: a name for its log prefix and its argv."""
+    """One child process to keep running: a name for its log prefix, its argv, and what
+    its environment has besides the supervisor's."""
 
     name: str
     argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,7 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env=self.env,
+                env=self._environment(part),
                 limit=LINE_LIMIT,
                 process_group=0,
             )
@@ -324,6 +327,11 @@ class Supervisor:
         if self._stopping.is_set():
             self.sink.note("part stopped", part=part.name, reason=_describe_exit(returncode))
         return returncode
+
+    def _environment(self, part: Part) -> Mapping[str, str] | None:
+        if not part.env:
+            return self.env
+        return {**(self.env if self.env is not None else os.environ), **part.env}
 
     async def _terminate(
         self, name: str, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]
@@ -469,18 +477,69 @@ async def prepare_broker(settings: Settings, patience: float = 15.0) -> None:
 # --------------------------------------------------------------------------- the system
 
 CONSUMERS = ("invoice", "email", "production")
+# The parts with a health and metrics endpoint of their own (`infra.health`).
+WORKERS = ("relay", "saga", *CONSUMERS)
 
 
-def system_parts(python: str | None = None) -> list[Part]:
-    """Every part of the checkout system, each as `python -m infra.cli ...`."""
+def system_parts(
+    python: str | None = None, health_ports: Mapping[str, int] | None = None
+) -> list[Part]:
+    """Every part of the checkout system, each as `python -m infra.cli ...`; a worker in
+    `health_ports` serves its health and metrics on that port."""
     cli = (python or sys.executable, "-m", "infra.cli")
+    ports = health_ports or {}
+
+    def env(name: str) -> dict[str, str]:
+        return {"CHECKOUT_HEALTH_PORT": str(ports[name])} if name in ports else {}
+
     return [
         Part("mocks", (*cli, "mocks")),
         Part("api", (*cli, "api")),
-        Part("relay", (*cli, "relay")),
-        Part("saga", (*cli, "saga")),
-        *(Part(name, (*cli, "consumer", name)) for name in CONSUMERS),
+        Part("relay", (*cli, "relay"), env("relay")),
+        Part("saga", (*cli, "saga"), env("saga")),
+        *(Part(name, (*cli, "consumer", name), env(name)) for name in CONSUMERS),
     ]
+
+
+def health_ports(settings: Settings) -> dict[str, int]:
+    """A health port for each worker of `checkout up`: from `CHECKOUT_HEALTH_PORT` on, one
+    each, when it is set; else ports free now, so that two systems (or a system and a
+    part started alone) on one machine never meet. Chosen before the parts start, so the
+    banner can say where each is, and kept when a part restarts."""
+    if settings.health_port:
+        return {name: settings.health_port + i for i, name in enumerate(WORKERS)}
+    with contextlib.ExitStack() as held:
+        # Every socket stays open until every port is known: no number twice.
+        sockets = [held.enter_context(socket.socket()) for _ in WORKERS]
+        for sock in sockets:
+            sock.bind((settings.health_host, 0))
+        return {name: int(s.getsockname()[1]) for name, s in zip(WORKERS, sockets, strict=True)}
+
+
+def health_ports_file(settings: Settings) -> Path:
+    """Where `checkout up` writes the health port it gave each worker (beside the dev key),
+    for commands that ask a running part, such as `checkout stuck` the saga's breakers."""
+    return settings.dev_key_file.parent / "health-ports.json"
+
+
+def write_health_ports(settings: Settings, ports: Mapping[str, int]) -> None:
+    path = health_ports_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(ports)) + "\n")
+
+
+def known_health_ports(settings: Settings) -> dict[str, int]:
+    """Each worker's health port: `CHECKOUT_HEALTH_PORT`'s series when it is set, else what
+    the running `checkout up` wrote; empty when neither says."""
+    if settings.health_port:
+        return {name: settings.health_port + i for i, name in enumerate(WORKERS)}
+    try:
+        written = json.loads(health_ports_file(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(written, dict):
+        return {}
+    return {str(k): int(v) for k, v in written.items() if isinstance(v, int)}
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -522,7 +581,9 @@ async def prepare_dev_key(settings: Settings) -> DevKey:
         await engine.dispose()
 
 
-async def _announce_when_ready(settings: Settings, supervisor: Supervisor, dev_key: DevKey) -> None:
+async def _announce_when_ready(
+    settings: Settings, supervisor: Supervisor, dev_key: DevKey, ports: Mapping[str, int]
+) -> None:
     """Print the banner once the API is ready and the mocks are live (or warn after a while)."""
     api = local_url(settings.api_host, settings.api_port)
     mocks = local_url(settings.mocks_host, settings.mocks_port)
@@ -541,27 +602,35 @@ async def _announce_when_ready(settings: Settings, supervisor: Supervisor, dev_k
                 )
                 return
             await asyncio.sleep(0.25)
+    health = {name: local_url(settings.health_host, port) for name, port in ports.items()}
     supervisor.sink.banner(
         "checkout is up",
         [
             ("API", api),
-            ("API docs", f"{api}/docs"),
+            ("console", f"{api}/console  (sign in with the API key below)"),
+            ("API docs", f"{api}/docs  {api}/redoc"),
             ("API key", f"{dev_key.token}  (operator, development; also in {dev_key.path})"),
             ("mocks", f"{mocks}/mock/payments  /mock/emails  /mock/production/orders"),
+            ("health", f"{api}/health/ready  (and /metrics) for the API; for the others:"),
+            *((f"  {name}", f"{url}/health/ready  {url}/metrics") for name, url in health.items()),
             ("try", ".venv/bin/checkout demo"),
             ("or", f'curl -H "Authorization: Bearer $(cat {dev_key.path})" {api}/orders'),
             ("stop", "Ctrl-C"),
         ],
         api=api,
+        console=f"{api}/console",
         api_key_file=str(dev_key.path),
         docs=f"{api}/docs",
         mocks=mocks,
+        health={"api": api, **health},
         hint=".venv/bin/checkout demo",
     )
 
 
-async def _run_system(settings: Settings, supervisor: Supervisor, dev_key: DevKey) -> None:
-    announce = asyncio.create_task(_announce_when_ready(settings, supervisor, dev_key))
+async def _run_system(
+    settings: Settings, supervisor: Supervisor, dev_key: DevKey, ports: Mapping[str, int]
+) -> None:
+    announce = asyncio.create_task(_announce_when_ready(settings, supervisor, dev_key, ports))
     try:
         await supervise(supervisor)
     finally:
@@ -572,7 +641,9 @@ async def _run_system(settings: Settings, supervisor: Supervisor, dev_key: DevKe
 
 def run_system(settings: Settings, grace: float = GRACE_SECONDS) -> None:
     """`checkout up`: migrate, declare the topology, then supervise every part until stopped."""
-    parts = system_parts()
+    ports = health_ports(settings)
+    write_health_ports(settings, ports)
+    parts = system_parts(health_ports=ports)
     sink = make_sink(settings.log_format, [p.name for p in parts])
     migration = prepare_database(settings)
     sink.note(
@@ -590,5 +661,5 @@ def run_system(settings: Settings, grace: float = GRACE_SECONDS) -> None:
     )
     supervisor = Supervisor(parts, sink, grace=grace, env=child_environment(settings))
     sink.note("starting parts", parts=",".join(p.name for p in parts))
-    asyncio.run(_run_system(settings, supervisor, dev_key))
+    asyncio.run(_run_system(settings, supervisor, dev_key, ports))
     sink.note("every part stopped")

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE_CHECKOUT_STATES = ("STARTED", "PAYMENT_PENDING")
+FINAL_CANCELLATION_STATES = ("CANCELLED", "REJECTED")
 
 
 class Base(DeclarativeBase):
@@ -45,7 +46,9 @@ class Base(DeclarativeBase):
 class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'PAID', 'FAILED')", name="orders_status"),
+        CheckConstraint(
+            "status IN ('PENDING', 'PAID', 'FAILED', 'CANCELLED')", name="orders_status"
+        ),
         CheckConstraint("amount > 0", name="orders_amount_positive"),
         # Newest-first paging: (created_at, order_id) is the cursor.
         Index("orders_created_idx", text("created_at DESC"), text("order_id DESC")),
@@ -110,7 +113,9 @@ class CheckoutStep(Base):
 class Payment(Base):
     __tablename__ = "payments"
     __table_args__ = (
-        CheckConstraint("status IN ('PENDING', 'SUCCESSFUL', 'FAILED')", name="payments_status"),
+        CheckConstraint(
+            "status IN ('PENDING', 'SUCCESSFUL', 'FAILED', 'REFUNDED')", name="payments_status"
+        ),
         Index("payments_order_idx", "order_id", "created_at"),
     )
 
@@ -126,10 +131,101 @@ class Payment(Base):
     updated_at: Mapped[datetime]
 
 
+class Cancellation(Base):
+    """A cancellation saga (migration 0007); at most one active per order."""
+
+    __tablename__ = "cancellations"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('REQUESTED', 'WAITING_FOR_CHECKOUT', 'CANCELLING_PRODUCTION',"
+            " 'REFUNDING', 'CANCELLED', 'REJECTED')",
+            name="cancellations_state",
+        ),
+        # One active cancellation per order, by the database, not a check-then-insert.
+        Index(
+            "cancellations_one_active_per_order",
+            "order_id",
+            unique=True,
+            postgresql_where=text("state NOT IN ('CANCELLED', 'REJECTED')"),
+        ),
+        Index("cancellations_order_idx", "order_id", "created_at"),
+        Index(
+            "cancellations_waiting_idx",
+            "checkout_id",
+            postgresql_where=text("state = 'WAITING_FOR_CHECKOUT'"),
+        ),
+    )
+
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.order_id"))
+    checkout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("checkouts.checkout_id"))
+    reason: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(24))
+    rejection_reason: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CancellationStep(Base):
+    __tablename__ = "cancellation_steps"
+    __table_args__ = (Index("cancellation_steps_cancellation_idx", "cancellation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cancellations.cancellation_id"))
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class CancellationKey(Base):
+    """The first response to a cancel request carrying an Idempotency-Key."""
+
+    __tablename__ = "cancellation_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    order_id: Mapped[uuid.UUID]
+    cancellation_id: Mapped[uuid.UUID]
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class Refund(Base):
+    """A full refund of one payment: of a cancellation, or of a charge that came too late."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        CheckConstraint("status IN ('PENDING', 'SUCCEEDED')", name="refunds_status"),
+        CheckConstraint("amount > 0", name="refunds_amount_positive"),
+        # A payment is refunded in full, once.
+        Index("refunds_one_per_payment", "payment_id", unique=True),
+        Index("refunds_order_idx", "order_id"),
+    )
+
+    refund_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.payment_id"))
+    order_id: Mapped[uuid.UUID]
+    cancellation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cancellations.cancellation_id")
+    )
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    provider_refund_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
-        CheckConstraint("status IN ('CREATED', 'SENT', 'FAILED')", name="invoices_status"),
+        CheckConstraint(
+            "status IN ('CREATED', 'SENT', 'FAILED', 'VOIDED')", name="invoices_status"
+        ),
     )
 
     invoice_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -161,6 +257,21 @@ class ProductionSubmission(Base):
     source_message_id: Mapped[uuid.UUID]
     production_reference: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime]
+
+
+class CancellationEmail(Base):
+    """A cancellation's e-mail, sent once (migration 0011)."""
+
+    __tablename__ = "cancellation_emails"
+    __table_args__ = (Index("cancellation_emails_order_idx", "order_id"),)
+
+    cancellation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orders.order_id"))
+    source_message_id: Mapped[uuid.UUID]
+    recipient: Mapped[str] = mapped_column(String(320))
+    refund_amount: Mapped[Decimal | None]
+    refund_currency: Mapped[str | None] = mapped_column(String(3))
+    sent_at: Mapped[datetime]
 
 
 class OutboxMessage(Base):
@@ -203,11 +314,15 @@ class IdempotencyKey(Base):
 
 
 class DlqAuditEntry(Base):
-    """One operator action on a dead-letter queue (`dlq replay|purge`): who, when, what, why."""
+    """One operator action on a queue: who, when, what, why.
+
+    `dlq replay|purge` (queue: the consumed queue, dlq: its dead-letter queue) and
+    `events backfill` (queue: the queue copied into, dlq: the event log read from).
+    """
 
     __tablename__ = "dlq_audit"
     __table_args__ = (
-        CheckConstraint("action IN ('replay', 'purge')", name="dlq_audit_action"),
+        CheckConstraint("action IN ('replay', 'purge', 'backfill')", name="dlq_audit_action"),
         CheckConstraint(
             "outcome IN ('completed', 'interrupted', 'incomplete')", name="dlq_audit_outcome"
         ),
@@ -226,12 +341,14 @@ class DlqAuditEntry(Base):
     missing: Mapped[list[str]] = mapped_column(JSONB)  # asked for by id, not in the queue
     reason: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
+    # A backfill's range and offsets (`operations.events.record`); None for the others.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class CheckoutEvent(Base):
     """One hop of a checkout that no other table records: a publish, a retry, a
     dead-lettering, a payment attempt... Written by `infra.timeline.record`, read by
-    `checkout trace` (`infra.timeline.query`)."""
+    `checkout trace` (`operations.timeline.query`)."""
 
     __tablename__ = "checkout_events"
     __table_args__ = (
@@ -280,3 +397,23 @@ Index(
     DlqAuditEntry.__table__.c.message_ids,
     postgresql_using="gin",
 )
+
+
+class Deadline(Base):
+    """A saga's timer: due at `due_at`, claimed by any saga instance (`saga.deadlines`)."""
+
+    __tablename__ = "deadlines"
+    __table_args__ = (
+        CheckConstraint("saga IN ('checkout', 'cancellation')", name="deadlines_saga"),
+        CheckConstraint("attempts >= 0", name="deadlines_attempts"),
+        Index("deadlines_one_per_kind", "saga", "saga_id", "kind", unique=True),
+        Index("deadlines_due_at", "due_at"),
+    )
+
+    deadline_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    saga: Mapped[str] = mapped_column(String(20))
+    saga_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(Text)
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime]

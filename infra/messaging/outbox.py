@@ -16,11 +16,11 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import SCHEMA_VERSION_HEADER, Message, OrderPaid, OrderPaymentFailed
+from contracts import PUBLIC_EVENTS, SCHEMA_VERSION_HEADER, Message
 from infra.db.models import OutboxMessage
 from infra.tracing import inject
 
-PUBLIC_TYPES = {OrderPaid.message_type, OrderPaymentFailed.message_type}
+PUBLIC_TYPES = frozenset(event.message_type for event in PUBLIC_EVENTS)
 
 
 def exchange_for(message: Message) -> Literal["orders", "internal"]:
@@ -34,7 +34,7 @@ _INSERT = (
 )
 
 
-def _headers(message: Message, headers: dict[str, Any] | None) -> dict[str, Any]:
+def _headers(message: Message | type[Message], headers: dict[str, Any] | None) -> dict[str, Any]:
     row_headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: message.schema_version}
     row_headers.update(headers or {})
     inject(row_headers)  # the current trace continues wherever this message goes
@@ -83,6 +83,27 @@ def outbox_message(
         correlation_id=correlation_id,
         headers=Jsonb(_headers(message, headers)),
         body=message.model_dump_json(),
+        created_at=datetime.now(UTC),
+    )
+
+
+def outbox_envelope(
+    kind: type[Message],
+    *,
+    correlation_id: uuid.UUID,
+    headers: dict[str, Any] | None = None,
+) -> OutboxValues:
+    """A `kind` message's outbox row without its body, for a statement that writes the
+    body itself from the rows it reads (a checkout's `ChargePayment`, whose amount is the
+    order's, read under the order's lock). Its `body` is empty."""
+    return OutboxValues(
+        message_id=uuid.uuid4(),
+        exchange="orders" if kind.message_type in PUBLIC_TYPES else "internal",
+        routing_key=kind.routing_key,
+        message_type=kind.message_type,
+        correlation_id=correlation_id,
+        headers=Jsonb(_headers(kind, headers)),
+        body="",
         created_at=datetime.now(UTC),
     )
 

@@ -17,15 +17,16 @@ Who does what (names from ``infra.messaging.topology``, ``{ns}`` the namespace):
 =========  =====================================================================
 api        connects for its readiness check only; never publishes or reads
 relay      publishes outbox rows to ``{ns}.orders`` and ``{ns}.internal``
-saga       consumes ``{ns}.saga`` and ``{ns}.payment``; the payment step publishes its
-           reply to ``{ns}.internal``; retry and dead-letter copies go to
+saga       consumes ``{ns}.payment`` (the payment step applies each outcome itself, in
+           the database); retry and dead-letter copies go to
            ``{ns}.<q>.wait.<ms>`` / ``{ns}.<q>.dlq`` through the default exchange
 invoice,   each consumes ``{ns}.<name>``; retry and dead-letter copies through the
 email,     default exchange
 production
 operator   ``checkout dlq ...`` and ``checkout trace``: reads the ``.dlq`` queues
-           (``basic.get``, unacked), replays through the default exchange; may read
-           the journal
+           (``basic.get``, unacked), replays through the default exchange; reads
+           the event log (``checkout events list|backfill``, which copies through the
+           default exchange)
 setup      declares the whole topology on a fresh broker (``checkout up``, compose's
            ``broker-setup``): configure on everything, plus what creating the queues
            with a dead-letter exchange and binding them requires
@@ -138,11 +139,11 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
     `queue.bind` takes; the setup user still creates the queues first.
     """
     topology = Topology(namespace, ())
-    keys = list(topology.queues)  # saga, payment, invoice, email, production
+    keys = list(topology.queues)  # payment, invoice, email, production
     exchanges = ["orders", "internal"]
-    journal = r"orders\.journal"
-    everything = [*exchanges, journal, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]
-    bound_queues = [journal, *keys]  # the queues `declare_topology` binds
+    event_log = r"orders\.log"
+    everything = [*exchanges, event_log, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]
+    bound_queues = [event_log, *keys]  # the queues `declare_topology` binds
     # Queues declared with a dead-letter exchange: creating one needs read on it.
     with_dlx = [_group(keys) + r"(\.wait\.[0-9]+)?"]
     dlqs = [_group(keys) + r"\.dlq"]
@@ -186,12 +187,12 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
         BrokerUser(
             "saga",
             user_name(namespace, "saga"),
-            part_rights(["internal"], ["saga", "payment"], default_exchange=True),
+            part_rights([], ["payment", "refund", "production-cancel"], default_exchange=True),
             (),
-            f"Consumes {namespace}.saga and {namespace}.payment; the payment step publishes "
-            f"its reply to {namespace}.internal; retry and dead-letter copies go through "
-            f"amq.default. Cannot publish to {namespace}.orders (its events go through the "
-            f"outbox).{declaring}",
+            f"Consumes {namespace}.payment, {namespace}.refund and "
+            f"{namespace}.production-cancel; each step applies its outcome in the "
+            f"database; retry and dead-letter copies go through amq.default. Publishes to no "
+            f"exchange of ours (its events and commands go through the outbox).{declaring}",
         ),
     ]
     for name in CONSUMER_PARTS:
@@ -212,11 +213,12 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
             Permissions(
                 configure=NOTHING,
                 write=_pattern(namespace, [], default_exchange=True),
-                read=_pattern(namespace, [*dlqs, journal]),
+                read=_pattern(namespace, [*dlqs, event_log]),
             ),
             ("management",),
             "checkout dlq list/show/replay/purge and checkout trace: reads the .dlq queues "
-            "(basic.get, unacked), replays through amq.default, may read the journal; the "
+            "(basic.get, unacked), replays through amq.default; checkout events "
+            "list/backfill: reads the event log, backfills through amq.default; the "
             "management tag lets it use the UI with these same rights.",
         ),
         BrokerUser(

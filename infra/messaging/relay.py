@@ -458,6 +458,17 @@ SAMPLE_ACTIVE = """
     SELECT state, count(*) AS n FROM checkouts
     WHERE state IN ('STARTED', 'PAYMENT_PENDING') GROUP BY state
 """
+# Served by the partial unique index on active cancellations, likewise.
+SAMPLE_CANCELLATIONS = """
+    SELECT state, count(*) AS n FROM cancellations
+    WHERE state NOT IN ('CANCELLED', 'REJECTED') GROUP BY state
+"""
+ACTIVE_CANCELLATION_STATES = (
+    "REQUESTED",
+    "WAITING_FOR_CHECKOUT",
+    "CANCELLING_PRODUCTION",
+    "REFUNDING",
+)
 
 
 async def sample_gauges(
@@ -468,7 +479,8 @@ async def sample_gauges(
     interval: float = 5.0,
     connect_kwargs: dict[str, Any] | None = None,
 ) -> None:
-    """Every `interval` s: outbox backlog, active checkouts by state, dead-letter depths."""
+    """Every `interval` s: outbox backlog, active checkouts and cancellations by state,
+    dead-letter depths."""
     dlqs = {queue.name: queue.dlq for queue in topology.queues.values()}
     while not stop.is_set():
         try:
@@ -486,6 +498,12 @@ async def sample_gauges(
                     }
                     for state in ("STARTED", "PAYMENT_PENDING"):
                         metrics.ACTIVE_CHECKOUTS.labels(state).set(active.get(state, 0))
+                    cancelling = {
+                        r["state"]: r["n"]
+                        for r in await (await conn.execute(SAMPLE_CANCELLATIONS)).fetchall()
+                    }
+                    for state in ACTIVE_CANCELLATION_STATES:
+                        metrics.ACTIVE_CANCELLATIONS.labels(state).set(cancelling.get(state, 0))
                     for queue, depth in (await publisher.queue_depths(dlqs)).items():
                         metrics.DLQ_DEPTH.labels(queue).set(depth)
                     with contextlib.suppress(TimeoutError):

@@ -2,10 +2,11 @@
 
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
-                                         order.#    ──▶ {ns}.orders.journal (keeps events routable)
-{ns}.internal  (topic)  saga messages   checkout.requested, payment.succeeded,
-                                         payment.declined ──▶ {ns}.saga
-                                         payment.charge   ──▶ {ns}.payment
+                                         order.cancelled ──▶ {ns}.invoice, {ns}.email
+                                         order.#    ──▶ {ns}.orders.log (the event log, a stream)
+{ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
+                                         payment.refund    ──▶ {ns}.refund
+                                         production.cancel ──▶ {ns}.production-cancel
 ```
 
 Every consumed queue Q is a quorum queue with
@@ -34,9 +35,11 @@ the channel from coming back at all. A queue's type cannot change in place: an
 existing deployment's classic queues are moved over by `migrate_topology`
 (`checkout declare --migrate`).
 
-The journal queue exists so that an event nobody has subscribed to yet is still
-routable: the relay publishes with ``mandatory`` and treats a return as an error.
-It is bounded (length and age) and nothing consumes it; operators may read it.
+The event log (``infra.messaging.event_log``) keeps every public event for
+``CHECKOUT_EVENT_LOG_DAYS``, and so also keeps an event nobody has subscribed to yet
+routable: the relay publishes with ``mandatory`` and treats a return as an error. It
+replaced the bounded ``{ns}.orders.journal`` queue, which ``declare_from_settings``
+retires.
 """
 
 from __future__ import annotations
@@ -51,13 +54,12 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from infra.messaging.connect import connect
+from infra.messaging.event_log import declare_event_log, retire_journal
 from infra.settings import Settings
 
 log = structlog.get_logger()
 
 DELIVERY_LIMIT = 20
-JOURNAL_MAX_LENGTH = 100_000
-JOURNAL_TTL_MS = 7 * 24 * 3600 * 1000
 DLQ_SUFFIX = ".dlq"
 
 
@@ -89,18 +91,17 @@ class Topology:
 
     namespace: str
     retry_delays_ms: tuple[int, ...]
+    event_log_days: int = 30
     queues: dict[str, ConsumedQueue] = field(init=False)
 
     def __post_init__(self) -> None:
         ns = self.namespace
         specs = {
-            "saga": (
-                self.internal_exchange,
-                ("checkout.requested", "payment.succeeded", "payment.declined"),
-            ),
-            "payment": (self.internal_exchange, ("payment.charge",)),
-            "invoice": (self.orders_exchange, ("order.paid",)),
-            "email": (self.orders_exchange, ("order.paid",)),
+            "payment": (self.internal_exchange, ("payment.charge", "payment.reconcile")),
+            "refund": (self.internal_exchange, ("payment.refund",)),
+            "production-cancel": (self.internal_exchange, ("production.cancel",)),
+            "invoice": (self.orders_exchange, ("order.paid", "order.cancelled")),
+            "email": (self.orders_exchange, ("order.paid", "order.cancelled")),
             "production": (self.orders_exchange, ("order.paid",)),
         }
         queues = {
@@ -112,7 +113,7 @@ class Topology:
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
         delays = tuple(round(d * 1000) for d in settings.retry_delays)
-        return cls(settings.namespace, delays)
+        return cls(settings.namespace, delays, settings.event_log_days)
 
     @property
     def orders_exchange(self) -> str:
@@ -123,7 +124,13 @@ class Topology:
         return f"{self.namespace}.internal"
 
     @property
+    def event_log(self) -> str:
+        """The stream every public event is kept in (`infra.messaging.event_log`)."""
+        return f"{self.namespace}.orders.log"
+
+    @property
     def journal_queue(self) -> str:
+        """The bounded queue the event log replaced; retired by `declare_from_settings`."""
         return f"{self.namespace}.orders.journal"
 
     def exchange_name(self, logical: str) -> str:
@@ -177,9 +184,7 @@ def queue_arguments(topology: Topology) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def bindings(topology: Topology) -> dict[str, list[tuple[str, str]]]:
     """Each bound queue's (exchange, routing key) pairs."""
-    bound: dict[str, list[tuple[str, str]]] = {
-        topology.journal_queue: [(topology.orders_exchange, "order.#")]
-    }
+    bound: dict[str, list[tuple[str, str]]] = {}
     for queue in topology.queues.values():
         bound[queue.name] = [(queue.exchange, key) for key in queue.routing_keys]
     return bound
@@ -196,16 +201,9 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
         name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
         for name in (topology.orders_exchange, topology.internal_exchange)
     }
-    journal = await channel.declare_queue(
-        topology.journal_queue,
-        durable=True,
-        arguments={
-            "x-max-length": JOURNAL_MAX_LENGTH,
-            "x-message-ttl": JOURNAL_TTL_MS,
-            "x-overflow": "drop-head",
-        },
+    await declare_event_log(
+        channel, exchanges[topology.orders_exchange], topology.event_log, topology.event_log_days
     )
-    await journal.bind(exchanges[topology.orders_exchange], routing_key="order.#")
 
     bound = bindings(topology)
     for name, arguments in queue_arguments(topology):
@@ -227,7 +225,7 @@ async def declare_apart(url: str, topology: Topology) -> None:
 
 async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Remove a namespace's exchanges and queues (test clean-up)."""
-    names = [topology.journal_queue]
+    names = [topology.event_log]
     for queue in topology.queues.values():
         names += [queue.name, queue.dlq]
         names += [f"{queue.name}.wait.{d}" for d in sorted(set(queue.retry_delays_ms))]
@@ -240,7 +238,11 @@ async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
 async def declare_from_settings(settings: Settings) -> Topology:
     """Connect, declare, disconnect: what `checkout up` does before starting the parts."""
     topology = Topology.from_settings(settings)
-    await declare_apart(settings.rabbit_url.get_secret_value(), topology)
+    url = settings.rabbit_url.get_secret_value()
+    await declare_apart(url, topology)
+    connection = await connect(url, name=f"{topology.namespace}.declare")
+    async with connection:
+        await retire_journal(connection, topology.journal_queue, topology.orders_exchange)
     return topology
 
 

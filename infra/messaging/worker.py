@@ -8,8 +8,9 @@ stopped and the messages in hand are finished.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -22,7 +23,6 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from opentelemetry import context as otel_context
-from prometheus_client import REGISTRY
 from purgatory import AsyncCircuitBreakerFactory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +35,7 @@ from infra.messaging.connect import RECONNECT_INTERVAL_S, ConnectionWatch, failo
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
 from infra.messaging.publisher import Publisher
 from infra.messaging.topology import Topology, declare_apart
+from infra.metrics import registry_for
 from infra.settings import Settings
 from infra.timeline.record import Event, write_events
 from infra.tracing import extract, spans_recorded
@@ -65,6 +66,8 @@ class Resources:
 
 
 RouteFactory = Callable[[Resources], Mapping[type[Message], Handler]]
+Background = Callable[[Resources], Coroutine[Any, Any, None]]
+"""A task the process runs beside its consumers (a timer, say), cancelled at shutdown."""
 
 
 def engine_ok(engine: AsyncEngine) -> ReadinessCheck:
@@ -141,7 +144,7 @@ class Worker:
             # FastStream's own per-handler counters and durations, on the registry
             # our health endpoint serves.
             middlewares=[
-                RabbitPrometheusMiddleware(registry=REGISTRY, app_name=component),
+                RabbitPrometheusMiddleware(registry=registry_for(component), app_name=component),
                 # Continues the trace carried in each message's headers (W3C
                 # traceparent) around the handler, so what it writes joins it; with
                 # a consumer span per message only if spans are recorded.
@@ -149,6 +152,7 @@ class Worker:
             ],
         )
         self._consumers: list[tuple[QueueConsumer, RouteFactory]] = []
+        self._background: list[tuple[str, Background]] = []
         self.health_port: int | None = None  # bound at start-up
 
     def consume(self, queue_key: str, routes: RouteFactory) -> QueueConsumer:
@@ -157,6 +161,10 @@ class Worker:
         subscribe(self.broker, consumer, prefetch=self.settings.prefetch)
         self._consumers.append((consumer, routes))
         return consumer
+
+    def background(self, name: str, task: Background) -> None:
+        """Run `task(resources)` while the process runs; cancelled before the resources close."""
+        self._background.append((name, task))
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -190,9 +198,17 @@ class Worker:
             for consumer, routes in self._consumers:
                 consumer.bind(routes(resources), publisher, record)
             checks = {"broker": lambda: self.broker.ping(timeout=2), "database": engine_ok(engine)}
-            async with serving_health(self.settings, self.component, checks) as port:
-                self.health_port = port
-                yield
+            tasks = [
+                asyncio.create_task(task(resources), name=name) for name, task in self._background
+            ]
+            try:
+                async with serving_health(self.settings, self.component, checks) as port:
+                    self.health_port = port
+                    yield
+            finally:
+                for running in tasks:
+                    running.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await http.close()
             await publisher.close()

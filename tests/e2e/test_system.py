@@ -102,6 +102,13 @@ async def test_the_demo_shows_paid_failed_and_retried_checkouts(system: System) 
     flaky = [r for r in results if r["amount"].endswith(".02")]
     assert flaky
     assert flaky[0]["state"] == "PAID"
+    # It also cancels two paid orders: one refunded, one already in production (.06).
+    cancelled = {r["amount"]: r for r in results if r["cancellation_state"]}
+    assert cancelled["35.00"]["cancellation_state"] == "CANCELLED"
+    assert cancelled["35.00"]["order_status"] == "CANCELLED"
+    assert cancelled["35.00"]["refund"]["status"] == "SUCCEEDED"
+    assert cancelled["40.06"]["cancellation_state"] == "REJECTED"
+    assert cancelled["40.06"]["order_status"] == "PAID"
 
 
 async def test_up_made_a_private_development_key_and_printed_where_it_is(system: System) -> None:

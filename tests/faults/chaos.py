@@ -117,22 +117,31 @@ def _poison_plan(topology: Topology) -> list[tuple[str, str, str, tuple[str, ...
         ("schema-invalid", topology.orders_exchange, "order.paid", orders),
         ("unknown-type", topology.orders_exchange, "order.paid", orders),
         ("future-version", topology.orders_exchange, "order.paid", orders),
-        ("schema-invalid", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
-        ("unknown-type", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
-        ("no-such-checkout", topology.internal_exchange, "checkout.requested", (q["saga"].dlq,)),
+        ("unknown-type", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
+        ("no-such-checkout", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("undecodable", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
         ("schema-invalid", topology.internal_exchange, "payment.charge", (q["payment"].dlq,)),
+        # The cancellation's steps refuse what the sagas did not record (nothing refunded,
+        # production not asked), and a body they cannot read.
+        ("no-such-refund", topology.internal_exchange, "payment.refund", (q["refund"].dlq,)),
+        ("schema-invalid", topology.internal_exchange, "payment.refund", (q["refund"].dlq,)),
+        (
+            "no-such-cancellation",
+            topology.internal_exchange,
+            "production.cancel",
+            (q["production-cancel"].dlq,),
+        ),
     ]
 
 
 def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Message:
     message_type = {
         "order.paid": "OrderPaid",
-        "checkout.requested": "CheckoutRequested",
         "payment.charge": "ChargePayment",
+        "payment.refund": "RefundPayment",
+        "production.cancel": "CancelProductionOrder",
     }[routing_key]
     headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: 1}
-    now = datetime.now(UTC).isoformat()
     if kind == "undecodable":
         body = b"\xff\xfe{this is not json"
     elif kind == "schema-invalid":
@@ -143,9 +152,17 @@ def _poison_message(kind: str, routing_key: str, message_id: str) -> aio_pika.Me
         headers[SCHEMA_VERSION_HEADER] = 99
         body = json.dumps({"order_id": str(uuid.uuid4()), "future": True}).encode()
     elif kind == "no-such-checkout":
-        body = json.dumps(
-            {"checkout_id": str(uuid.uuid4()), "order_id": str(uuid.uuid4()), "requested_at": now}
-        ).encode()
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in ("checkout", "order", "payment")}
+        body = json.dumps({**ids, "amount": "5.00", "currency": "EUR"}).encode()
+    elif kind == "no-such-refund":
+        names = ("refund", "payment", "order", "checkout", "cancellation")
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in names}
+        fields = {"provider_payment_id": "pay-x", "amount": "5.00", "currency": "EUR"}
+        extra = {"reason": "poison", "idempotency_key": ids["cancellation_id"]}
+        body = json.dumps({**ids, **fields, **extra}).encode()
+    elif kind == "no-such-cancellation":
+        ids = {f"{name}_id": str(uuid.uuid4()) for name in ("cancellation", "order")}
+        body = json.dumps(ids).encode()
     else:
         raise ValueError(kind)
     return aio_pika.Message(
@@ -210,6 +227,10 @@ class OrderPlan:
     mode: str  # single | concurrent-pair | same-key-twice
     checkout_ids: set[str] = field(default_factory=set)
     statuses: list[int] = field(default_factory=list)
+    # Cancelled this long after its checkout was accepted (None: not cancelled): some
+    # while the charge is in flight, some once it is paid, while the faults go on.
+    cancel_after: float | None = None
+    cancellation_ids: set[str] = field(default_factory=set)
 
 
 def _amount(rng: random.Random, behaviour: str) -> str:
@@ -224,6 +245,8 @@ class Workload:
 
     BEHAVIOURS = (("normal", 62), ("declined", 15), ("flaky", 15), ("slow", 8))
     MODES = (("single", 80), ("concurrent-pair", 10), ("same-key-twice", 10))
+    CANCEL_SHARE = 0.2  # of the fault run's orders
+    CANCEL_WITHIN = 2.0  # seconds after the checkout
 
     def __init__(self, api: str, rng: random.Random, count: int) -> None:
         self.api = api
@@ -257,6 +280,8 @@ class Workload:
         )
         assert response.status_code == 201, response.text
         plan = OrderPlan(response.json()["order_id"], amount, behaviour, mode)
+        if tag == "faults" and self.rng.random() < self.CANCEL_SHARE:
+            plan.cancel_after = round(self.rng.uniform(0, self.CANCEL_WITHIN), 2)
         self.plans.append(plan)
         return plan
 
@@ -290,6 +315,30 @@ class Workload:
             await self._post_checkout(client, plan, key)
         else:
             await self._post_checkout(client, plan, key)
+        if plan.cancel_after is not None:
+            # The plan's own timing, drawn up front: not a wait for an outcome.
+            await asyncio.sleep(plan.cancel_after)
+            await self._post_cancel(client, plan, f"faults-cancel-{plan.order_id}")
+
+    async def _post_cancel(self, client: httpx.AsyncClient, plan: OrderPlan, key: str) -> None:
+        for attempt in range(4):
+            try:
+                response = await client.post(
+                    f"{self.api}/orders/{plan.order_id}/cancel",
+                    json={"reason": "fault run"},
+                    headers={"Idempotency-Key": key},
+                )
+            except httpx.TransportError as exc:
+                self.errors.append(f"{plan.order_id} cancel {attempt + 1}: {exc!r}")
+                await asyncio.sleep(0.2)
+                continue
+            if response.status_code == 202:
+                plan.cancellation_ids.add(response.json()["cancellation_id"])
+            else:
+                self.errors.append(
+                    f"{plan.order_id} cancel: {response.status_code} {response.text[:200]}"
+                )
+            return
 
     async def run(self, client: httpx.AsyncClient, seconds: float) -> None:
         """Place every order, then check them out evenly over `seconds`."""
@@ -502,14 +551,7 @@ class Chaos:
             if m.message_id
             and m.message_id not in self.injector.duplicated
             and m.message_id not in poison
-            and m.message_type
-            in (
-                "OrderPaid",
-                "CheckoutRequested",
-                "ChargePayment",
-                "PaymentSucceeded",
-                "PaymentDeclined",
-            )
+            and m.message_type in ("OrderPaid", "ChargePayment")
         ]
         if not candidates:
             return

@@ -8,7 +8,8 @@ request log, the dead-letter queues, the parts' JSON logs, what the test injecte
 The checks:
 
 1. every accepted checkout exists once, for its order, and ended PAID or FAILED;
-2. at most one successful charge per order, exactly one for a PAID order;
+2. at most one successful charge per order, exactly one for a PAID order; a charge of
+   an order that is not PAID (a late answer after its checkout failed) refunded once;
 3. one invoice, one e-mail and one production order per PAID order, none for others;
 4. the dead-letter queues hold exactly the injected poison (with failure headers),
    and each fixable message, once parked and replayed, was applied exactly once;
@@ -17,6 +18,12 @@ The checks:
    message id, and no repeated call to a service after it had answered, unless a
    failure, a fault or a concurrent duplicate explains the repeat. With a working
    inbox a late duplicate never reaches the service again; with the inbox off it does.
+7. refunds: every refund returns one successful charge (and no charge is refunded
+   twice); a CANCELLED order that was charged has exactly one refund; no REJECTED
+   cancellation was refunded; every cancellation ended CANCELLED or REJECTED.
+
+An order with a CANCELLED cancellation is expected CANCELLED whatever its checkouts
+say; the forward checks (one charge, one of each effect) hold for PAID orders only.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 FINAL_STATES = ("PAID", "FAILED")
+FINAL_CANCELLATIONS = ("CANCELLED", "REJECTED")
 
 # Who calls which simulated service, and what the service's idempotency key is.
 SERVICE_CALLER = {"payments": "saga", "emails": "email", "production": "production"}
@@ -47,6 +55,7 @@ class ServiceCall:
     order_id: str | None
     status_code: int | None  # the stored final answer, None if only failures so far
     succeeded: bool  # the effect happened (a charge taken, an e-mail sent, an order received)
+    reference: str | None = None  # payments: the charge's payment_id; refunds: the one returned
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,8 @@ class Facts:
     charges: list[ServiceCall] = field(default_factory=list)
     emails: list[ServiceCall] = field(default_factory=list)
     productions: list[ServiceCall] = field(default_factory=list)
+    refunds: list[ServiceCall] = field(default_factory=list)  # key: the cancellation (or refund)
+    cancellations: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (order, state)
     invoices: list[tuple[str, str]] = field(default_factory=list)  # (order_id, message_id)
     outbox: int = 0
     queues: dict[str, int] = field(default_factory=dict)  # messages left in consumed/wait queues
@@ -248,12 +259,15 @@ def _checkouts_final(f: Facts) -> CheckResult:
         by_order[order_id].append(state)
         if checkout_id not in f.accepted:
             problems.append(f"checkout {checkout_id} ({state}) was never accepted by the API")
+    cancelled = _cancelled_orders(f)
     for order_id, order_states in sorted(by_order.items()):
         if order_states.count("PAID") > 1:
             problems.append(f"order {order_id} has {order_states.count('PAID')} PAID checkouts")
         status = f.orders.get(order_id)
         expected = (
-            "PAID"
+            "CANCELLED"
+            if order_id in cancelled
+            else "PAID"
             if "PAID" in order_states
             else "FAILED"
             if all(s == "FAILED" for s in order_states)
@@ -275,14 +289,28 @@ def _paid_orders(f: Facts) -> set[str]:
     return {o for o, status in f.orders.items() if status == "PAID"}
 
 
+def _cancelled_orders(f: Facts) -> set[str]:
+    """Orders with a cancellation that ended CANCELLED."""
+    return {o for o, state in f.cancellations.values() if state == "CANCELLED"}
+
+
 def _charges(f: Facts) -> CheckResult:
     paid = _paid_orders(f)
     taken: Counter[str] = Counter(c.order_id for c in f.charges if c.succeeded and c.order_id)
     problems = []
+    cancelled = _cancelled_orders(f)
+    # A charge that succeeded after its checkout had failed (its deadline reconciled it
+    # as payment_timeout while the call was in flight) is refunded: nobody pays for it.
+    refunded = Counter(r.reference for r in f.refunds if r.succeeded)
+    late = {
+        c.order_id
+        for c in f.charges
+        if c.succeeded and c.order_id and c.reference and refunded[c.reference] == 1
+    }
     for order_id, n in sorted(taken.items()):
         if n > 1:
             problems.append(f"order {order_id} charged {n} times")
-        if order_id not in paid:
+        if order_id not in paid and order_id not in cancelled and order_id not in late:
             problems.append(f"order {order_id} ({f.orders.get(order_id)}) was charged")
     problems += [f"PAID order {o} has no successful charge" for o in sorted(paid - set(taken))]
     attempts = sum(c.attempts for c in f.charges)
@@ -301,11 +329,13 @@ def _effects(f: Facts) -> CheckResult:
         "production": Counter(c.order_id for c in f.productions if c.succeeded and c.order_id),
     }
     problems = []
+    # A cancelled order may have had its effects (then voided, or cancelled meanwhile).
+    cancelled = _cancelled_orders(f)
     for effect, counter in counts.items():
         for order_id in sorted(paid):
             if counter[order_id] != 1:
                 problems.append(f"PAID order {order_id} has {counter[order_id]} {effect}s")
-        for order_id in sorted(set(counter) - paid):
+        for order_id in sorted(set(counter) - paid - cancelled):
             problems.append(
                 f"order {order_id} ({f.orders.get(order_id)}) has {counter[order_id]} {effect}s"
             )
@@ -455,6 +485,40 @@ def _applied_once(f: Facts) -> CheckResult:
     return CheckResult("no duplicate applied", not problems, summary, tuple(problems))
 
 
+def _refunds(f: Facts) -> CheckResult:
+    charged: dict[str, str | None] = {
+        c.reference: c.order_id for c in f.charges if c.succeeded and c.reference
+    }
+    refunded: Counter[str | None] = Counter(r.reference for r in f.refunds if r.succeeded)
+    problems = []
+    for reference, n in sorted(refunded.items(), key=str):
+        if reference not in charged:
+            problems.append(f"refund of {reference}, which was never successfully charged")
+        elif n > 1:
+            problems.append(f"charge {reference} (order {charged[reference]}) refunded {n} times")
+    for order_id in sorted(_cancelled_orders(f)):
+        charges = [ref for ref, order in charged.items() if order == order_id]
+        for reference in charges:
+            if refunded[reference] != 1:
+                problems.append(
+                    f"CANCELLED order {order_id}: charge {reference} refunded "
+                    f"{refunded[reference]} times"
+                )
+    rejected = {c for c, (_, state) in f.cancellations.items() if state == "REJECTED"}
+    for refund in f.refunds:
+        if refund.succeeded and refund.key in rejected:
+            problems.append(f"REJECTED cancellation {refund.key} was refunded")
+    open_ = sorted(c for c, (_, s) in f.cancellations.items() if s not in FINAL_CANCELLATIONS)
+    problems += [f"cancellation {c} stuck in {f.cancellations[c][1]}" for c in open_]
+    states = Counter(state for _, state in f.cancellations.values())
+    summary = (
+        f"{len(f.cancellations)} cancellations: {states['CANCELLED']} CANCELLED, "
+        f"{states['REJECTED']} REJECTED, {len(open_)} open; "
+        f"{sum(refunded.values())} refunds of {len(charged)} charges"
+    )
+    return CheckResult("refunds match charges", not problems, summary, tuple(problems))
+
+
 def check(f: Facts, title: str = "FAULT RUN REPORT") -> Report:
     checks = (
         _checkouts_final(f),
@@ -463,6 +527,7 @@ def check(f: Facts, title: str = "FAULT RUN REPORT") -> Report:
         _dead_letters(f),
         _faults_bit(f),
         _applied_once(f),
+        _refunds(f),
     )
     # One fault may touch several parts (a reset of the broker proxy): count it once.
     kinds = Counter(kind for kind, _ in {(e.kind, e.ts) for e in f.faults})

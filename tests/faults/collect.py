@@ -40,6 +40,9 @@ WILL_RETRY = "handling failed; will retry"
 APPLIED = {
     "effect applied": None,  # the consumer is the part that logged it
     "checkout transition": "saga",
+    # A charge whose checkout ended meanwhile (its deadline's reconciliation failed it):
+    # handled to its end, charging nothing, once.
+    "checkout is final; not charging": "saga",
     # Older wording of the consumers' line.
     "invoice created": "invoice",
     "confirmation e-mail sent": "email",
@@ -64,6 +67,7 @@ SERVICE_PATHS = {  # with each stored answer's status code
     "payments": "/mock/payments?include=status_code",
     "emails": "/mock/emails?include=status_code",
     "production": "/mock/production/orders?include=status_code",
+    "refunds": "/mock/refunds?include=status_code",
 }
 _ORDER_IN_TEXT = re.compile(r"order ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
@@ -135,9 +139,12 @@ async def read_services(mocks: str, facts: Facts) -> None:
             response = await client.get(path)
             response.raise_for_status()
             calls = [_service_call(service, entry) for entry in response.json()]
-            {"payments": facts.charges, "emails": facts.emails, "production": facts.productions}[
-                service
-            ].extend(calls)
+            {
+                "payments": facts.charges,
+                "emails": facts.emails,
+                "production": facts.productions,
+                "refunds": facts.refunds,
+            }[service].extend(calls)
 
 
 def _service_call(service: str, entry: dict[str, Any]) -> ServiceCall:
@@ -148,11 +155,18 @@ def _service_call(service: str, entry: dict[str, Any]) -> ServiceCall:
         match = _ORDER_IN_TEXT.search(str(request.get("body", "")))
         order_id = match.group(1) if match else None
         succeeded = status == 202
+    elif service == "refunds":
+        order_id = None  # a refund names the payment it returns (`reference`)
+        succeeded = status == 201 and response.get("status") == "SUCCEEDED"
     else:
         order_id = request.get("order_id")
         succeeded = status == 201 and (
             service != "payments" or response.get("status") == "SUCCESSFUL"
         )
+    reference = {
+        "payments": response.get("payment_id"),
+        "refunds": request.get("payment_id"),
+    }.get(service)
     return ServiceCall(
         service=service,
         key=entry.get("idempotency_key"),
@@ -160,6 +174,7 @@ def _service_call(service: str, entry: dict[str, Any]) -> ServiceCall:
         order_id=str(order_id) if order_id else None,
         status_code=status,
         succeeded=bool(succeeded),
+        reference=str(reference) if reference else None,
     )
 
 
@@ -201,6 +216,10 @@ async def read_database(database_url: str, facts: Facts) -> None:
             await conn.execute("SELECT checkout_id, order_id, state FROM checkouts")
         ).fetchall()
         facts.checkouts = {str(c): (str(o), s) for c, o, s in rows}
+        rows = await (
+            await conn.execute("SELECT cancellation_id, order_id, state FROM cancellations")
+        ).fetchall()
+        facts.cancellations = {str(c): (str(o), s) for c, o, s in rows}
         rows = await (
             await conn.execute("SELECT order_id, source_message_id FROM invoices")
         ).fetchall()
@@ -284,6 +303,9 @@ async def _settle_state(
             ).fetchall()
         )
         outbox = await _scalar(conn, "SELECT count(*) FROM outbox")
+        open_cancellations = await _scalar(
+            conn, "SELECT count(*) FROM cancellations WHERE state NOT IN ('CANCELLED', 'REJECTED')"
+        )
         missing_effects = await _scalar(
             conn,
             "SELECT count(*) FROM orders o WHERE o.status = 'PAID' AND ("
@@ -294,6 +316,7 @@ async def _settle_state(
     depths = await queue_depths(connection, system.topology)
     state: dict[str, Any] = {
         "open_checkouts": sum(n for s, n in states.items() if s not in ("PAID", "FAILED")),
+        "open_cancellations": open_cancellations,
         "outbox": outbox,
         "paid_without_effects": missing_effects,
         "queued": sum(depths.values()),
@@ -331,7 +354,7 @@ async def wait_quiet(
                 busy = {
                     q: t
                     for q, t in totals.items()
-                    if not q.endswith((".dlq", ".journal")) and any(t)
+                    if not q.endswith((".dlq", ".orders.log")) and any(t)
                 }
                 if not busy:
                     return True, time.monotonic() - started, state

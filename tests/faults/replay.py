@@ -3,7 +3,7 @@
 "Fixable poison": while the Production Service is down for longer than the retry
 schedule, the `OrderPaid` of a few fresh, real orders exhausts its attempts and is
 dead-lettered as transient. After the outage the test replays exactly those messages
-(with the operators' replay code, `infra.dlq.replay`) and the checker verifies each
+(with the operators' replay code, `operations.dlq.replay`) and the checker verifies each
 was then applied exactly once.
 """
 
@@ -43,8 +43,8 @@ async def replay_ids(
     """Replay `ids` from the dead-letter queue of `key`; return the ids replayed."""
     queue = system.topology.queues[key]
     try:
-        from infra.dlq.replay import replay
-        from infra.dlq.selection import Selection
+        from operations.dlq.replay import replay
+        from operations.dlq.selection import Selection
     except ImportError:  # the operators' replay is not there: move them back ourselves
         return await _move_back(connection, queue.name, queue.dlq, set(ids))
     outcome = await replay(connection, queue, Selection.of(ids))

@@ -55,7 +55,7 @@ WORKERS = ("relay", "saga", "invoice", "email", "production")
 CONSUMERS = ("invoice", "email", "production")
 SERVICES = ("payments", "emails", "production")
 # The queues each part consumes (what "ready" waits for).
-PART_QUEUES = {"saga": ("saga", "payment"), **{c: (c,) for c in CONSUMERS}}
+PART_QUEUES = {"saga": ("payment",), **{c: (c,) for c in CONSUMERS}}
 
 # Parts whose broker connections (consuming and publishing) go through the broker proxy.
 BROKER_PROXIED: tuple[str, ...] = WORKERS

@@ -1,6 +1,6 @@
 """The system under fire: SIGKILLs, dropped broker connections, latency and resets to the
-services, duplicates and poison messages, while checkouts are in flight; then the
-checker's verdict over everything that happened (see `checker.py`).
+services, duplicates and poison messages, while checkouts and cancellations are in
+flight; then the checker's verdict over everything that happened (see `checker.py`).
 
 Bounded to `CHECKOUT_FAULTS_SECONDS` (60 by default) of faults; the seed is printed
 (`CHECKOUT_FAULTS_SEED` replays the plan). The report is printed on every run.
@@ -86,6 +86,7 @@ async def test_every_checkout_ends_once_under_faults(
             await gather_facts(system, facts)
             facts.stats |= {
                 "orders": len(workload.plans),
+                "cancels": sum(1 for p in workload.plans if p.cancellation_ids),
                 "client_errors": len(workload.errors),
                 "restarted_at_end": len(restarted),
                 "startup_s": round(timings["start"], 1),

@@ -341,3 +341,93 @@ def test_a_second_application_recorded_only_in_the_database_is_a_duplicate() -> 
     ]
     problems = failed(facts)["no duplicate applied"]
     assert problems == (f"duplicate applied: email applied {M_PAID} 2 times",)
+
+
+# ---- refunds and cancellations ---------------------------------------------------
+
+CANCELLED, REJECTED = "order-cancelled", "order-rejected"
+C_CANCELLED, C_REJECTED = "co-cancelled", "co-rejected"
+X_CANCELLED, X_REJECTED = "cx-cancelled", "cx-rejected"
+
+
+def with_cancellations() -> Facts:
+    """The clean run, plus a paid order cancelled with its refund and one rejected."""
+    facts = clean()
+    facts.accepted.update({C_CANCELLED: CANCELLED, C_REJECTED: REJECTED})
+    facts.checkouts.update({C_CANCELLED: (CANCELLED, "PAID"), C_REJECTED: (REJECTED, "PAID")})
+    facts.orders.update({CANCELLED: "CANCELLED", REJECTED: "PAID"})
+    facts.charges += [
+        ServiceCall("payments", C_CANCELLED, 1, CANCELLED, 201, True, "pay-cancelled"),
+        ServiceCall("payments", C_REJECTED, 1, REJECTED, 201, True, "pay-rejected"),
+    ]
+    for order in (CANCELLED, REJECTED):
+        facts.emails.append(ServiceCall("emails", f"m-{order}", 1, order, 202, True))
+        facts.productions.append(ServiceCall("production", f"m-{order}", 1, order, 201, True))
+        facts.invoices.append((order, f"m-{order}"))
+    facts.cancellations = {
+        X_CANCELLED: (CANCELLED, "CANCELLED"),
+        X_REJECTED: (REJECTED, "REJECTED"),
+    }
+    facts.refunds = [ServiceCall("refunds", X_CANCELLED, 3, None, 201, True, "pay-cancelled")]
+    return facts
+
+
+def test_cancellations_with_their_refunds_pass() -> None:
+    report = check(with_cancellations())
+    assert report.ok, report.text()
+    assert "1 CANCELLED, 1 REJECTED" in report.check("refunds match charges").summary
+
+
+def test_a_refund_of_what_was_never_charged_is_reported() -> None:
+    facts = with_cancellations()
+    facts.refunds.append(ServiceCall("refunds", "other", 1, None, 201, True, "pay-unknown"))
+    problems = failed(facts)["refunds match charges"]
+    assert any("never successfully charged" in p for p in problems)
+
+
+def test_a_charge_refunded_twice_is_reported() -> None:
+    facts = with_cancellations()
+    facts.refunds.append(ServiceCall("refunds", "again", 1, None, 201, True, "pay-cancelled"))
+    problems = failed(facts)["refunds match charges"]
+    assert any("refunded 2 times" in p for p in problems)
+
+
+def test_a_cancelled_order_that_kept_its_charge_is_reported() -> None:
+    facts = with_cancellations()
+    facts.refunds = []
+    problems = failed(facts)["refunds match charges"]
+    assert any(f"CANCELLED order {CANCELLED}" in p and "refunded 0 times" in p for p in problems)
+
+
+def test_a_rejected_cancellation_that_was_refunded_is_reported() -> None:
+    facts = with_cancellations()
+    facts.refunds.append(ServiceCall("refunds", X_REJECTED, 1, None, 201, True, "pay-rejected"))
+    problems = failed(facts)["refunds match charges"]
+    assert any(f"REJECTED cancellation {X_REJECTED} was refunded" in p for p in problems)
+
+
+def test_a_cancellation_left_open_is_reported() -> None:
+    facts = with_cancellations()
+    facts.cancellations["cx-open"] = (REJECTED, "REFUNDING")
+    problems = failed(facts)["refunds match charges"]
+    assert any("cx-open stuck in REFUNDING" in p for p in problems)
+
+
+def test_a_cancelled_order_is_expected_cancelled_whatever_its_checkout_says() -> None:
+    facts = with_cancellations()
+    facts.orders[CANCELLED] = "PAID"
+    problems = failed(facts)["checkouts final"]
+    assert any(f"order {CANCELLED} is PAID, its checkouts say CANCELLED" in p for p in problems)
+
+
+def test_a_late_charge_of_a_failed_order_is_fine_once_refunded_once() -> None:
+    facts = clean()
+    facts.charges[1] = ServiceCall("payments", C_FAILED, 1, FAILED, 201, True, "pay-late")
+    assert "one charge per paid order" in failed(facts)
+    facts.refunds = [ServiceCall("refunds", "late-refund", 1, None, 201, True, "pay-late")]
+    verdict = failed(facts)
+    assert "one charge per paid order" not in verdict
+    assert "refunds match charges" not in verdict
+    facts.refunds.append(ServiceCall("refunds", "again", 1, None, 201, True, "pay-late"))
+    problems = failed(facts)["refunds match charges"]
+    assert any("pay-late" in p and "refunded 2 times" in p for p in problems)

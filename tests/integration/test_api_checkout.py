@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.testing import api_client
+from contracts import ChargePayment
 from infra.settings import Settings
 from tests.support.polling import eventually
 
@@ -73,7 +75,7 @@ async def set_order_status(engine: AsyncEngine, order_id: str, status: str) -> N
         )
 
 
-async def test_checkout_is_accepted_with_location_and_writes_one_outbox_row(
+async def test_checkout_applies_the_first_transition_and_writes_one_charge(
     client: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
     order_id = await new_order(client)
@@ -93,25 +95,46 @@ async def test_checkout_is_accepted_with_location_and_writes_one_outbox_row(
         "updated_at",
     }
     assert body["order_id"] == order_id
-    assert body["state"] == "STARTED"
+    # The saga's first transition is applied in the checkout's own statement.
+    assert body["state"] == "PAYMENT_PENDING"
     assert body["failure_reason"] is None
-    [step] = body["steps"]
+    [step, moved] = body["steps"]
     assert (step["name"], step["status"]) == ("checkout.requested", "STARTED")
+    assert (moved["name"], moved["status"], moved["detail"]) == (
+        "payment.requested",
+        "PAYMENT_PENDING",
+        "charge sent",
+    )
     # The request's trace, if this process has a tracer provider (another test may
     # have installed one), and nothing else: no Idempotency-Key was sent.
     assert step["detail"] is None or re.fullmatch("trace [0-9a-f]{32}", step["detail"])
 
+    [payment] = await rows(clean_db, "SELECT * FROM payments")
+    assert (str(payment["checkout_id"]), str(payment["order_id"])) == (checkout_id, order_id)
+    assert (payment["status"], payment["amount"], payment["currency"]) == (
+        "PENDING",
+        Decimal("19.99"),
+        "USD",
+    )
     [outbox] = await rows(clean_db, "SELECT * FROM outbox")
-    assert outbox["message_type"] == "CheckoutRequested"
-    assert outbox["routing_key"] == "checkout.requested"
+    assert outbox["message_type"] == "ChargePayment"
+    assert outbox["routing_key"] == "payment.charge"
     assert outbox["exchange"] == "internal"
     assert str(outbox["correlation_id"]) == checkout_id
-    message = json.loads(outbox["body"])
-    assert message["checkout_id"] == checkout_id
-    assert message["order_id"] == order_id
-    [step] = await rows(clean_db, "SELECT * FROM checkout_steps")
-    assert step["name"] == "checkout.requested"
-    assert step["status"] == "STARTED"
+    # The body the statement built from the locked order is the command's own model.
+    assert ChargePayment.model_validate_json(outbox["body"]) == ChargePayment(
+        checkout_id=uuid.UUID(checkout_id),
+        order_id=uuid.UUID(order_id),
+        payment_id=payment["payment_id"],
+        amount=Decimal("19.99"),
+        currency="USD",
+    )
+    assert json.loads(outbox["body"])["amount"] == "19.99"
+    steps = await rows(clean_db, "SELECT * FROM checkout_steps ORDER BY id")
+    assert [(s["name"], s["status"]) for s in steps] == [
+        ("checkout.requested", "STARTED"),
+        ("payment.requested", "PAYMENT_PENDING"),
+    ]
 
 
 async def test_get_checkout_returns_what_the_checkout_returned(
@@ -141,6 +164,7 @@ async def test_steps_are_listed_in_insertion_order(
     steps = (await client.get(f"/checkouts/{checkout_id}")).json()["steps"]
     assert [s["name"] for s in steps] == [
         "checkout.requested",
+        "payment.requested",
         "payment.charge",
         "payment.succeeded",
         "checkout.paid",
@@ -218,7 +242,7 @@ async def test_after_a_failed_checkout_a_new_one_starts_and_the_order_is_pending
     assert response.status_code == 202
     second = response.json()
     assert second["checkout_id"] != first["checkout_id"]
-    assert second["state"] == "STARTED"
+    assert second["state"] == "PAYMENT_PENDING"
     order = (await client.get(f"/orders/{order_id}")).json()
     assert order["status"] == "PENDING"
     assert order["updated_at"] > order["created_at"]

@@ -89,6 +89,9 @@ async def test_the_same_key_with_another_order_is_422_naming_the_header(
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
+    assert body["type"] == "urn:checkout:problem:idempotency-key-reused"
+    # Its own title, not the generic one of a malformed request.
+    assert body["title"] == "Idempotency key reused for another order"
     assert [e["field"] for e in body["errors"]] == ["Idempotency-Key"]
     assert "Idempotency-Key" in body["detail"]
     [[checkouts]] = await execute(clean_db, "SELECT count(*) FROM checkouts")

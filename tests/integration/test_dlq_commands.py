@@ -21,12 +21,12 @@ import aio_pika
 import pytest
 from typer.testing import CliRunner, Result
 
-from infra.cli import dlq as dlq_cli
-from infra.cli.dlq import dlq_app
 from infra.messaging import failures
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import ConsumedQueue, Topology
 from infra.settings import Settings
+from operations.cli import dlq as dlq_cli
+from operations.cli.dlq import dlq_app
 from tests.support.amqp import depth, take
 
 pytestmark = pytest.mark.integration

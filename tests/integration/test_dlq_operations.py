@@ -1,4 +1,4 @@
-"""The dead-letter operations of `infra.dlq` called directly, as an HTTP endpoint would."""
+"""The dead-letter operations of `operations.dlq` called directly, as an HTTP endpoint would."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import aio_pika
 import pytest
 
 from infra.db.session import UnitOfWork
-from infra.dlq import audit, inspect
-from infra.dlq.errors import Interrupted, QueueNotDeclared
-from infra.dlq.operations import purge_recorded, replay_recorded
-from infra.dlq.selection import Selection
 from infra.messaging.topology import ConsumedQueue, Topology
 from infra.settings import Settings
+from operations.dlq import audit, inspect
+from operations.dlq.errors import Interrupted, QueueNotDeclared
+from operations.dlq.operations import purge_recorded, replay_recorded
+from operations.dlq.selection import Selection
 from tests.support.amqp import depth, take
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@ reason, and nothing else happens.
 
 The whole system runs in process (`pipeline`). One real checkout is paid first, so
 the tables are not empty and the hostile messages can name real ids. Then, for each
-queue the system consumes (saga, payment, invoice, email, production) and each kind
+queue the system consumes (payment, invoice, email, production) and each kind
 of malformed message, one message is published straight to the queue and must:
 
 - end in `<queue>.dlq` after one attempt, with x-failure-kind "permanent",
@@ -143,12 +143,6 @@ class Hostile:
 def valid_body(queue: str, p: Paid) -> tuple[str, dict[str, Any]]:
     """(type, body) of a message the queue would accept, about the paid checkout."""
     now = datetime.now(UTC).isoformat()
-    if queue == "saga":
-        return "CheckoutRequested", {
-            "checkout_id": p.checkout_id,
-            "order_id": p.order_id,
-            "requested_at": now,
-        }
     if queue == "payment":
         return "ChargePayment", {
             "checkout_id": p.checkout_id,
@@ -178,8 +172,7 @@ def _ids_as_ints(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _field_as_list(body: dict[str, Any]) -> dict[str, Any]:
-    key = "amount" if "amount" in body else "requested_at"
-    return {**body, key: [19, 99]}
+    return {**body, "amount": [19, 99]}
 
 
 def _padded_to(body: dict[str, Any], size: int) -> bytes:
@@ -190,7 +183,7 @@ def _padded_to(body: dict[str, Any], size: int) -> bytes:
     return padded
 
 
-OTHER_TYPE = {"saga": "OrderPaid", "payment": "CheckoutRequested"}
+OTHER_TYPE = {"payment": "OrderPaid"}
 
 
 def _hostile_cases() -> dict[str, Callable[[str, str, dict[str, Any]], Hostile]]:
@@ -253,7 +246,7 @@ def _hostile_cases() -> dict[str, Callable[[str, str, dict[str, Any]], Hostile]]
 # message_id when it has none, so no aio-pika client can send one without. Other
 # clients can; the shell's answer to that is tested below, at the shell alone.
 CASES = _hostile_cases()
-QUEUES = ("saga", "payment", "invoice", "email", "production")
+QUEUES = ("payment", "invoice", "email", "production")
 
 
 @pytest.fixture
@@ -495,9 +488,6 @@ def _forged(queue: str, paid: Paid) -> tuple[Paid, dict[str, Any]]:
 @pytest.mark.parametrize(
     ("queue_key", "message_type"),
     [
-        ("saga", "CheckoutRequested"),
-        ("saga", "PaymentSucceeded"),
-        ("saga", "PaymentDeclined"),
         # Once they charged, e-mailed and produced first and failed on a foreign key
         # after (retried as transient): now each checks the payment or checkout first.
         ("payment", "ChargePayment"),
@@ -515,13 +505,6 @@ async def test_a_message_about_a_checkout_that_does_not_exist_changes_nothing(
 ) -> None:
     queue = purge_queues.queues[queue_key]
     ghost, body = _forged(queue_key, paid)
-    now = datetime.now(UTC).isoformat()
-    if message_type == "PaymentSucceeded":
-        body = {**body, "payment_id": str(uuid.uuid4()), "provider_payment_id": "p-1"}
-        body |= {"succeeded_at": now}
-    elif message_type == "PaymentDeclined":
-        body = {**body, "payment_id": str(uuid.uuid4()), "reason": "card_declined"}
-        body |= {"declined_at": now}
     before = await snapshot(engine, pipeline, paid.checkout_id)
 
     await channel.default_exchange.publish(

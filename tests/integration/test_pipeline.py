@@ -36,7 +36,7 @@ async def _all_effects_of(p: Pipeline, order_id: str) -> tuple[int, int, int]:
 async def test_a_normal_order_is_paid_with_one_of_every_effect(pipeline: Pipeline) -> None:
     order = await pipeline.order("49.00")
     checkout = await pipeline.checkout(order["order_id"])
-    assert checkout["state"] == "STARTED"
+    assert checkout["state"] == "PAYMENT_PENDING"  # the first transition is the API's own
 
     final = await pipeline.final(checkout["checkout_id"])
     assert final["state"] == "PAID"
@@ -116,9 +116,13 @@ async def test_ten_concurrent_checkouts_give_one_checkout_and_one_charge(
     responses = await asyncio.gather(
         *(pipeline.api.post(f"/orders/{order['order_id']}/checkout") for _ in range(10))
     )
-    assert {r.status_code for r in responses} == {202}
-    assert len({r.json()["checkout_id"] for r in responses}) == 1
-    final = await pipeline.final(responses[0].json()["checkout_id"])
+    # The charge is commanded by the checkout's own commit, so the checkout may be PAID
+    # before the last of the ten is answered: that one is 409, as for any paid order.
+    accepted = [r for r in responses if r.status_code == 202]
+    assert accepted, [r.status_code for r in responses]
+    assert {r.status_code for r in responses} <= {202, 409}
+    assert len({r.json()["checkout_id"] for r in accepted}) == 1
+    final = await pipeline.final(accepted[0].json()["checkout_id"])
     assert final["state"] == "PAID"
     assert len(await pipeline.effects("/mock/payments", order["order_id"])) == 1
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from decimal import Decimal
 
 import aio_pika
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts import CheckoutRequested, OrderPaid
+from contracts import ChargePayment, OrderPaid
 from infra.db.migrate import libpq_url
 from infra.db.models import OutboxMessage
 from infra.db.session import UnitOfWork
@@ -96,8 +96,12 @@ async def test_an_unroutable_message_is_an_error_and_stays_in_the_outbox(
     async with uow() as session:
         row = add_to_outbox(
             session,
-            CheckoutRequested(
-                checkout_id=uuid.uuid4(), order_id=uuid.uuid4(), requested_at=datetime.now(UTC)
+            ChargePayment(
+                checkout_id=uuid.uuid4(),
+                order_id=uuid.uuid4(),
+                payment_id=uuid.uuid4(),
+                amount=Decimal("1.00"),
+                currency="EUR",
             ),
             correlation_id=uuid.uuid4(),
         )

@@ -28,8 +28,6 @@ from typer.testing import CliRunner, Result
 from checkout_api.app import create_app
 from checkout_api.testing import running
 from infra.auth.keys import Role
-from infra.cli import trace as trace_cli
-from infra.cli.trace import trace
 from infra.db.migrate import libpq_url
 from infra.db.models import (
     Checkout,
@@ -43,13 +41,10 @@ from infra.db.models import (
     ProductionSubmission,
 )
 from infra.db.session import UnitOfWork
-from infra.dlq.operations import replay_recorded
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import Topology
 from infra.settings import Settings
-from infra.timeline.query import trace as load_trace
 from infra.timeline.record import (
     Event,
     add_event,
@@ -58,7 +53,12 @@ from infra.timeline.record import (
     record_published,
     write_events,
 )
-from infra.timeline.render import trace_json
+from operations.cli import trace as trace_cli
+from operations.cli.trace import trace
+from operations.dlq.operations import replay_recorded
+from operations.dlq.selection import Selection
+from operations.timeline.query import trace as load_trace
+from operations.timeline.render import trace_json
 from tests.support.amqp import depth
 
 pytestmark = pytest.mark.integration
@@ -468,7 +468,7 @@ async def test_an_unknown_id_fails_with_one_line(settings: Settings) -> None:
     missing = uuid.uuid4()
     result = await cli(str(missing), "--no-broker")
     assert result.exit_code == 1
-    assert result.stderr == f"error: no order or checkout has the id {missing}\n"
+    assert result.stderr == f"error: no order, checkout or cancellation has the id {missing}\n"
     assert result.stdout == ""
 
 

@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from infra.db.session import UnitOfWork
-from infra.dlq.operations import replay_recorded
-from infra.dlq.selection import Selection
 from infra.messaging.topology import Topology
-from infra.timeline.merge import Trace
-from infra.timeline.query import trace as load_trace
-from infra.timeline.render import trace_json
+from operations.dlq.operations import replay_recorded
+from operations.dlq.selection import Selection
+from operations.timeline.merge import Trace
+from operations.timeline.query import trace as load_trace
+from operations.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 

@@ -10,7 +10,6 @@ import httpx
 import pytest
 import structlog
 import structlog.testing
-from prometheus_client import REGISTRY
 
 from consumers.main import build_worker
 from contracts import OrderPaid
@@ -21,6 +20,7 @@ from infra.messaging.outbox import add_to_outbox
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
+from infra.metrics import registry_for
 from infra.settings import Settings
 from tests.support.polling import eventually
 from tests.support.seed import paid_order
@@ -61,6 +61,12 @@ async def test_a_consumer_serves_health_and_counts_done_and_duplicate(
             ready = await client.get("/health/ready")
             assert ready.status_code == 200, ready.text
             assert ready.json()["checks"] == {"broker": "ok", "database": "ok"}
+            # Each process exports what it measures: the relay's outbox gauges are not
+            # the invoice consumer's to report (nor are service calls: it makes none).
+            exported = (await client.get("/metrics")).text
+            assert "checkout_outbox_pending_rows" not in exported
+            assert "checkout_service_calls_total" not in exported
+            assert "checkout_consumer_messages_total" in exported
 
             async def metrics() -> str:
                 return (await client.get("/metrics")).text
@@ -108,22 +114,25 @@ async def test_the_relay_counts_what_it_publishes(
 ) -> None:
     event = await _paid_order(uow)
     labels = {"exchange": "orders", "routing_key": "order.paid"}
-    before = REGISTRY.get_sample_value("checkout_messages_published_total", labels) or 0.0
-    lag_before = REGISTRY.get_sample_value("checkout_relay_lag_seconds_count") or 0.0
-    async with uow() as session:
-        add_to_outbox(session, event, correlation_id=event.checkout_id)
-        await session.commit()
+    relay_metrics = registry_for("relay")  # what the relay serves at /metrics
     publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
     relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
     try:
+        # Rows earlier tests of the run left unpublished go first: only ours is counted.
+        await relay.drain()
+        before = relay_metrics.get_sample_value("checkout_messages_published_total", labels) or 0
+        lag_before = relay_metrics.get_sample_value("checkout_relay_lag_seconds_count") or 0.0
+        async with uow() as session:
+            add_to_outbox(session, event, correlation_id=event.checkout_id)
+            await session.commit()
         moved = await relay.drain()
     finally:
         await relay.close()
         await publisher.close()
-    assert moved >= 1
-    after = REGISTRY.get_sample_value("checkout_messages_published_total", labels) or 0.0
-    assert after - before == moved
-    assert (REGISTRY.get_sample_value("checkout_relay_lag_seconds_count") or 0.0) > lag_before
+    assert moved == 1
+    after = relay_metrics.get_sample_value("checkout_messages_published_total", labels) or 0.0
+    assert after - before == 1
+    assert (relay_metrics.get_sample_value("checkout_relay_lag_seconds_count") or 0.0) > lag_before
 
 
 async def test_stopping_a_worker_is_not_reported_as_a_lost_connection(settings: Settings) -> None:

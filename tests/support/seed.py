@@ -13,8 +13,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from contracts import CheckoutRequested, Customer, OrderPaid
-from infra.db.models import Checkout, Order, Payment
+from sqlalchemy import select
+
+from checkout_api.usecases.checkout_order import checkout_order
+from contracts import ChargePayment, Customer, OrderPaid
+from infra.db.models import Checkout, Order, OutboxMessage, Payment
 from infra.db.session import UnitOfWork
 
 
@@ -98,11 +101,13 @@ def order_paid_event(**changes: object) -> OrderPaid:
     return OrderPaid.model_validate({**fields, **changes})
 
 
-async def started_checkout(uow: UnitOfWork) -> CheckoutRequested:
-    """Write a PENDING order and its checkout just STARTED, as the API leaves them; return
-    the CheckoutRequested the outbox would carry to the saga."""
+async def pending_checkout(
+    uow: UnitOfWork, amount: Decimal = Decimal("12.50"), *, payment_deadline: float = 120.0
+) -> ChargePayment:
+    """A PENDING order checked out by the API's own use case: its checkout PAYMENT_PENDING,
+    its payment PENDING; return the ChargePayment its outbox row carries."""
     now = datetime.now(UTC)
-    order_id, checkout_id = uuid.uuid4(), uuid.uuid4()
+    order_id = uuid.uuid4()
     async with uow() as session:
         session.add(
             _order(
@@ -110,15 +115,20 @@ async def started_checkout(uow: UnitOfWork) -> CheckoutRequested:
                 "PENDING",
                 now,
                 order_name="Seeded poster",
-                amount=Decimal("12.50"),
+                amount=amount,
                 currency="EUR",
                 customer_email="seeded@example.com",
                 customer_name="Seeded",
             )
         )
-        await session.flush()
-        session.add(
-            Checkout(checkout_id=checkout_id, order_id=order_id, state="STARTED", **_times(now))
-        )
         await session.commit()
-    return CheckoutRequested(checkout_id=checkout_id, order_id=order_id, requested_at=now)
+    outcome = await checkout_order(uow, order_id, payment_deadline=payment_deadline)
+    async with uow() as session:
+        body = await session.scalar(
+            select(OutboxMessage.body).where(
+                OutboxMessage.correlation_id == outcome.checkout_id,
+                OutboxMessage.message_type == ChargePayment.message_type,
+            )
+        )
+    assert body is not None, "the checkout wrote no ChargePayment"
+    return ChargePayment.model_validate_json(body)

@@ -68,7 +68,7 @@ def compose() -> dict[str, dict[str, object]]:
 def every_declared_name(namespace: str) -> list[str]:
     """Every exchange and queue `declare_topology` declares (with the default delays)."""
     topology = Topology(namespace, (1000, 4000, 12000, 30000))
-    names = [topology.orders_exchange, topology.internal_exchange, topology.journal_queue]
+    names = [topology.orders_exchange, topology.internal_exchange, topology.event_log]
     for queue in topology.queues.values():
         names += [queue.name, queue.dlq]
         names += [queue.wait_queue(n) for n in range(1, queue.max_attempts)]
@@ -213,7 +213,7 @@ def test_a_consumer_publishes_only_through_the_default_exchange_and_reads_only_i
     assert not allowed(user, "write", INTERNAL)
     assert allowed(user, "write", DEFAULT)  # retry and dead-letter copies
     assert allowed(user, "read", f"{NS}.{part}")
-    others = [q for q in ("saga", "payment", *CONSUMER_PARTS) if q != part]
+    others = [q for q in ("payment", *CONSUMER_PARTS) if q != part]
     for queue in others:
         assert not allowed(user, "read", f"{NS}.{queue}")
     assert not allowed(user, "read", f"{NS}.{part}.dlq")  # the operator's
@@ -224,11 +224,11 @@ def test_relay_saga_api_and_operator() -> None:
     assert allowed(u["relay"], "write", ORDERS)
     assert allowed(u["relay"], "write", INTERNAL)
     assert not allowed(u["relay"], "write", DEFAULT)
-    assert not allowed(u["relay"], "read", f"{NS}.saga")
-    assert allowed(u["saga"], "write", INTERNAL)
+    assert not allowed(u["relay"], "read", f"{NS}.payment")
     assert allowed(u["saga"], "write", DEFAULT)
-    assert not allowed(u["saga"], "write", ORDERS)  # its events go through the outbox
-    assert allowed(u["saga"], "read", f"{NS}.saga")
+    # Its events and commands go through the outbox; its outcomes into the database.
+    assert not allowed(u["saga"], "write", ORDERS)
+    assert not allowed(u["saga"], "write", INTERNAL)
     assert allowed(u["saga"], "read", f"{NS}.payment")
     assert not allowed(u["saga"], "read", f"{NS}.email")
     for name in [DEFAULT, *every_declared_name(NS)]:
@@ -236,7 +236,7 @@ def test_relay_saga_api_and_operator() -> None:
             assert not allowed(u["api"], access, name)
         assert not allowed(u["operator"], "configure", name)
     operator = u["operator"]
-    for queue in ("saga", "payment", *CONSUMER_PARTS):
+    for queue in ("payment", *CONSUMER_PARTS):
         assert allowed(operator, "read", f"{NS}.{queue}.dlq")
         assert not allowed(operator, "read", f"{NS}.{queue}")
     assert allowed(operator, "write", DEFAULT)

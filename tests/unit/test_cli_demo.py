@@ -34,6 +34,7 @@ class FakeApi:
         self.stuck = stuck
         self.orders: dict[str, dict[str, Any]] = {}
         self.checkouts: dict[str, dict[str, Any]] = {}
+        self.cancellations: dict[str, dict[str, Any]] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
@@ -63,6 +64,37 @@ class FakeApi:
             return httpx.Response(200, json=self.checkouts[m[1]])
         if method == "GET" and (m := re.fullmatch(r"/orders/([^/]+)", path)):
             return httpx.Response(200, json=self.orders[m[1]])
+        if method == "POST" and (m := re.fullmatch(r"/orders/([^/]+)/cancel", path)):
+            assert json.loads(request.content)["reason"]
+            cancellation: dict[str, Any] = {
+                "cancellation_id": str(uuid.uuid4()),
+                "order_id": m[1],
+                "state": "CANCELLING_PRODUCTION",
+                "refund": None,
+                "rejection_reason": None,
+                "steps": [{"name": "cancel", "status": "REQUESTED", "at": "t", "detail": None}],
+            }
+            self.cancellations[cancellation["cancellation_id"]] = cancellation
+            return httpx.Response(202, json=cancellation)
+        if method == "GET" and (m := re.fullmatch(r"/cancellations/([^/]+)", path)):
+            cancellation = self.cancellations[m[1]]
+            order = self.orders[cancellation["order_id"]]
+            if order["amount"].endswith(".06"):
+                cancellation.update(state="REJECTED", rejection_reason="already_in_production")
+            else:
+                cancellation.update(
+                    state="CANCELLED",
+                    refund={"refund_id": "r", "status": "SUCCEEDED", "amount": order["amount"]},
+                )
+                order["status"] = "CANCELLED"
+            step = {"name": "cancel", "status": cancellation["state"], "at": "t", "detail": None}
+            cancellation["steps"] = [*cancellation["steps"], step]
+            return httpx.Response(200, json=cancellation)
+        if (method, path) == ("GET", "/mock/production/orders"):
+            paid = [o for o in self.orders.values() if o["status"] == "PAID"]
+            return httpx.Response(
+                200, json=[{"request": {"order_id": o["order_id"]}} for o in paid]
+            )
         return httpx.Response(404, json={"title": "Not Found", "status": 404})
 
     def _advance(self, checkout: dict[str, Any]) -> None:
@@ -112,9 +144,18 @@ def test_on_a_pipe_prints_one_json_document(capsys: pytest.CaptureFixture[str]) 
 
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert [r["amount"] for r in report] == ["49.00", "25.01", "30.02", "12.50"]
-    assert [r["state"] for r in report] == ["PAID", "FAILED", "PAID", "PAID"]
-    assert [r["order_status"] for r in report] == ["PAID", "FAILED", "PAID", "PAID"]
+    assert [r["amount"] for r in report] == ["49.00", "25.01", "30.02", "12.50", "35.00", "40.06"]
+    assert [r["state"] for r in report] == ["PAID", "FAILED", "PAID", "PAID", "PAID", "PAID"]
+    assert [r["order_status"] for r in report] == [
+        "PAID",
+        "FAILED",
+        "PAID",
+        "PAID",
+        "CANCELLED",
+        "PAID",
+    ]
+    assert [r["cancellation_state"] for r in report] == [None] * 4 + ["CANCELLED", "REJECTED"]
+    assert report[4]["refund"]["status"] == "SUCCEEDED"
     for row in report:
         assert set(row) == {
             "order_id",
@@ -124,9 +165,12 @@ def test_on_a_pipe_prints_one_json_document(capsys: pytest.CaptureFixture[str]) 
             "state",
             "order_status",
             "steps",
+            "cancellation_id",
+            "cancellation_state",
+            "refund",
         }
         assert row["order_name"].startswith("demo ")
-        assert row["steps"][-1]["status"] == row["state"]
+        assert row["steps"][-1]["status"] == (row["cancellation_state"] or row["state"])
 
 
 def test_a_stuck_checkout_fails_and_says_where_to_look(
@@ -157,9 +201,10 @@ async def test_progress_is_reported_until_every_checkout_is_final() -> None:
         )
 
     assert all(t.done for t in tracked)
-    assert views[0] == [None, None, None, None]
-    assert "PAYMENT_PENDING" in views[-2]
-    assert views[-1] == ["PAID", "FAILED", "PAID", "PAID"]
+    assert views[0] == [None] * 6
+    assert any("PAYMENT_PENDING" in view for view in views)
+    assert views[-1] == ["PAID", "FAILED", "PAID", "PAID", "PAID", "PAID"]
+    assert [t.cancellation_state for t in tracked][4:] == ["CANCELLED", "REJECTED"]
 
 
 def test_the_table_shows_every_order() -> None:
@@ -198,7 +243,7 @@ def test_it_sends_the_development_key_from_its_file(
     code = main(settings, transport=httpx.MockTransport(FakeApi()))
 
     assert code == 0
-    assert len(json.loads(capsys.readouterr().out)) == 4
+    assert len(json.loads(capsys.readouterr().out)) == 6
 
 
 def test_a_refused_key_is_one_line_saying_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:

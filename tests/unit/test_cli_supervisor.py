@@ -15,6 +15,7 @@ from infra.cli.supervisor import (
     Part,
     Supervisor,
     child_environment,
+    health_ports,
     local_url,
     system_parts,
 )
@@ -108,3 +109,35 @@ def test_local_url_replaces_the_any_address() -> None:
 def test_part_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         Supervisor([Part("a", ["true"]), Part("a", ["true"])], JsonSink())
+
+
+def test_workers_get_distinct_free_health_ports_by_default() -> None:
+    settings = load_settings(health_port=None)
+
+    first, second = health_ports(settings), health_ports(settings)
+
+    assert set(first) == {"relay", "saga", "invoice", "email", "production"}
+    assert len(set(first.values())) == len(first)  # no two parts of one system share one
+    assert all(port > 0 for port in first.values())
+    # Two systems on one machine each get ports free at their start.
+    assert set(first.values()) != set(second.values())
+
+
+def test_a_health_port_setting_is_the_first_of_consecutive_ports() -> None:
+    ports = health_ports(load_settings(health_port=9100))
+
+    assert ports == {
+        "relay": 9100,
+        "saga": 9101,
+        "invoice": 9102,
+        "email": 9103,
+        "production": 9104,
+    }
+
+
+def test_each_worker_part_is_started_with_its_own_health_port() -> None:
+    parts = {p.name: p for p in system_parts(health_ports={"relay": 4001, "email": 4002})}
+
+    assert parts["relay"].env == {"CHECKOUT_HEALTH_PORT": "4001"}
+    assert parts["email"].env == {"CHECKOUT_HEALTH_PORT": "4002"}
+    assert parts["api"].env == {}

@@ -56,7 +56,13 @@ def test_asyncapi_describes_each_public_event_on_the_orders_exchange() -> None:
     document = load("asyncapi.json")
     assert document["asyncapi"] == "3.0.0"
     channels = {c["address"]: c for c in document["channels"].values()}
-    assert set(channels) == {"order.paid", "order.payment_failed"}
+    assert set(channels) == {
+        "order.paid",
+        "order.payment_failed",
+        "order.cancelled",
+        "order.cancellation_rejected",
+        "order.payment_refunded",
+    }
     messages = document["components"]["messages"]
     schemas = document["components"]["schemas"]
     for event in PUBLIC_EVENTS:
@@ -83,7 +89,9 @@ def test_asyncapi_describes_each_public_event_on_the_orders_exchange() -> None:
         body = event_json_schema(event)
         assert schemas[event.message_type]["properties"].keys() == body["properties"].keys()
         assert schemas[event.message_type]["required"] == body["required"]
-    assert schemas["OrderPaid"]["properties"]["amount"] == {"title": "Amount", "type": "string"}
+    amount = schemas["OrderPaid"]["properties"]["amount"]
+    assert amount["type"] == "string"
+    assert amount["pattern"] == r"^[0-9]{1,10}\.[0-9]{2}$"
     assert "{namespace}.orders" in document["info"]["description"]
 
 

@@ -10,7 +10,10 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
-from infra.cli.dlq import (
+from infra.messaging import failures
+from infra.messaging.topology import Topology
+from infra.settings import load_settings
+from operations.cli.dlq import (
     current_actor,
     depth_table,
     dlq_app,
@@ -18,12 +21,9 @@ from infra.cli.dlq import (
     letters_table,
     shorten,
 )
-from infra.dlq.audit import AuditRecord
-from infra.dlq.inspect import Peek, QueueDepth
-from infra.dlq.letters import DeadLetter
-from infra.messaging import failures
-from infra.messaging.topology import Topology
-from infra.settings import load_settings
+from operations.dlq.audit import AuditRecord
+from operations.dlq.inspect import Peek, QueueDepth
+from operations.dlq.letters import DeadLetter
 
 runner = CliRunner()
 

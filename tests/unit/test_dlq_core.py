@@ -8,15 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from infra.dlq.errors import UnknownQueue
-from infra.dlq.letters import DeadLetter, jsonable
-from infra.dlq.outcome import Outcome
-from infra.dlq.pacing import Pacer
-from infra.dlq.queues import resolve
-from infra.dlq.replay import REPLAY_COUNT, REPLAYED_AT, replay_headers
-from infra.dlq.selection import Selection
 from infra.messaging import failures
 from infra.messaging.topology import Topology
+from operations.dlq.errors import UnknownQueue
+from operations.dlq.letters import DeadLetter, jsonable
+from operations.dlq.outcome import Outcome
+from operations.dlq.pacing import Pacer
+from operations.dlq.queues import resolve
+from operations.dlq.replay import REPLAY_COUNT, REPLAYED_AT, replay_headers
+from operations.dlq.selection import Selection
 
 TOPOLOGY = Topology("ns", (100, 200))
 NOW = datetime(2026, 11, 22, 10, 0, 1, tzinfo=UTC)
@@ -31,7 +31,7 @@ def test_an_unknown_queue_lists_the_known_ones() -> None:
     with pytest.raises(UnknownQueue) as info:
         resolve(TOPOLOGY, "billing")
 
-    for key in ("saga", "payment", "invoice", "email", "production"):
+    for key in ("payment", "invoice", "email", "production"):
         assert f"ns.{key}" in str(info.value)
     assert "billing" in str(info.value)
 

@@ -290,7 +290,9 @@ async def test_reset_clears_every_record_and_switches_outages_off(
     reset = await mocks.post("/mock/reset")
 
     assert reset.status_code == 200
-    assert reset.json() == {"reset": ["payments", "emails", "production"]}
+    assert reset.json() == {
+        "reset": ["payments", "refunds", "emails", "production", "production_cancellations"]
+    }
     for service in (PAYMENTS, EMAILS, PRODUCTION):
         assert await _entries(mocks, service) == []
         response = await mocks.post(service.path, json=service.valid())

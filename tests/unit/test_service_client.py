@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from infra.http import ServiceClient, build_breakers
+from infra.http import ServiceClient, ServiceRefused, build_breakers
 from infra.messaging.failures import PermanentFailure, TransientFailure
 from infra.settings import load_settings
 from infra.tracing import tracer
@@ -150,6 +150,22 @@ async def test_other_client_errors_are_permanent_and_not_retried(
     with pytest.raises(PermanentFailure, match=str(status)):
         await client.post("/p", {}, idempotency_key="k")
     assert len(script.requests) == 1
+
+
+async def test_a_refusal_carries_its_status_and_body(service: Factory) -> None:
+    client, _ = await service(409, attempts=3)
+    with pytest.raises(ServiceRefused) as refused:
+        await client.post("/p", {}, idempotency_key="k")
+    assert (refused.value.status, refused.value.body) == (409, {"status": "ok"})
+    assert refused.value.reason is None  # the body has no `reason`
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [({"reason": "cancelled"}, "cancelled"), ({"reason": 1}, None), ("<html>", None), (None, None)],
+)
+def test_a_refusals_reason_is_its_bodys_reason_string(body: object, reason: str | None) -> None:
+    assert ServiceRefused("production service answered 409", 409, body).reason == reason
 
 
 async def test_the_breaker_opens_and_stops_calling_a_service_that_is_down(

@@ -1,44 +1,66 @@
-"""The saga's rules, exhaustively: every state against every message."""
+"""The saga's rules, exhaustively: every state against every input."""
 
 from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
 
 import pytest
 
-from contracts import CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from checkout_api.usecases.checkout_order import first_transition
+from saga.inputs import (
+    CheckoutRequested,
+    DeadlineReached,
+    PaymentDeclined,
+    PaymentNotFound,
+    PaymentSucceeded,
+    PaymentUnanswered,
+    SagaInput,
+)
 from saga.state_machine import (
+    PAYMENT_DEADLINE,
+    CancelDeadline,
     CheckoutState,
     CompletePayment,
+    Effect,
     FailPayment,
+    ReconcilePayment,
+    RefundLateCharge,
     RequestPayment,
-    SagaInput,
+    SetDeadline,
     decide,
+    reconcile_backoff,
 )
 
-NOW = datetime.now(UTC)
-CHECKOUT, ORDER, PAYMENT = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-REQUESTED = CheckoutRequested(checkout_id=CHECKOUT, order_id=ORDER, requested_at=NOW)
-SUCCEEDED = PaymentSucceeded(
-    checkout_id=CHECKOUT, payment_id=PAYMENT, provider_payment_id="p-1", succeeded_at=NOW
-)
-DECLINED = PaymentDeclined(
-    checkout_id=CHECKOUT, payment_id=PAYMENT, reason="card_declined", declined_at=NOW
-)
-MESSAGES: list[SagaInput] = [REQUESTED, SUCCEEDED, DECLINED]
+CHECKOUT = uuid.uuid4()
+REQUESTED = CheckoutRequested(checkout_id=CHECKOUT)
+SUCCEEDED = PaymentSucceeded(checkout_id=CHECKOUT, provider_payment_id="p-1")
+DECLINED = PaymentDeclined(checkout_id=CHECKOUT, reason="card_declined")
+DUE = DeadlineReached(checkout_id=CHECKOUT, kind=PAYMENT_DEADLINE)
+NOT_FOUND = PaymentNotFound(checkout_id=CHECKOUT)
+UNANSWERED = PaymentUnanswered(checkout_id=CHECKOUT, error="payments service answered 503")
+MESSAGES: list[SagaInput] = [REQUESTED, SUCCEEDED, DECLINED, DUE, NOT_FOUND, UNANSWERED]
+STOP = CancelDeadline(PAYMENT_DEADLINE)
 
-EXPECTED = {
-    (CheckoutState.STARTED, "CheckoutRequested"): (CheckoutState.PAYMENT_PENDING, RequestPayment()),
-    (CheckoutState.PAYMENT_PENDING, "PaymentSucceeded"): (
-        CheckoutState.PAID,
-        CompletePayment("p-1"),
+P, S = CheckoutState.PAYMENT_PENDING, CheckoutState
+# (state, input) -> (new state, effects, step name); every pair not listed is ignored.
+EXPECTED: dict[tuple[CheckoutState, str], tuple[CheckoutState, tuple[Effect, ...], str]] = {
+    (S.STARTED, "CheckoutRequested"): (
+        P,
+        (RequestPayment(), SetDeadline(PAYMENT_DEADLINE)),
+        "payment.requested",
     ),
-    (CheckoutState.PAYMENT_PENDING, "PaymentDeclined"): (
-        CheckoutState.FAILED,
-        FailPayment("card_declined"),
+    (P, "PaymentSucceeded"): (S.PAID, (CompletePayment("p-1"), STOP), "payment.succeeded"),
+    (P, "PaymentDeclined"): (S.FAILED, (FailPayment("card_declined"), STOP), "payment.declined"),
+    (P, "PaymentNotFound"): (S.FAILED, (FailPayment("payment_timeout"), STOP), "payment.timed_out"),
+    (P, "DeadlineReached"): (
+        P,
+        (ReconcilePayment(), SetDeadline(PAYMENT_DEADLINE, reconcile_backoff(1))),
+        "deadline.fired",
     ),
+    (P, "PaymentUnanswered"): (P, (), "payment.reconciliation"),
+    (S.FAILED, "PaymentSucceeded"): (S.FAILED, (RefundLateCharge("p-1"),), "payment.late_success"),
 }
 
 
@@ -47,24 +69,31 @@ EXPECTED = {
     list(itertools.product(CheckoutState, MESSAGES)),
     ids=lambda v: getattr(v, "message_type", str(v)),
 )
-def test_every_state_and_message(state: CheckoutState, message: SagaInput) -> None:
+def test_every_state_and_input(state: CheckoutState, message: SagaInput) -> None:
     transition = decide(state, message)
     expected = EXPECTED.get((state, message.message_type))
     if expected is None:
         assert transition.state is state
         assert transition.effects == ()
-        assert transition.step.name.endswith(".ignored")
+        assert transition.step.name == f"{message.message_type}.ignored"
         assert not transition.changed
     else:
-        assert (transition.state, transition.effects) == (expected[0], (expected[1],))
-        assert transition.changed
+        assert (transition.state, transition.effects, transition.step.name) == expected
+        assert transition.step.status == transition.state
 
 
-def test_final_states_accept_nothing() -> None:
+def test_final_states_never_change() -> None:
     for state in (CheckoutState.PAID, CheckoutState.FAILED):
         assert state.is_final
         for message in MESSAGES:
             assert decide(state, message).state is state
+
+
+def test_every_way_out_of_payment_pending_cancels_the_deadline() -> None:
+    for message in MESSAGES:
+        transition = decide(CheckoutState.PAYMENT_PENDING, message)
+        if transition.state.is_final:
+            assert STOP in transition.effects, message
 
 
 def test_decline_records_its_reason() -> None:
@@ -73,16 +102,64 @@ def test_decline_records_its_reason() -> None:
     assert transition.step.detail == "card_declined"
 
 
-def test_a_duplicate_reply_after_paid_is_ignored_not_reapplied() -> None:
-    paid = decide(CheckoutState.PAYMENT_PENDING, SUCCEEDED).state
-    again = decide(paid, SUCCEEDED)
+def test_no_charge_found_fails_with_payment_timeout() -> None:
+    transition = decide(CheckoutState.PAYMENT_PENDING, NOT_FOUND)
+    assert transition.failure_reason == "payment_timeout"
+
+
+def test_an_outcome_found_by_reconciliation_says_so() -> None:
+    found = replace(SUCCEEDED, reconciled=True)
+    detail = decide(CheckoutState.PAYMENT_PENDING, found).step.detail
+    assert detail == "provider payment p-1 (found by reconciliation)"
+    declined = replace(DECLINED, reconciled=True)
+    assert decide(CheckoutState.PAYMENT_PENDING, declined).failure_reason == "card_declined"
+
+
+def test_an_unanswered_reconciliation_keeps_waiting_and_says_why() -> None:
+    transition = decide(CheckoutState.PAYMENT_PENDING, UNANSWERED)
+    assert transition.state is CheckoutState.PAYMENT_PENDING
+    assert "payments service answered 503" in (transition.step.detail or "")
+
+
+def test_each_firing_waits_longer_up_to_the_cap() -> None:
+    waits = [
+        decide(CheckoutState.PAYMENT_PENDING, replace(DUE, fired=n)).effects[1] for n in range(12)
+    ]
+    afters = [w.after for w in waits if isinstance(w, SetDeadline)]
+    assert afters[:4] == [5.0, 10.0, 20.0, 40.0]
+    assert afters == sorted(afters)
+    assert max(a for a in afters if a is not None) == 300.0
+
+
+def test_a_deadline_of_another_kind_is_ignored() -> None:
+    other = replace(DUE, kind="cancellation")
+    assert decide(CheckoutState.PAYMENT_PENDING, other).effects == ()
+
+
+def test_a_late_success_after_paid_is_a_duplicate_not_a_refund() -> None:
+    again = decide(CheckoutState.PAID, SUCCEEDED)
     assert again.state is CheckoutState.PAID
     assert again.effects == ()
 
 
+def test_a_late_success_after_failed_is_refunded_and_the_checkout_stays_failed() -> None:
+    late = decide(CheckoutState.FAILED, SUCCEEDED)
+    assert late.state is CheckoutState.FAILED
+    assert late.effects == (RefundLateCharge("p-1"),)
+    assert late.failure_reason is None  # the checkout's own reason is kept by the shell
+
+
 def test_retried_outcomes_say_how_many_attempts_they_took() -> None:
-    retried = SUCCEEDED.model_copy(update={"attempts": 3})
+    retried = replace(SUCCEEDED, attempts=3)
     assert decide(CheckoutState.PAYMENT_PENDING, retried).step.detail == (
         "provider payment p-1 after 3 attempts"
     )
     assert decide(CheckoutState.PAYMENT_PENDING, SUCCEEDED).step.detail == "provider payment p-1"
+
+
+def test_the_api_applies_the_first_transition_as_the_state_machine_decides_it() -> None:
+    transition = first_transition(CHECKOUT)
+    assert transition == decide(CheckoutState.STARTED, REQUESTED)
+    assert transition.state is CheckoutState.PAYMENT_PENDING
+    assert (transition.step.name, transition.step.detail) == ("payment.requested", "charge sent")
+    assert transition.effects == (RequestPayment(), SetDeadline(PAYMENT_DEADLINE))

@@ -22,7 +22,6 @@ What must hold for every sequence:
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,22 +34,32 @@ from hypothesis.stateful import (
     rule,
 )
 
-from contracts import CheckoutRequested, PaymentDeclined, PaymentSucceeded
+from saga.inputs import (
+    CheckoutRequested,
+    DeadlineReached,
+    PaymentDeclined,
+    PaymentNotFound,
+    PaymentSucceeded,
+    PaymentUnanswered,
+    SagaInput,
+)
 from saga.state_machine import (
+    PAYMENT_DEADLINE,
+    CancelDeadline,
     CheckoutState,
     CompletePayment,
     Effect,
     FailPayment,
+    RefundLateCharge,
     RequestPayment,
-    SagaInput,
+    SetDeadline,
     Transition,
     decide,
 )
 
 BOUNDED = settings(max_examples=200, deadline=None, database=None)
 
-CHECKOUT, ORDER, PAYMENT = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-AT = datetime(2026, 5, 4, 10, 15, tzinfo=UTC)
+CHECKOUT = uuid.uuid4()
 
 FINAL = {CheckoutState.PAID, CheckoutState.FAILED}
 # Every move the state may make (besides staying where it is).
@@ -59,41 +68,47 @@ LEGAL_MOVES = {
     (CheckoutState.PAYMENT_PENDING, CheckoutState.PAID),
     (CheckoutState.PAYMENT_PENDING, CheckoutState.FAILED),
 }
-# The only (state, message type) pairs that do something.
+# The only (state, input type) pairs that do something.
 APPLIES = {
     (CheckoutState.STARTED, "CheckoutRequested"),
     (CheckoutState.PAYMENT_PENDING, "PaymentSucceeded"),
     (CheckoutState.PAYMENT_PENDING, "PaymentDeclined"),
+    (CheckoutState.PAYMENT_PENDING, "PaymentNotFound"),
+    (CheckoutState.PAYMENT_PENDING, "DeadlineReached"),
+    (CheckoutState.FAILED, "PaymentSucceeded"),  # a late success: refunded
 }
+# Pairs that change nothing but are recorded as what they are (not as ignored).
+RECORDED = {(CheckoutState.PAYMENT_PENDING, "PaymentUnanswered")}
 
 # ---- messages -----------------------------------------------------------------------
 
 text = st.text(min_size=1, max_size=40)
 attempts = st.integers(min_value=1, max_value=10)
 
-requested = st.builds(
-    CheckoutRequested,
-    checkout_id=st.just(CHECKOUT),
-    order_id=st.just(ORDER),
-    requested_at=st.just(AT),
-)
+requested = st.builds(CheckoutRequested, checkout_id=st.just(CHECKOUT))
 succeeded = st.builds(
     PaymentSucceeded,
     checkout_id=st.just(CHECKOUT),
-    payment_id=st.just(PAYMENT),
     provider_payment_id=text,
-    succeeded_at=st.just(AT),
     attempts=attempts,
 )
 declined = st.builds(
     PaymentDeclined,
     checkout_id=st.just(CHECKOUT),
-    payment_id=st.just(PAYMENT),
     reason=text,
-    declined_at=st.just(AT),
     attempts=attempts,
 )
-messages: st.SearchStrategy[SagaInput] = st.one_of(requested, succeeded, declined)
+due = st.builds(
+    DeadlineReached,
+    checkout_id=st.just(CHECKOUT),
+    kind=st.just(PAYMENT_DEADLINE),
+    fired=st.integers(min_value=0, max_value=20),
+)
+not_found = st.builds(PaymentNotFound, checkout_id=st.just(CHECKOUT))
+unanswered = st.builds(PaymentUnanswered, checkout_id=st.just(CHECKOUT), error=text)
+messages: st.SearchStrategy[SagaInput] = st.one_of(
+    requested, succeeded, declined, due, not_found, unanswered
+)
 states = st.sampled_from(CheckoutState)
 
 
@@ -140,9 +155,9 @@ class Saga:
         before = self.state
         transition = decide(before, delivery.body)
         check_transition(before, delivery.body, transition)
-        delivery.changed = transition.changed
+        delivery.changed = transition.state is not before  # it moved the checkout on
         self.effects.extend(transition.effects)
-        if transition.changed:
+        if transition.state != before:
             self.state = transition.state
             self.failure_reason = transition.failure_reason
         self.history.append(self.state)
@@ -165,6 +180,15 @@ class Saga:
         }[self.state]
         assert (charges, completed, failed) == expected, (self.state, self.effects)
         assert (self.failure_reason is not None) == (self.state is CheckoutState.FAILED)
+        # A refund only ever follows a failure; the deadline is set by the request and
+        # cancelled by the settlement, and never outlives it.
+        if self.count(RefundLateCharge):
+            assert self.state is CheckoutState.FAILED
+        if self.state.is_final:
+            assert self.count(CancelDeadline) == 1, self.effects
+        if self.state is CheckoutState.PAYMENT_PENDING:
+            assert self.count(SetDeadline) >= 1
+            assert not self.count(CancelDeadline)
         for before, after in zip(self.history, self.history[1:], strict=False):
             assert before == after or (before, after) in LEGAL_MOVES, self.history
             if before in FINAL:
@@ -177,9 +201,13 @@ def check_transition(state: CheckoutState, message: SagaInput, transition: Trans
     assert transition.changed == bool(transition.effects)
     if (state, message.message_type) in APPLIES:
         assert transition.changed
-        assert (state, transition.state) in LEGAL_MOVES
+        assert transition.state is state or (state, transition.state) in LEGAL_MOVES
         assert transition.step.status == transition.state
-        assert len(transition.effects) == 1
+        return
+    if (state, message.message_type) in RECORDED:
+        assert transition.state is state
+        assert not transition.changed
+        assert not transition.step.name.endswith(".ignored")
         return
     # The module's way of reporting a message that does not fit: nothing changes,
     # and the step says so (the shell writes it to the checkout's history).
@@ -208,7 +236,9 @@ def test_every_state_and_message_has_a_lawful_answer(
 def test_final_states_never_change(state: CheckoutState, message: SagaInput) -> None:
     transition = decide(state, message)
     assert transition.state is state
-    assert transition.effects == ()
+    # Nothing happens after the end, but for a late success's refund.
+    assert all(isinstance(e, RefundLateCharge) for e in transition.effects)
+    assert state is CheckoutState.FAILED or transition.effects == ()
 
 
 @BOUNDED
@@ -216,18 +246,25 @@ def test_final_states_never_change(state: CheckoutState, message: SagaInput) -> 
 def test_applying_the_same_message_twice_is_the_same_as_once(
     state: CheckoutState, message: SagaInput
 ) -> None:
-    """decide is idempotent on its own: the second copy finds a state it does not fit."""
+    """An input that moved the state is idempotent on its own: the second copy finds a
+    state it does not fit. One that leaves the state where it is (a deadline, which
+    fires again later by design; a late success) is kept from repeating by the shell:
+    the inbox, and the deadline's row fired in the transaction that re-sets it."""
     first = decide(state, message)
     again = decide(first.state, message)
     assert again.state is first.state
-    assert again.effects == ()
+    if first.state is not state:
+        assert again.effects == ()
 
 
 @BOUNDED
 @given(succeeded)
 def test_payment_succeeded_carries_the_provider_reference(message: PaymentSucceeded) -> None:
     transition = decide(CheckoutState.PAYMENT_PENDING, message)
-    assert transition.effects == (CompletePayment(message.provider_payment_id),)
+    assert transition.effects == (
+        CompletePayment(message.provider_payment_id),
+        CancelDeadline(PAYMENT_DEADLINE),
+    )
     assert message.provider_payment_id in (transition.step.detail or "")
     assert (f"after {message.attempts} attempts" in (transition.step.detail or "")) == (
         message.attempts > 1
@@ -238,7 +275,7 @@ def test_payment_succeeded_carries_the_provider_reference(message: PaymentSuccee
 @given(declined)
 def test_payment_declined_records_its_reason(message: PaymentDeclined) -> None:
     transition = decide(CheckoutState.PAYMENT_PENDING, message)
-    assert transition.effects == (FailPayment(message.reason),)
+    assert transition.effects == (FailPayment(message.reason), CancelDeadline(PAYMENT_DEADLINE))
     assert transition.failure_reason == message.reason
 
 
@@ -265,7 +302,7 @@ def test_replaying_a_message_that_changed_the_state_is_a_no_op(
     applied: list[Delivered] = []
     for delivery in history:
         transition = saga.deliver(delivery)
-        if transition is not None and transition.changed:
+        if transition is not None and delivery.changed:
             applied.append(delivery)
     if not applied:
         return
@@ -284,8 +321,9 @@ def test_replaying_a_message_that_changed_the_state_is_a_no_op(
 def test_the_outcome_is_decided_by_the_first_reply_after_the_request(
     history: list[Delivered],
 ) -> None:
-    """Out-of-order and conflicting replies: the first reply that arrives while the
-    payment is pending settles it; every other one is ignored."""
+    """Out-of-order and conflicting outcomes: the first outcome that arrives while the
+    payment is pending settles it; every other one is ignored (a deadline or an
+    unanswered reconciliation settles nothing)."""
     saga = Saga()
     seen: set[uuid.UUID] = set()
     requested_yet = False
@@ -295,7 +333,11 @@ def test_the_outcome_is_decided_by_the_first_reply_after_the_request(
             seen.add(delivery.message_id)
             if isinstance(delivery.body, CheckoutRequested):
                 requested_yet = True
-            elif requested_yet and deciding is None:
+            elif (
+                requested_yet
+                and deciding is None
+                and isinstance(delivery.body, PaymentSucceeded | PaymentDeclined | PaymentNotFound)
+            ):
                 deciding = delivery.body
         saga.deliver(delivery)
     if deciding is None:

@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
-from infra.timeline.merge import (
+from infra.timeline.record import Event, event, published_events
+from operations.timeline.merge import (
     AuditRow,
     BrokerScan,
     CheckoutRow,
@@ -26,11 +27,8 @@ from infra.timeline.merge import (
     build,
     format_ms,
     order_entries,
-    payment_reply_id,
 )
-from infra.timeline.record import Event, event, published_events
-from infra.timeline.render import print_trace, trace_json
-from saga.payment_step import reply_id
+from operations.timeline.render import print_trace, trace_json
 
 T0 = datetime(2026, 11, 22, 9, 0, 0, tzinfo=UTC)
 ORDER_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -367,16 +365,15 @@ def test_a_letter_is_noted_on_the_consumers_event_for_the_same_failure() -> None
 
 def test_a_letter_found_by_message_id_alone_counts_too() -> None:
     sources = paid_sources()
-    reply = payment_reply_id(CHARGE_ID)
     sources.broker = BrokerScan(
         read=True,
         letters=[
             LetterRow(
-                "checkout.saga",
-                "checkout.saga.dlq",
-                str(reply),
+                "checkout.payment",
+                "checkout.payment.dlq",
+                str(CHARGE_ID),
                 None,
-                "PaymentSucceeded",
+                "ChargePayment",
                 1,
                 at(260),
                 at(260),
@@ -387,14 +384,11 @@ def test_a_letter_found_by_message_id_alone_counts_too() -> None:
         ],
     )
     trace = build(sources)
-    assert [x.message_id for x in trace.dead_letters] == [str(reply)]
+    assert [x.message_id for x in trace.dead_letters] == [str(CHARGE_ID)]
     assert any(
-        e.source == "saga" and e.kind == "message.dead_lettered" for e in trace.checkouts[0].entries
+        e.source == "payment" and e.kind == "message.dead_lettered"
+        for e in trace.checkouts[0].entries
     )
-
-
-def test_the_payment_reply_id_matches_the_payment_step() -> None:
-    assert payment_reply_id(CHARGE_ID) == reply_id(CHARGE_ID)
 
 
 def test_pending_outbox_rows_show_their_age() -> None:
@@ -437,6 +431,7 @@ def test_json_shape() -> None:
         "generated_at",
         "order",
         "checkouts",
+        "cancellations",
         "dead_letters",
         "pending_outbox",
         "dead_letter_queues",
@@ -556,3 +551,53 @@ def test_event_parses_string_ids_and_clips_the_detail() -> None:
     assert len(made.detail) == 2000
     with pytest.raises(ValueError, match="not a UUID"):
         event(checkout_id="nope", source="email", kind="x")
+
+
+def test_deadlines_set_fired_and_cancelled_and_each_reconciliation_are_in_the_timeline() -> None:
+    sources = paid_sources()
+    sources.checkouts = [dataclasses.replace(checkout("FAILED"), failure_reason="payment_timeout")]
+    sources.steps = [
+        StepRow(CHECKOUT_ID, "checkout.requested", "STARTED", at(0), None),
+        StepRow(CHECKOUT_ID, "payment.requested", "PAYMENT_PENDING", at(0), "charge sent"),
+        StepRow(CHECKOUT_ID, "deadline.fired", "PAYMENT_PENDING", at(2000), "payment deadline"),
+        StepRow(
+            CHECKOUT_ID, "payment.reconciliation", "PAYMENT_PENDING", at(2050), "no answer (503)"
+        ),
+        StepRow(CHECKOUT_ID, "deadline.fired", "PAYMENT_PENDING", at(7000), "payment deadline"),
+        StepRow(CHECKOUT_ID, "payment.timed_out", "FAILED", at(7050), "no charge"),
+    ]
+    sources.events = [
+        Event(CHECKOUT_ID, "api", "deadline.set", at(0), detail="payment deadline due at T"),
+        Event(CHECKOUT_ID, "saga", "deadline.set", at(2000), detail="payment deadline due at U"),
+        Event(CHECKOUT_ID, "saga", "deadline.cancelled", at(7050), detail="payment deadline"),
+    ]
+    [one] = build(sources).checkouts
+    lines = [e.what for e in one.entries]
+    assert lines.count("deadline set") == 2
+    assert "deadline cancelled" in lines
+    assert lines.count("deadline.fired: → PAYMENT_PENDING") == 2
+    assert "payment.reconciliation: → PAYMENT_PENDING" in lines
+    assert "payment.timed_out: PAYMENT_PENDING → FAILED" in lines
+
+
+def test_a_backfill_of_the_checkouts_event_is_on_its_timeline() -> None:
+    sources = paid_sources()
+    sources.audit = [
+        AuditRow(
+            9,
+            at(9000),
+            "ada",
+            "backfill",
+            "billing.order-paid",
+            "checkout.orders.log",
+            [str(PAID_ID)],
+            "billing joined late",
+            "completed",
+        )
+    ]
+    [one] = build(sources).checkouts
+    [copy] = [e for e in one.entries if e.kind == "message.backfilled"]
+    assert copy.what == "OrderPaid backfilled from checkout.orders.log to billing.order-paid by ada"
+    assert copy.source == "events"
+    assert copy.detail is not None
+    assert "reason: billing joined late" in copy.detail

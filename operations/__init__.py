@@ -1,0 +1,1 @@
+"""What operators use: dead letters, the timeline, stuck work, the event log, the console."""

@@ -1,0 +1,1 @@
+"""The operators' `checkout` commands (`dlq`, `trace`); infra.cli.main registers them."""

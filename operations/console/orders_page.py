@@ -1,0 +1,106 @@
+"""Order search (by name, order id or checkout id) and an order's page with its timeline."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from checkout_api.usecases.errors import OrderNotFound
+from checkout_api.usecases.queries import get_order, search_orders
+from infra.db.session import UnitOfWork
+from operations.console.guard import signed_in
+from operations.console.sessions import Session
+from operations.console.timeline_view import draw
+from operations.console.web import PREFIX, context, page
+from operations.timeline.query import trace
+
+PAGE_SIZE = 50
+_CHECKOUT_ORDER = "SELECT order_id FROM checkouts WHERE checkout_id = %s"
+_HAS_TABLE = "SELECT to_regclass(%s) IS NOT NULL"
+# Tables of the cancellation saga; read only where they exist.
+_RELATED = {
+    "cancellations": "SELECT * FROM cancellations WHERE order_id = %s ORDER BY created_at",
+    "refunds": "SELECT * FROM refunds WHERE order_id = %s ORDER BY created_at",
+}
+
+
+@signed_in
+async def search(request: Request, session: Session) -> Response:
+    ctx = context(request)
+    query = request.query_params.get("q", "").strip()[:200]
+    try:
+        wanted = uuid.UUID(query)
+    except ValueError:
+        wanted = None
+    if wanted is not None:
+        order_id = await _order_of(ctx.uow, wanted)
+        if order_id is not None:
+            return RedirectResponse(f"{PREFIX}/orders/{order_id}", status_code=303)
+        return page(request, "orders.html", session, {"q": query, "orders": [], "by_id": True})
+    found = await search_orders(ctx.uow, name=query or None, limit=PAGE_SIZE, after=None)
+    return page(request, "orders.html", session, {"q": query, "orders": found.items})
+
+
+async def _order_of(uow: UnitOfWork, wanted: uuid.UUID) -> uuid.UUID | None:
+    """`wanted` if it is an order's id, else the order of the checkout with that id."""
+    try:
+        await get_order(uow, wanted)
+        return wanted
+    except OrderNotFound:
+        pass
+    async with uow.reads() as conn:
+        row = await (await conn.execute(_CHECKOUT_ORDER, (wanted,))).fetchone()
+    return None if row is None else uuid.UUID(str(row[0]))
+
+
+@signed_in
+async def order_page(request: Request, session: Session) -> Response:
+    ctx = context(request)
+    try:
+        order_id = uuid.UUID(request.path_params["order_id"])
+        order = await get_order(ctx.uow, order_id)
+    except (ValueError, OrderNotFound):
+        return page(request, "not_found.html", session, {"what": "order"}, status=404)
+    connection = ctx.broker.connection
+    async with ctx.uow() as db:
+        conn = await db.connection()
+        found = await trace(
+            conn,
+            order_id,
+            rabbit=connection,
+            topology=ctx.topology if connection is not None else None,
+            broker_error=None if connection is not None else "RabbitMQ is not connected",
+        )
+    related = await _related(ctx.uow, order_id)
+    return page(
+        request,
+        "order.html",
+        session,
+        {
+            "order": order,
+            "trace": found,
+            "drawn": [draw(c) for c in found.checkouts] if found else [],
+            **related,
+        },
+    )
+
+
+async def _related(
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+) -> dict[str, list[dict[str, Any]] | None]:
+    """The order's cancellations and refunds, as rows; None where the table does not exist."""
+    out: dict[str, list[dict[str, Any]] | None] = {}
+    async with uow.reads() as conn:
+        for table, statement in _RELATED.items():
+            exists = await (await conn.execute(_HAS_TABLE, (table,))).fetchone()
+            if not exists or not exists[0]:
+                out[table] = None
+                continue
+            cursor = await conn.execute(statement, (order_id,))
+            names = [d.name for d in cursor.description or []]
+            out[table] = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+    return out

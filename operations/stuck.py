@@ -1,0 +1,341 @@
+"""Stuck work, found for you: what is not final for too long, what it waits for, the repair.
+
+`find_stuck` reads the database: every checkout (and, where the table exists, every
+cancellation) not final for longer than a threshold, with what it waits for:
+
+- a deadline, and when it fires (the saga reconciles it then; nothing to do but keep
+  a saga running);
+- an outbox row not published, and for how long (the relay is down or failing);
+- the Payment Service, when its last reconciliation got no answer;
+- a message parked in a dead-letter queue (`attach_dead_letters` reads the queues
+  without consuming: `operations.timeline.query.scan_dead_letters`), with the replay that
+  repairs it.
+
+`count_stuck` is the cheap part alone (one statement), for the gauge `checkout_stuck`
+by kind and state, which the saga process refreshes (`run_stuck_gauge`) and the CLI
+sets as it reports; an alert on `max(checkout_stuck) > 0` is in the README.
+
+Only the process that holds a circuit breaker knows whether it is open. `open_breakers`
+asks the saga process's own metrics endpoint (`checkout_circuit_breaker_open`, the
+health port) when it can reach it; otherwise what the breaker left behind still shows:
+a dead letter's or a reconciliation's last error ("circuit breaker is open", "answered
+503").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractConnection
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from infra.messaging.topology import Topology
+from infra.metrics import STUCK
+from operations.timeline.query import scan_dead_letters
+
+log = structlog.get_logger()
+
+DEFAULT_OLDER_THAN = timedelta(minutes=5)
+GAUGE_INTERVAL = 30.0
+KINDS_STATES = {
+    "checkout": ("STARTED", "PAYMENT_PENDING"),
+    "cancellation": ("REQUESTED", "WAITING_FOR_CHECKOUT", "CANCELLING_PRODUCTION", "REFUNDING"),
+}
+
+_CHECKOUTS = text(
+    "SELECT 'checkout', checkout_id, order_id, state, created_at FROM checkouts"
+    " WHERE state IN ('STARTED', 'PAYMENT_PENDING') AND created_at < :before"
+    " ORDER BY created_at"
+)
+_CANCELLATIONS = text(
+    "SELECT 'cancellation', cancellation_id, order_id, state, created_at FROM cancellations"
+    " WHERE state NOT IN ('CANCELLED', 'REJECTED') AND created_at < :before"
+    " ORDER BY created_at"
+)
+_CANCELLATION_CHECKOUTS = text(
+    "SELECT cancellation_id, checkout_id FROM cancellations WHERE cancellation_id = ANY(:ids)"
+)
+_HAS_CANCELLATIONS = text("SELECT to_regclass('cancellations') IS NOT NULL")
+_DEADLINES = text(
+    "SELECT saga_id, kind, due_at, attempts FROM deadlines WHERE saga_id = ANY(:ids)"
+    " ORDER BY due_at"
+)
+_OUTBOX = text(
+    "SELECT correlation_id, message_type, message_id, created_at FROM outbox"
+    " WHERE correlation_id = ANY(:ids) ORDER BY id"
+)
+_LAST_STEPS = text(
+    "SELECT DISTINCT ON (checkout_id) checkout_id, name, detail, at FROM checkout_steps"
+    " WHERE checkout_id = ANY(:ids) ORDER BY checkout_id, id DESC"
+)
+_COUNT = (
+    "SELECT 'checkout', state, count(*) FROM checkouts"
+    " WHERE state IN ('STARTED', 'PAYMENT_PENDING') AND created_at < :before GROUP BY 2"
+)
+_COUNT_CANCELLATIONS = (
+    " UNION ALL SELECT 'cancellation', state, count(*) FROM cancellations"
+    " WHERE state NOT IN ('CANCELLED', 'REJECTED') AND created_at < :before GROUP BY 2"
+)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One thing a stuck saga waits for, and the command that repairs it (None: nothing
+    to do but let the system run)."""
+
+    what: str  # deadline | outbox | service | dead_letter | checkout | unknown
+    detail: str
+    repair: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"what": self.what, "detail": self.detail, "repair": self.repair}
+
+
+@dataclass
+class Stuck:
+    """A checkout or cancellation not final for longer than the threshold."""
+
+    kind: str  # checkout | cancellation
+    id: uuid.UUID
+    order_id: uuid.UUID
+    state: str
+    since: datetime
+    age: timedelta
+    waiting: list[Waiting] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": str(self.id),
+            "order_id": str(self.order_id),
+            "state": self.state,
+            "since": self.since.isoformat(),
+            "age_seconds": round(self.age.total_seconds(), 1),
+            "waiting_for": [w.as_json() for w in self.waiting],
+            "trace": f"checkout trace {self.order_id}",
+        }
+
+
+@dataclass
+class Report:
+    """What `checkout stuck` found."""
+
+    checked_at: datetime
+    older_than: timedelta
+    stuck: list[Stuck]
+    dead_letters_read: bool = False
+    broker_error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "checked_at": self.checked_at.isoformat(),
+            "older_than_seconds": self.older_than.total_seconds(),
+            "dead_letter_queues_read": self.dead_letters_read,
+            "broker_error": self.broker_error,
+            "stuck": [s.as_json() for s in self.stuck],
+        }
+
+
+async def find_stuck(conn: AsyncConnection, now: datetime, older_than: timedelta) -> list[Stuck]:
+    """Every checkout and cancellation not final since before `now - older_than`, with
+    what the database says it waits for (dead letters: `attach_dead_letters`)."""
+    before = now - older_than
+    rows = list((await conn.execute(_CHECKOUTS, {"before": before})).all())
+    if (await conn.execute(_HAS_CANCELLATIONS)).scalar_one():
+        rows += list((await conn.execute(_CANCELLATIONS, {"before": before})).all())
+    found = [Stuck(kind, sid, oid, state, at, now - at) for kind, sid, oid, state, at in rows]
+    if not found:
+        return []
+    ids = [s.id for s in found]
+    deadlines: dict[uuid.UUID, list[Any]] = {}
+    for saga_id, kind, due_at, attempts in await conn.execute(_DEADLINES, {"ids": ids}):
+        deadlines.setdefault(saga_id, []).append((kind, due_at, attempts))
+    outbox: dict[uuid.UUID, list[Any]] = {}
+    for correlation_id, message_type, message_id, created in await conn.execute(
+        _OUTBOX, {"ids": ids}
+    ):
+        outbox.setdefault(correlation_id, []).append((message_type, message_id, created))
+    last = {row[0]: row[1:] for row in await conn.execute(_LAST_STEPS, {"ids": ids})}
+    waits_on: dict[uuid.UUID, uuid.UUID] = {}
+    cancellations = [s.id for s in found if s.kind == "cancellation"]
+    if cancellations:
+        rows2 = await conn.execute(_CANCELLATION_CHECKOUTS, {"ids": cancellations})
+        waits_on = {c: k for c, k in rows2.all() if k is not None}
+    for item in found:
+        for kind, due_at, attempts in deadlines.get(item.id, []):
+            when = "overdue" if due_at <= now else f"in {_duration(due_at - now)}"
+            fired = f", fired {attempts} time{'s' if attempts != 1 else ''}" if attempts else ""
+            item.waiting.append(
+                Waiting(
+                    "deadline",
+                    f"{kind} deadline at {due_at.isoformat(timespec='seconds')} ({when}{fired})",
+                    None if due_at > now else "checkout saga   # a saga instance fires it",
+                )
+            )
+        for message_type, message_id, created in outbox.get(item.id, []):
+            item.waiting.append(
+                Waiting(
+                    "outbox",
+                    f"{message_type} {message_id} unpublished for {_duration(now - created)}",
+                    "checkout relay   # publishes the outbox (is a relay running?)",
+                )
+            )
+        step = last.get(item.id)
+        if step is not None and step[0] == "payment.reconciliation":
+            item.waiting.append(
+                Waiting(
+                    "service",
+                    f"Payment Service, last asked at {step[2].isoformat(timespec='seconds')}: "
+                    f"{step[1]}",
+                    None,
+                )
+            )
+        if item.id in waits_on and item.state == "WAITING_FOR_CHECKOUT":
+            item.waiting.append(Waiting("checkout", f"checkout {waits_on[item.id]} to end", None))
+    return found
+
+
+async def attach_dead_letters(
+    found: Sequence[Stuck], rabbit: AbstractConnection, topology: Topology
+) -> None:
+    """Add the messages of `found` parked in a dead-letter queue (read, not consumed)."""
+    if not found:
+        return
+    scan = await scan_dead_letters(rabbit, topology, [s.id for s in found])
+    by_id = {str(s.id): s for s in found}
+    for letter in scan.letters:
+        item = by_id.get(str(letter.correlation_id))
+        if item is None:
+            continue
+        short = letter.queue.rsplit(".", 1)[-1]
+        reason = f"'stuck: {item.kind} {item.id}'"
+        item.waiting.append(
+            Waiting(
+                "dead_letter",
+                f"{letter.message_type} {letter.message_id} in {letter.dlq}"
+                f" after {letter.attempts} attempt(s): {letter.error}",
+                f"checkout dlq replay {short} --message-id {letter.message_id}"
+                f" --reason {shlex.quote(reason)}",
+            )
+        )
+
+
+# Which stuck state waits on which service's breaker (the metric's `service` label).
+BREAKER_WAITERS = {
+    "payment": {("checkout", "PAYMENT_PENDING")},
+    "refunds": {("cancellation", "REFUNDING")},
+    "production": {("cancellation", "CANCELLING_PRODUCTION")},
+}
+
+
+def breakers_open(metrics_text: str) -> set[str]:
+    """The services whose breaker is open, from a process's Prometheus text."""
+    open_: set[str] = set()
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "checkout_circuit_breaker_open":
+            continue
+        for sample in family.samples:
+            if sample.value >= 1:
+                open_.add(sample.labels.get("service", "?"))
+    return open_
+
+
+BREAKER_TIMEOUT = 2.0
+
+
+async def open_breakers(metrics_url: str) -> set[str] | None:
+    """The services whose breaker the process at `metrics_url` has open (None: it did
+    not answer, so nothing is known)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=BREAKER_TIMEOUT)) as session,
+            session.get(metrics_url) as response,
+        ):
+            if response.status != 200:
+                return None
+            return breakers_open(await response.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def attach_breakers(found: Sequence[Stuck], open_: set[str], where: str) -> None:
+    """Add an open breaker to every stuck item whose state waits on that service."""
+    for service in sorted(open_):
+        for item in found:
+            if (item.kind, item.state) in BREAKER_WAITERS.get(service, set()):
+                item.waiting.append(
+                    Waiting(
+                        "service",
+                        f"{service} circuit breaker open in the saga process ({where}): the "
+                        "service has been failing; calls resume after its pause",
+                        None,
+                    )
+                )
+
+
+def finish(found: Sequence[Stuck]) -> None:
+    """Give every item with nothing found to wait for a line that says so."""
+    for item in found:
+        if not item.waiting:
+            item.waiting.append(
+                Waiting(
+                    "unknown",
+                    "nothing scheduled: no deadline, no unpublished or parked message",
+                    f"checkout trace {item.order_id}   # see its last hop",
+                )
+            )
+
+
+async def count_stuck(
+    conn: AsyncConnection, now: datetime, older_than: timedelta
+) -> dict[tuple[str, str], int]:
+    """How many are stuck, by kind and state (one statement)."""
+    sql = _COUNT
+    if (await conn.execute(_HAS_CANCELLATIONS)).scalar_one():
+        sql += _COUNT_CANCELLATIONS
+    rows = await conn.execute(text(sql), {"before": now - older_than})
+    return {(kind, state): int(n) for kind, state, n in rows.all()}
+
+
+def set_gauge(counts: dict[tuple[str, str], int]) -> None:
+    """`checkout_stuck{kind,state}`, every known pair (0 when none is stuck)."""
+    for kind, states in KINDS_STATES.items():
+        for state in states:
+            STUCK.labels(kind, state).set(counts.get((kind, state), 0))
+
+
+async def run_stuck_gauge(
+    engine: AsyncEngine,
+    older_than: timedelta = DEFAULT_OLDER_THAN,
+    interval: float = GAUGE_INTERVAL,
+) -> None:
+    """Refresh the gauge every `interval` seconds until cancelled (the saga process)."""
+    while True:
+        try:
+            async with engine.connect() as conn:
+                now = (await conn.execute(text("SELECT now()"))).scalar_one()
+                set_gauge(await count_stuck(conn, now, older_than))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not count stuck work", error=repr(exc))
+        await asyncio.sleep(interval)
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
