@@ -9,13 +9,15 @@
    leads the quorum queues (a queue's leader is placed on the declaring client's
    node), while the parts connect to node 1: the three roles are three nodes.
 2. Three phases, each under a steady load of checkouts (the fault suite's workload:
-   declined cards, concurrent pairs and repeated keys among them): a node is SIGKILLed
+   declined cards, concurrent pairs and repeated keys among them, and a fifth of the
+   orders cancelled within two seconds of their checkout): a node is SIGKILLed
    a third of the way in, started again later, and the load runs on past its return.
    The nodes: a follower (no leaders, no connections), the node the parts are
    connected to, and the node that leads the queues, each chosen by looking.
 3. Once everything settles, the fault suite's checker over the whole run: every
-   checkout PAID or FAILED, one charge per paid order, one of each effect, nothing in
-   a dead-letter queue, nothing applied twice. And per kill: how long checkouts
+   checkout PAID or FAILED, every cancellation CANCELLED or REJECTED, one charge per
+   paid order and a refund for each cancelled one, one of each effect, nothing in a
+   dead-letter queue, nothing applied twice. And per kill: how long checkouts
    stalled (the longest stretch in which no checkout finished, and the slowest
    checkout started in the 5 s after the kill), next to the node's downtime.
 4. Last, RabbitMQ 3.10's stuck-nacking channel provoked for real on the cluster
@@ -56,13 +58,9 @@ from tests.faults.checker import Facts, FaultEvent, Report, check
 from tests.faults.collect import gather_facts, wait_quiet
 from tests.faults.system import RETRY_DELAYS, WORKERS, FaultSystem, destroy_system, start_system
 
-CHECKS_THAT_MATTER = (
-    "checkouts final",
-    "one charge per paid order",
-    "one of each effect per paid order",
-    "dead letters = poison; replay once",
-    "no duplicate applied",
-)
+# The fault suite's proof that its injected faults bit (a redelivery, a suppressed
+# duplicate): a node's death need not cause either, so the drill does not require it.
+NOT_REQUIRED = "faults bit"
 
 
 class DrillWorkload(Workload):
@@ -273,11 +271,9 @@ async def drill(args: argparse.Namespace) -> Report:
             "phase_s": seconds,
             "total_s": round(time.monotonic() - began, 1),
         }
-        # "Faults bit" (a redelivery, a suppressed duplicate) is the fault suite's proof
-        # that its faults bit; a node's death need not cause either. Its figures stay
-        # among the numbers (retries, suppressed).
+        # Retries and suppressed duplicates stay among the numbers.
         full = check(facts, title="CLUSTER DRILL")
-        kept = tuple(c for c in full.checks if c.name in CHECKS_THAT_MATTER)
+        kept = tuple(c for c in full.checks if c.name != NOT_REQUIRED)
         report = Report(full.seed, kept, full.numbers, full.title)
         text = "\n".join([report.text(), *phase_lines(phases)])
         if args.nack_probe:  # after the checker: it costs the system its quorum a while
@@ -300,7 +296,7 @@ async def drill(args: argparse.Namespace) -> Report:
 
 def passed(report: Report) -> bool:
     """The drill's verdict: nothing lost, nothing doubled."""
-    return report.ok and {c.name for c in report.checks} == set(CHECKS_THAT_MATTER)
+    return report.ok and len(report.checks) >= 5
 
 
 def main(argv: list[str] | None = None) -> int:
