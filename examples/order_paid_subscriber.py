@@ -12,6 +12,12 @@ queue ``<queue>.parked`` that receives what it cannot read (an unknown
 ``x-schema-version``, another type, an invalid body, a failed handler). Each event
 is printed as one JSON line on stdout; diagnostics go to stderr. Ctrl-C stops it.
 
+Joining late: start it first (so that new events reach its queue live), then ask the
+checkout team for a backfill into its queue (``checkout events backfill --to-queue
+<queue> --since 7d --type OrderPaid --reason ...``). The copies carry the original
+``message_id``, so ``SeenIds`` drops the ones that also came live: each event is
+handled once (docs/downstream.md, "Joining late").
+
 `subscribe(config, handle, stop=...)` is the core, importable by a test.
 """
 

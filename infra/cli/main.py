@@ -23,6 +23,7 @@ from infra.cli.apikey import apikey_app
 from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.settings import Settings
 from operations.cli.dlq import dlq_app
+from operations.cli.events import events_app
 from operations.cli.trace import trace
 from operations.stuck_cli import stuck
 
@@ -215,5 +216,6 @@ def contracts(
 # Sub-apps, one line each (with their import at the top):
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(events_app, name="events")
 app.command()(trace)
 app.command()(stuck)

@@ -314,11 +314,15 @@ class IdempotencyKey(Base):
 
 
 class DlqAuditEntry(Base):
-    """One operator action on a dead-letter queue (`dlq replay|purge`): who, when, what, why."""
+    """One operator action on a queue: who, when, what, why.
+
+    `dlq replay|purge` (queue: the consumed queue, dlq: its dead-letter queue) and
+    `events backfill` (queue: the queue copied into, dlq: the event log read from).
+    """
 
     __tablename__ = "dlq_audit"
     __table_args__ = (
-        CheckConstraint("action IN ('replay', 'purge')", name="dlq_audit_action"),
+        CheckConstraint("action IN ('replay', 'purge', 'backfill')", name="dlq_audit_action"),
         CheckConstraint(
             "outcome IN ('completed', 'interrupted', 'incomplete')", name="dlq_audit_outcome"
         ),
@@ -337,6 +341,8 @@ class DlqAuditEntry(Base):
     missing: Mapped[list[str]] = mapped_column(JSONB)  # asked for by id, not in the queue
     reason: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
+    # A backfill's range and offsets (`operations.events.record`); None for the others.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class CheckoutEvent(Base):

@@ -24,8 +24,9 @@ invoice,   each consumes ``{ns}.<name>``; retry and dead-letter copies through t
 email,     default exchange
 production
 operator   ``checkout dlq ...`` and ``checkout trace``: reads the ``.dlq`` queues
-           (``basic.get``, unacked), replays through the default exchange; may read
-           the journal
+           (``basic.get``, unacked), replays through the default exchange; reads
+           the event log (``checkout events list|backfill``, which copies through the
+           default exchange)
 setup      declares the whole topology on a fresh broker (``checkout up``, compose's
            ``broker-setup``): configure on everything, plus what creating the queues
            with a dead-letter exchange and binding them requires
@@ -140,9 +141,9 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
     topology = Topology(namespace, ())
     keys = list(topology.queues)  # payment, invoice, email, production
     exchanges = ["orders", "internal"]
-    journal = r"orders\.journal"
-    everything = [*exchanges, journal, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]
-    bound_queues = [journal, *keys]  # the queues `declare_topology` binds
+    event_log = r"orders\.log"
+    everything = [*exchanges, event_log, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]
+    bound_queues = [event_log, *keys]  # the queues `declare_topology` binds
     # Queues declared with a dead-letter exchange: creating one needs read on it.
     with_dlx = [_group(keys) + r"(\.wait\.[0-9]+)?"]
     dlqs = [_group(keys) + r"\.dlq"]
@@ -212,11 +213,12 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
             Permissions(
                 configure=NOTHING,
                 write=_pattern(namespace, [], default_exchange=True),
-                read=_pattern(namespace, [*dlqs, journal]),
+                read=_pattern(namespace, [*dlqs, event_log]),
             ),
             ("management",),
             "checkout dlq list/show/replay/purge and checkout trace: reads the .dlq queues "
-            "(basic.get, unacked), replays through amq.default, may read the journal; the "
+            "(basic.get, unacked), replays through amq.default; checkout events "
+            "list/backfill: reads the event log, backfills through amq.default; the "
             "management tag lets it use the UI with these same rights.",
         ),
         BrokerUser(

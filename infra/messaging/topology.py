@@ -3,7 +3,7 @@
 ```
 {ns}.orders    (topic)  public events   order.paid ──▶ {ns}.invoice, {ns}.email, {ns}.production
                                          order.cancelled ──▶ {ns}.invoice, {ns}.email
-                                         order.#    ──▶ {ns}.orders.journal (keeps events routable)
+                                         order.#    ──▶ {ns}.orders.log (the event log, a stream)
 {ns}.internal  (topic)  saga commands   payment.charge, payment.reconcile ──▶ {ns}.payment
                                          payment.refund    ──▶ {ns}.refund
                                          production.cancel ──▶ {ns}.production-cancel
@@ -20,9 +20,11 @@ Every consumed queue Q is a quorum queue with
   (it is never acked, so it is redelivered); after that many deliveries RabbitMQ
   dead-letters it to ``Q.dlq`` itself. RabbitMQ 3.10 has no default limit.
 
-The journal queue exists so that an event nobody has subscribed to yet is still
-routable: the relay publishes with ``mandatory`` and treats a return as an error.
-It is bounded (length and age) and nothing consumes it; operators may read it.
+The event log (``infra.messaging.event_log``) keeps every public event for
+``CHECKOUT_EVENT_LOG_DAYS``, and so also keeps an event nobody has subscribed to yet
+routable: the relay publishes with ``mandatory`` and treats a return as an error. It
+replaced the bounded ``{ns}.orders.journal`` queue, which ``declare_from_settings``
+retires.
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractChannel, ExchangeType
 
 from infra.messaging.connect import connect
+from infra.messaging.event_log import declare_event_log, retire_journal
 from infra.settings import Settings
 
 DELIVERY_LIMIT = 20
-JOURNAL_MAX_LENGTH = 100_000
-JOURNAL_TTL_MS = 7 * 24 * 3600 * 1000
 DLQ_SUFFIX = ".dlq"
 
 
@@ -68,6 +69,7 @@ class Topology:
 
     namespace: str
     retry_delays_ms: tuple[int, ...]
+    event_log_days: int = 30
     queues: dict[str, ConsumedQueue] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,7 +91,7 @@ class Topology:
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
         delays = tuple(round(d * 1000) for d in settings.retry_delays)
-        return cls(settings.namespace, delays)
+        return cls(settings.namespace, delays, settings.event_log_days)
 
     @property
     def orders_exchange(self) -> str:
@@ -100,7 +102,13 @@ class Topology:
         return f"{self.namespace}.internal"
 
     @property
+    def event_log(self) -> str:
+        """The stream every public event is kept in (`infra.messaging.event_log`)."""
+        return f"{self.namespace}.orders.log"
+
+    @property
     def journal_queue(self) -> str:
+        """The bounded queue the event log replaced; retired by `declare_from_settings`."""
         return f"{self.namespace}.orders.journal"
 
     def exchange_name(self, logical: str) -> str:
@@ -123,16 +131,9 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
         name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
         for name in (topology.orders_exchange, topology.internal_exchange)
     }
-    journal = await channel.declare_queue(
-        topology.journal_queue,
-        durable=True,
-        arguments={
-            "x-max-length": JOURNAL_MAX_LENGTH,
-            "x-message-ttl": JOURNAL_TTL_MS,
-            "x-overflow": "drop-head",
-        },
+    await declare_event_log(
+        channel, exchanges[topology.orders_exchange], topology.event_log, topology.event_log_days
     )
-    await journal.bind(exchanges[topology.orders_exchange], routing_key="order.#")
 
     for queue in topology.queues.values():
         await channel.declare_queue(queue.dlq, durable=True)
@@ -162,7 +163,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
 
 async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Remove a namespace's exchanges and queues (test clean-up)."""
-    names = [topology.journal_queue]
+    names = [topology.event_log]
     for queue in topology.queues.values():
         names += [queue.name, queue.dlq]
         names += [f"{queue.name}.wait.{d}" for d in sorted(set(queue.retry_delays_ms))]
@@ -178,4 +179,5 @@ async def declare_from_settings(settings: Settings) -> Topology:
     connection = await connect(settings.rabbit_url.get_secret_value())
     async with connection:
         await declare_topology(await connection.channel(), topology)
+        await retire_journal(connection, topology.journal_queue, topology.orders_exchange)
     return topology

@@ -212,7 +212,7 @@ def history(
         typer.Option(min=1, metavar="N", help="Only the newest N.", show_default=False),
     ] = None,
 ) -> None:
-    """The audit log of replays and purges, newest first: who, when, which messages, why."""
+    """The audit log of replays, purges and backfills, newest first: who, when, what, why."""
     settings = settings_or_exit()
 
     async def main() -> list[AuditRecord]:
@@ -515,7 +515,7 @@ def history_table(records: list[AuditRecord]) -> Table:
             _when(r.at),
             Text(r.actor),
             r.action,
-            r.dlq,
+            f"{r.dlq} → {r.queue}" if r.action == "backfill" else r.dlq,  # log → queue
             str(r.messages),
             outcome,
             Text(r.reason or ""),

@@ -1,4 +1,6 @@
-"""The audit log of replays and purges (`dlq_audit`): who, when, which messages, why.
+"""The audit log of replays, purges and backfills (`dlq_audit`): who, when, which messages, why.
+
+Backfills (`checkout events backfill`) are written by `operations.events.record`.
 
 Written after the operation, in its own transaction. The operations check first that
 the log can be written (`ensure_available`), so a database that is down stops them
@@ -44,6 +46,7 @@ class AuditRecord:
     missing: list[str]
     reason: str | None
     outcome: str
+    details: dict[str, Any] | None = None  # a backfill's range and offsets
 
     @classmethod
     def of(cls, row: DlqAuditEntry) -> AuditRecord:
@@ -59,10 +62,11 @@ class AuditRecord:
             missing=list(row.missing),
             reason=row.reason,
             outcome=row.outcome,
+            details=row.details,
         )
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        shown = {
             "id": self.id,
             "at": self.at.astimezone(UTC).isoformat(),
             "actor": self.actor,
@@ -75,6 +79,9 @@ class AuditRecord:
             "reason": self.reason,
             "outcome": self.outcome,
         }
+        if self.details is not None:  # a backfill: its range and offsets
+            shown["details"] = self.details
+        return shown
 
 
 async def ensure_available(uow: UnitOfWork) -> None:

@@ -134,7 +134,7 @@ class AuditRow:
     id: int
     at: datetime
     actor: str
-    action: str  # replay | purge
+    action: str  # replay | purge | backfill
     queue: str
     dlq: str
     message_ids: Sequence[str | None]
@@ -466,13 +466,16 @@ def _audit_entries(audit: Iterable[AuditRow], mine: dict[str, str | None]) -> li
             if message_id not in mine:
                 continue
             noun = mine[message_id] or "message"
-            verb = "replayed" if row.action == "replay" else "purged"
-            target = f"to {row.queue}" if row.action == "replay" else f"from {row.dlq}"
+            verb, target, kind = {
+                "replay": ("replayed", f"to {row.queue}", MESSAGE_REPLAYED),
+                # `checkout events backfill`: a copy from the event log (`dlq` names it).
+                "backfill": ("backfilled", f"from {row.dlq} to {row.queue}", "message.backfilled"),
+            }.get(row.action, ("purged", f"from {row.dlq}", "message.purged"))
             entries.append(
                 Entry(
                     at=row.at,
-                    source="dlq",
-                    kind=MESSAGE_REPLAYED if row.action == "replay" else "message.purged",
+                    source="dlq" if row.action != "backfill" else "events",
+                    kind=kind,
                     what=f"{noun} {verb} {target} by {row.actor}",
                     detail=_join(
                         f"reason: {row.reason}" if row.reason else "no reason given",

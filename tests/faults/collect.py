@@ -354,7 +354,7 @@ async def wait_quiet(
                 busy = {
                     q: t
                     for q, t in totals.items()
-                    if not q.endswith((".dlq", ".journal")) and any(t)
+                    if not q.endswith((".dlq", ".orders.log")) and any(t)
                 }
                 if not busy:
                     return True, time.monotonic() - started, state

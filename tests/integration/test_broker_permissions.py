@@ -20,6 +20,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from consumers.main import build_worker as build_consumer
 from contracts import ChargePayment
 from infra.db.session import UnitOfWork
 from infra.messaging import failures
+from infra.messaging.event_log import retire_journal
 from infra.messaging.permissions import BrokerUser, broker_users, render_definitions
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import (
@@ -48,6 +50,10 @@ from operations.dlq.letters import DeadLetter
 from operations.dlq.purge import purge
 from operations.dlq.replay import REPLAY_COUNT, replay
 from operations.dlq.selection import Selection
+from operations.events.backfill import backfill
+from operations.events.listing import list_events
+from operations.events.reading import Patience
+from operations.events.selection import EventSelection
 from saga.main import build_worker as build_saga
 from tests.support.amqp import take
 from tests.support.polling import eventually
@@ -270,7 +276,7 @@ async def test_relay_user_publishes_to_the_orders_and_internal_exchanges(
     publisher = await Publisher.connect(broker.urls["relay"])
     try:
         await declare_topology(publisher.channel, topology)
-        # A key only the journal is bound to: published (confirmed and routed) and kept
+        # A key only the event log is bound to: published (confirmed and routed) and kept
         # there, reaching no consumer's queue.
         event = order_paid_event(
             order_name="Permission check", amount=Decimal("5.00"), currency="EUR"
@@ -342,3 +348,77 @@ async def test_api_user_connects_for_readiness_but_reads_and_publishes_nothing(
         assert_refused(error, f"queue '{email_queue}'", api)
     error = await refused(broker.urls["api"], "publish", broker.topology.orders_exchange)
     assert_refused(error, f"exchange '{broker.topology.orders_exchange}'", api)
+
+
+async def test_operator_user_lists_the_event_log_and_backfills_one_queue(
+    broker: Broker, admin: aio_pika.abc.AbstractChannel
+) -> None:
+    topology = broker.topology
+    # An event in the log (published as the relay, which may).
+    publisher = await Publisher.connect(broker.urls["relay"])
+    event = order_paid_event(order_name="Event log permission check")
+    message_id = uuid.uuid4()
+    try:
+        await publisher.publish(
+            Outgoing.of(
+                event,
+                exchange=topology.orders_exchange,
+                message_id=message_id,
+                correlation_id=event.checkout_id,
+            )
+        )
+    finally:
+        await publisher.close()
+    for name in ("invoice", "email", "production"):  # never consumed here
+        await (await admin.get_queue(topology.queues[name].name)).purge()
+    team = f"{broker.namespace}-team.{uuid.uuid4().hex[:6]}"  # another team's queue
+    await admin.declare_queue(team, durable=True)
+    connection = await aio_pika.connect(broker.urls["operator"])
+    try:
+        started = datetime.now(UTC)
+        listing = await list_events(
+            connection,
+            topology.event_log,
+            EventSelection(order_id=str(event.order_id)),
+            started=started,
+            patience=Patience(first=2.0, idle=0.5),
+        )
+        assert [e.message_id for e in listing.events] == [str(message_id)]
+        outcome = await backfill(
+            connection,
+            topology.event_log,
+            team,
+            EventSelection(since_offset=listing.events[0].offset),
+            started=datetime.now(UTC),
+            patience=Patience(first=2.0, idle=0.5),
+        )
+        assert outcome.message_ids == [str(message_id)]
+        [copy] = await take(admin, team, 1)
+        assert copy.message_id == str(message_id)
+    finally:
+        await connection.close()
+        await admin.queue_delete(team)
+
+
+async def test_setup_user_declares_past_an_old_journal_it_may_not_touch(
+    broker: Broker, admin: aio_pika.abc.AbstractChannel
+) -> None:
+    topology = broker.topology
+    journal = await admin.declare_queue(topology.journal_queue, durable=True)
+    await journal.bind(topology.orders_exchange, "order.#")
+    try:
+        # compose's broker-setup, on a broker upgraded from the journal: it still works,
+        # and says how to remove the journal (its user has no rights on it any more).
+        await compose_broker_setup(
+            {"CHECKOUT_NAMESPACE": broker.namespace, "CHECKOUT_RABBIT_URL": broker.urls["setup"]}
+        )
+        connection = await aio_pika.connect(broker.urls["setup"])
+        async with connection:
+            note = await retire_journal(
+                connection, topology.journal_queue, topology.orders_exchange
+            )
+        assert note is not None
+        assert "could not be retired" in note
+        assert f"rabbitmqctl delete_queue {topology.journal_queue}" in note
+    finally:
+        await admin.queue_delete(topology.journal_queue)

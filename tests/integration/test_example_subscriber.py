@@ -88,9 +88,7 @@ async def queue_config(
     channel = await rabbit.channel()
     for name in (config.queue_name, config.parked_queue):
         await channel.queue_delete(name)
-    system = [topology.journal_queue] + [
-        q.name for q in topology.queues.values() if q.exchange == topology.orders_exchange
-    ]
+    system = [q.name for q in topology.queues.values() if q.exchange == topology.orders_exchange]
     for name in system:
         await (await channel.get_queue(name)).purge()
     await channel.close()

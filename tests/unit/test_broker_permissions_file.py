@@ -68,7 +68,7 @@ def compose() -> dict[str, dict[str, object]]:
 def every_declared_name(namespace: str) -> list[str]:
     """Every exchange and queue `declare_topology` declares (with the default delays)."""
     topology = Topology(namespace, (1000, 4000, 12000, 30000))
-    names = [topology.orders_exchange, topology.internal_exchange, topology.journal_queue]
+    names = [topology.orders_exchange, topology.internal_exchange, topology.event_log]
     for queue in topology.queues.values():
         names += [queue.name, queue.dlq]
         names += [queue.wait_queue(n) for n in range(1, queue.max_attempts)]

@@ -578,3 +578,26 @@ def test_deadlines_set_fired_and_cancelled_and_each_reconciliation_are_in_the_ti
     assert lines.count("deadline.fired: → PAYMENT_PENDING") == 2
     assert "payment.reconciliation: → PAYMENT_PENDING" in lines
     assert "payment.timed_out: PAYMENT_PENDING → FAILED" in lines
+
+
+def test_a_backfill_of_the_checkouts_event_is_on_its_timeline() -> None:
+    sources = paid_sources()
+    sources.audit = [
+        AuditRow(
+            9,
+            at(9000),
+            "ada",
+            "backfill",
+            "billing.order-paid",
+            "checkout.orders.log",
+            [str(PAID_ID)],
+            "billing joined late",
+            "completed",
+        )
+    ]
+    [one] = build(sources).checkouts
+    [copy] = [e for e in one.entries if e.kind == "message.backfilled"]
+    assert copy.what == "OrderPaid backfilled from checkout.orders.log to billing.order-paid by ada"
+    assert copy.source == "events"
+    assert copy.detail is not None
+    assert "reason: billing joined late" in copy.detail
