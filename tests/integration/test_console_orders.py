@@ -128,7 +128,8 @@ async def _cancelled_and_refunded(engine: AsyncEngine, event: OrderPaid) -> tupl
         "INSERT INTO refunds (refund_id, payment_id, order_id, cancellation_id, amount,"
         " currency, status, provider_refund_id, reason, idempotency_key, created_at,"
         " updated_at) SELECT :r, payment_id, order_id, :c, amount, currency, 'SUCCEEDED',"
-        " 'rf_console', 'changed my mind', 'console-refund', now(), now() FROM payments WHERE order_id = :o",
+        " 'rf_console', 'changed my mind', 'console-refund', now(), now() FROM payments"
+        " WHERE order_id = :o",
         "UPDATE payments SET status = 'REFUNDED' WHERE order_id = :o",
         "UPDATE orders SET status = 'CANCELLED' WHERE order_id = :o",
     )
