@@ -372,6 +372,55 @@ async def test_a_cancelled_orders_page_shows_its_refund_and_the_cancellation(
         assert await section.locator(".hop-transition").count() >= 1
 
 
+async def test_the_event_log_lists_an_orders_events_and_backfills_a_queue(
+    browser: Browser, system: System, tmp_path: Path
+) -> None:
+    order_id = await paid_order(system, name="Logged poster")
+    queue = f"e2e-team-{uuid.uuid4().hex[:6]}"
+    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+
+        async def fill(page: Page) -> None:
+            await page.fill("#to_queue", queue)
+            await page.fill("#bf_since", "1h")
+            await page.fill("#bf_types", "OrderPaid")
+            await page.fill("#bf_reason", "billing joined late")
+
+        async with watched(browser, system, tmp_path) as w:
+            await w.sign_in(system)
+            page = w.page
+            await page.click("nav >> text=Event log")
+            assert "OrderPaid" in await page.inner_text("#events")
+            await page.fill("#since", "")
+            await page.fill("#order", order_id)
+            await page.click("#filter button")
+            mine = await page.inner_text("#events")
+            assert "OrderPaid" in mine
+            assert order_id in mine
+            await keep_screenshot(page, "console-events.png")
+            await fill(page)
+            await page.click("#backfill button >> text=Dry run")
+            would = await page.inner_text("#outcome")
+            assert f"to {queue}" in would
+            assert "would copy" in would
+            assert await depth(channel, queue) == 0
+            await page.goto(f"{system.api}/console/events")
+            await fill(page)
+            await page.click("#backfill button.primary")
+            done = await page.inner_text("#outcome")
+            copied = int(done.split("Copied ", 1)[1].split()[0])
+            assert copied >= 1
+            assert copied == int(would.split("would copy ", 1)[1].split()[0])
+            assert await depth(channel, queue) == copied
+            await page.click("nav >> text=Audit log")
+            newest = await page.inner_text("#audit tbody tr:first-child")
+            for shown in ("development", "backfill", queue, "billing joined late"):
+                assert shown in newest
+        await channel.queue_delete(queue)
+
+
 async def test_purge_one_dead_letter(browser: Browser, system: System, tmp_path: Path) -> None:
     order_id = await paid_order(
         system, name="Bounced poster", email=f"bounce-{uuid.uuid4().hex[:6]}@example.com"
