@@ -5,6 +5,7 @@ recorded in the audit log with the key's name, and every refusal."""
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from html import unescape
@@ -12,6 +13,7 @@ from html import unescape
 import aio_pika
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.app import create_app
@@ -223,3 +225,35 @@ async def test_a_backfill_posted_without_the_sessions_token_is_refused(
         data={"to_queue": team_queue, "since": "10m", "reason": "try", "csrf_token": "x"},
     )
     assert refused.status_code == 403
+
+
+async def test_without_the_broker_the_log_cannot_be_read_and_nothing_is_backfilled(
+    settings: Settings, engine: AsyncEngine, uow: UnitOfWork
+) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago, now closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = settings.model_copy(
+        update={"rabbit_url": SecretStr(f"amqp://guest:guest@127.0.0.1:{port}/")}
+    )
+    made = await create_key(engine, f"events-{uuid.uuid4().hex[:8]}", Role.operator)
+    before = len(await audit.history(uow))
+    async with running(create_app(nowhere)) as client:
+        await client.post("/console/sign-in", data={"api_key": made.token})
+        listing = await client.get("/console/events")
+        assert listing.status_code == 503
+        assert "RabbitMQ is not connected" in listing.text
+        found = CSRF.search(listing.text)
+        assert found is not None
+        backfill = await client.post(
+            "/console/events/backfill",
+            data={
+                "csrf_token": found.group(1),
+                "to_queue": "someone",
+                "since": "1h",
+                "reason": "try",
+            },
+        )
+    assert backfill.status_code == 503
+    assert "RabbitMQ is not connected" in backfill.text
+    assert len(await audit.history(uow)) == before
