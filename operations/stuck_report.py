@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 
 from aio_pika.abc import AbstractConnection
+from aio_pika.exceptions import AMQPError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -53,8 +54,13 @@ async def stuck_report(
     report = Report(now, older_than, found)
     async with broker(bool(found)) as (rabbit, error):
         if rabbit is not None:
-            await attach_dead_letters(found, rabbit, topology)
-            report.dead_letters_read = True
+            # A broker lost while its queues are read costs the report its dead
+            # letters, not the rest of what the database said.
+            try:
+                await attach_dead_letters(found, rabbit, topology)
+                report.dead_letters_read = True
+            except (AMQPError, OSError, RuntimeError) as exc:  # RuntimeError: closed
+                error = f"reading the dead-letter queues failed ({exc!r:.160})"
         report.broker_error = error
     if found and metrics_url:
         open_ = await open_breakers(metrics_url)

@@ -8,6 +8,8 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from html import unescape
 
 import aio_pika
@@ -26,6 +28,7 @@ from infra.messaging import failures
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.dlq import audit
+from operations.stuck_report import stuck_report
 from tests.support.amqp import depth
 from tests.support.seed import pending_checkout
 
@@ -208,3 +211,26 @@ async def test_without_the_broker_the_stuck_page_says_the_queues_were_not_read(
     assert page.status_code == 200
     assert "Dead-letter queues not read: RabbitMQ is not connected" in page.text
     assert f'id="stuck-{charge.checkout_id}"' in page.text
+
+
+async def test_a_broker_lost_while_the_queues_are_read_leaves_the_rest_of_the_report(
+    settings: Settings, engine: AsyncEngine, hot_uow: UnitOfWork, topology: Topology
+) -> None:
+    charge = await pending_checkout(hot_uow)
+    await _aged(engine, charge.checkout_id, 10)
+    lost = await aio_pika.connect(settings.rabbit_url.get_secret_value())
+    await lost.close()
+
+    @asynccontextmanager
+    async def opener(
+        wanted: bool,
+    ) -> AsyncIterator[tuple[aio_pika.abc.AbstractConnection | None, str | None]]:
+        yield lost, None
+
+    report = await stuck_report(engine, timedelta(minutes=5), opener, topology, None)
+
+    assert report.dead_letters_read is False
+    assert report.broker_error is not None
+    assert report.broker_error.startswith("reading the dead-letter queues failed")
+    [item] = [s for s in report.stuck if s.id == charge.checkout_id]
+    assert {w.what for w in item.waiting} >= {"deadline", "outbox"}
