@@ -48,22 +48,32 @@ class _Refusal(Exception):
     """What the operator asked cannot be done; the message says what to change."""
 
 
-def _selection(since: str, until: str, types: str, order: str, now: datetime) -> EventSelection:
+def _selection(
+    since: str, until: str, types: str, order: str, now: datetime, since_offset: str = ""
+) -> EventSelection:
     """The events asked for, as `checkout events` reads its options."""
     try:
         start = parse_time(since, now) if since else None
         end = parse_time(until, now) if until else None
     except BadTime as exc:
         raise _Refusal(str(exc)) from None
+    offset = None
+    if since_offset.strip():
+        try:
+            offset = int(since_offset)
+        except ValueError:
+            raise _Refusal("the offset to resume from is a whole number") from None
     try:
         return EventSelection(
             since=start,
             until=end,
             types=tuple(t for t in _SPLIT.split(types) if t),
             order_id=order or None,
+            since_offset=offset,
         )
     except ValueError as exc:
-        raise _Refusal(str(exc).replace("--until", "until").replace("--since", "since")) from None
+        said = str(exc).replace("--since-offset", "the offset to resume from")
+        raise _Refusal(said.replace("--until", "until").replace("--since", "since")) from None
 
 
 def _shown(event: LoggedEvent) -> dict[str, Any]:
@@ -139,7 +149,12 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
             raise _Refusal(f"the reason is longer than {MAX_REASON} characters")
         rate = _rate(form.get("rate"))
         selection = _selection(
-            form.get("since").strip(), form.get("until").strip(), form.get("types"), "", now
+            form.get("since").strip(),
+            form.get("until").strip(),
+            form.get("types"),
+            "",
+            now,
+            form.get("since_offset"),
         )
     except _Refusal as exc:
         return _problem(request, session, str(exc), status=400)
@@ -170,7 +185,8 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
             request,
             session,
             f"the backfill stopped ({exc}): {done.count} events were copied to {done.queue}"
-            f" (recorded in the audit log); the next offset to copy is {done.resume_offset}",
+            f" (recorded in the audit log); to go on, backfill again with the same range,"
+            f" until {done.window.end.isoformat()} and from offset {done.resume_offset}",
         )
     except BackfillNotRecorded as exc:
         return _problem(

@@ -172,6 +172,12 @@ async def test_a_dry_run_counts_then_a_backfill_copies_into_the_queue_and_is_aud
         r for r in await audit.history(uow) if r.action == "backfill" and r.queue == team_queue
     ]
     assert (record.actor, record.reason, record.messages) == (name, "billing joined late", count)
+    # From an offset past the log's end (a resume with nothing left): nothing to copy.
+    resumed = await client.post(
+        "/console/events/backfill", data={**form, "since_offset": "1000000000", "dry_run": "1"}
+    )
+    assert resumed.status_code == 200
+    assert "would copy 0 events" in resumed.text
     log = await client.get("/console/audit")
     assert f"→ {team_queue}" in log.text
     assert "billing joined late" in log.text
@@ -185,6 +191,8 @@ async def test_a_dry_run_counts_then_a_backfill_copies_into_the_queue_and_is_aud
         ({"since": "yesterday"}, "RFC 3339"),
         ({"rate": "0"}, "positive number"),
         ({"to_queue": ""}, "name the queue"),
+        ({"since_offset": "x"}, "whole number"),
+        ({"since_offset": "-1"}, "offset to resume from must be 0 or more"),
         ({"to_queue": "no-such-queue-{tag}"}, "does not exist"),
         ({"to_queue": "{ns}.payment.dlq"}, "take no public events"),
         ({"to_queue": "{ns}.orders.log"}, "is the event log itself"),
