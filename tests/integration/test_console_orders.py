@@ -73,6 +73,7 @@ async def test_an_orders_page_shows_its_payment_and_the_timeline_of_its_checkout
     assert str(event.payment_id) in page.text
     assert f'id="checkout-{event.checkout_id}"' in page.text
     assert 'class="timeline"' in page.text
+    assert f'href="/console/events?since=&amp;order={event.order_id}"' in page.text
     missing = await operator.get(f"/console/orders/{uuid.uuid4()}")
     assert missing.status_code == 404
     not_an_id = await operator.get("/console/orders/not-a-uuid")
