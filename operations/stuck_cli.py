@@ -10,43 +10,22 @@ usage. Register it with `app.command()(stuck)`.
 from __future__ import annotations
 
 import asyncio
-import re
+import textwrap
 from datetime import timedelta
 from typing import Annotated
 
 import sqlalchemy.exc
 import typer
 from rich.console import Console
-from rich.table import Table
-from sqlalchemy import text
+from rich.markup import escape
 
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
-from infra.cli.supervisor import known_health_ports
 from infra.db.session import create_engine
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.cli.trace import _rabbit
-from operations.stuck import (
-    DEFAULT_OLDER_THAN,
-    Report,
-    attach_breakers,
-    attach_dead_letters,
-    find_stuck,
-    finish,
-    open_breakers,
-    set_gauge,
-)
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: str) -> timedelta:
-    """`90s`, `5m`, `2h`, `1d` or plain seconds; ValueError otherwise."""
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration such as 90s, 5m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+from operations.stuck import DEFAULT_OLDER_THAN, Report, parse_duration, set_gauge
+from operations.stuck_report import saga_metrics_url, stuck_report
 
 
 def stuck(
@@ -89,57 +68,56 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
     """Find what is stuck (database, then dead-letter queues) and set the gauge."""
     engine = create_engine(settings, pool_size=1)
     try:
-        async with engine.connect() as conn:
-            now = (await conn.execute(text("SELECT now()"))).scalar_one()
-            found = await find_stuck(conn, now, older_than)
+        report = await stuck_report(
+            engine,
+            older_than,
+            lambda wanted: _rabbit(settings, wanted),
+            Topology.from_settings(settings),
+            saga_metrics_url(settings),
+        )
     finally:
         await engine.dispose()
-    report = Report(now, older_than, found)
-    async with _rabbit(settings, bool(found)) as (rabbit, error):
-        if rabbit is not None:
-            await attach_dead_letters(found, rabbit, Topology.from_settings(settings))
-            report.dead_letters_read = True
-        report.broker_error = error
-    port = known_health_ports(settings).get("saga")
-    if found and port:
-        url = f"http://{settings.health_host}:{port}/metrics"
-        open_ = await open_breakers(url)
-        if open_:
-            attach_breakers(found, open_, url)
-    finish(found)
     counts: dict[tuple[str, str], int] = {}
-    for item in found:
+    for item in report.stuck:
         counts[item.kind, item.state] = counts.get((item.kind, item.state), 0) + 1
     set_gauge(counts)
     return report
 
 
+_DETAIL_LINES = 3
+"""Lines of a waited-for thing's detail on a terminal (`--json` has it whole)."""
+
+
 def print_report(report: Report, out: Console) -> None:
-    """The report as a table (one row per thing waited for)."""
-    minutes = report.older_than.total_seconds() / 60
+    """The report for a person: one block per stuck checkout or cancellation, each thing it
+    waits for on a line of its own (cut to the terminal's width; `--json` has it whole),
+    and each repair as a whole line that can be copied as it is."""
+    threshold = _age(report.older_than.total_seconds())
     if not report.stuck:
         out.print(
-            f"Nothing is stuck: every checkout and cancellation older than {minutes:g} min"
+            f"[green]Nothing is stuck:[/] every checkout and cancellation older than {threshold}"
             " is final."
         )
         return
-    table = Table(title=f"Not final for more than {minutes:g} min: {len(report.stuck)}")
-    for column in ("kind", "id", "state", "for", "waiting for", "repair"):
-        table.add_column(column, overflow="fold")
+    out.print(f"[bold red]{len(report.stuck)} not final for more than {threshold}[/]")
+    width = max(out.width - 13, 40)
     for item in report.stuck:
-        for n, wait in enumerate(item.waiting):
-            first = n == 0
-            table.add_row(
-                item.kind if first else "",
-                str(item.id) if first else "",
-                item.state if first else "",
-                _age(item.age.total_seconds()) if first else "",
-                f"{wait.what}: {wait.detail}",
-                wait.repair or "-",
-            )
-    out.print(table)
+        out.print()
+        out.print(
+            f"[bold]{item.kind} {item.id}[/]  {item.state}  for {_age(item.age.total_seconds())}",
+            highlight=False,
+        )
+        for wait in item.waiting:
+            lines = textwrap.wrap(f"{wait.what}: {wait.detail}", width) or [""]
+            if len(lines) > _DETAIL_LINES:
+                lines = [*lines[: _DETAIL_LINES - 1], lines[_DETAIL_LINES - 1][: width - 1] + "…"]
+            for n, line in enumerate(lines):
+                lead = "  waits for  " if n == 0 else " " * 13
+                out.print(lead + escape(line), highlight=False, soft_wrap=True)
+            if wait.repair:
+                out.print(f"  [cyan]repair[/]     {escape(wait.repair)}", soft_wrap=True)
     if report.broker_error:
-        out.print(f"[yellow]dead-letter queues not read: {report.broker_error}[/]")
+        out.print(f"[yellow]dead-letter queues not read: {escape(report.broker_error)}[/]")
 
 
 def _age(seconds: float) -> str:

@@ -9,15 +9,18 @@ from infra.metrics import MEASURED_BY, registry_for
 
 
 def _families(component: str) -> set[str]:
-    """The component's checkout_ families. A counter that has counted also exports a
-    `<name>_created` gauge; it is the same family (and appears only once some test in
-    this process has used the counter, so it must not decide the result)."""
+    """The component's checkout_ families. A counter or histogram that has observed also
+    exports a `<name>_created` gauge; it is the same family (and appears only once some
+    test in this process has used it, so it must not decide the result)."""
     text = generate_latest(registry_for(component)).decode()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE checkout_")}
     return {
         n
         for n in names
-        if not (n.endswith("_created") and n[: -len("_created")] + "_total" in names)
+        if not (
+            n.endswith("_created")
+            and {(base := n.removesuffix("_created")), base + "_total"} & names
+        )
     }
 
 
