@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv lint typecheck clean bench bench-search
+.PHONY: run test venv lint typecheck clean bench bench-search drill
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,11 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+## make drill: the system on a 3-node RabbitMQ cluster, haproxy and PgBouncer (Debian's
+## packages, on ports of their own), three nodes killed in turn under load; a few minutes.
+## Options after ARGS=, e.g. make drill ARGS="--short --via list" (README "Past one machine")
+drill: $(STAMP)
+	@command -v haproxy >/dev/null && command -v pgbouncer >/dev/null || \
+		{ echo "make drill needs haproxy and pgbouncer: apt-get install -y haproxy pgbouncer"; exit 1; }
+	$(BIN)/python -m deploy.drill.run $(ARGS)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from infra.metrics import BROKER_CONNECTED
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -18,6 +20,8 @@ class ApiMetrics:
     )
 
     def __post_init__(self) -> None:
+        # The API's broker link (`checkout_api.broker`): one family shared by every part.
+        self.registry.register(BROKER_CONNECTED)
         self.requests = Counter(
             "http_requests",
             "HTTP requests answered, by method, route template and status code.",

@@ -106,6 +106,12 @@ STUCK = Gauge(
     ["kind", "state"],
     registry=None,
 )
+BROKER_CONNECTED = Gauge(
+    "checkout_broker_connected",
+    "1 while this connection to RabbitMQ is open, 0 while it is lost and reconnecting",
+    ["connection"],
+    registry=None,
+)
 REFUNDS = Counter(
     "checkout_refunds_total",
     "Refund attempts by outcome: succeeded, failed (retried or dead-lettered)",
@@ -113,7 +119,8 @@ REFUNDS = Counter(
     registry=None,
 )
 
-_CONSUMER: tuple[Collector, ...] = (CONSUMED, HANDLING_SECONDS)
+# Every message-driven part holds broker connections (`infra.messaging.connect`).
+_CONSUMER: tuple[Collector, ...] = (CONSUMED, HANDLING_SECONDS, BROKER_CONNECTED)
 _CALLER: tuple[Collector, ...] = (SERVICE_CALLS, BREAKER_OPEN)
 # What each component measures (its `Worker` component name, or "relay").
 MEASURED_BY: Mapping[str, Sequence[Collector]] = {
@@ -125,6 +132,7 @@ MEASURED_BY: Mapping[str, Sequence[Collector]] = {
         ACTIVE_CHECKOUTS,
         ACTIVE_CANCELLATIONS,
         DLQ_DEPTH,
+        BROKER_CONNECTED,
     ),
     "saga": (SAGA_TRANSITIONS, CANCELLATION_TRANSITIONS, REFUNDS, STUCK, *_CONSUMER, *_CALLER),
     "consumer-invoice": _CONSUMER,

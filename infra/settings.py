@@ -87,6 +87,11 @@ def check_rabbit_url(url: str) -> str:
     return url
 
 
+def split_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list (one URL is a list of one); blanks dropped."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def redact_url(value: str) -> str | None:
     """`value` with any password replaced by `***`, or None if that cannot be done for sure.
 
@@ -124,6 +129,16 @@ class Settings(BaseSettings):
     )
 
     database_url: SecretStr = SecretStr("postgresql+psycopg://postgres@127.0.0.1:5432/checkout")
+    # Where the relay LISTENs for new outbox rows: a connection straight to PostgreSQL,
+    # since a pooler in transaction mode drops LISTEN/NOTIFY silently. Unset: database_url.
+    database_listen_url: SecretStr | None = None
+    # Server-side prepared statements (psycopg's, after five runs of a statement). Off by
+    # default: behind a pooler in transaction mode they break (`infra.db.session`); turn
+    # them on only when every connection goes straight to PostgreSQL.
+    database_prepare: bool = False
+    # One AMQP URL, or several separated by commas (the nodes of a cluster): a part
+    # connects to the first that answers and, once its connection is lost, tries the
+    # next ones in turn (`infra.messaging.connect`).
     rabbit_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     namespace: str = Field(default="checkout", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -195,11 +210,30 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
         return SecretStr(check_database_url(value.get_secret_value()))
 
+    @field_validator("database_listen_url")
+    @classmethod
+    def _check_database_listen_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        return SecretStr(check_database_url(value.get_secret_value()))
+
     @field_validator("rabbit_url")
     @classmethod
     def _check_rabbit_url(cls, value: SecretStr) -> SecretStr:
-        check_rabbit_url(value.get_secret_value())
+        for url in split_urls(value.get_secret_value()) or [value.get_secret_value()]:
+            check_rabbit_url(url)
         return value
+
+    @property
+    def rabbit_urls(self) -> list[str]:
+        """The broker URLs, in the order given (one, or a cluster's nodes)."""
+        return split_urls(self.rabbit_url.get_secret_value())
+
+    @property
+    def listen_url(self) -> str:
+        """The database URL the relay LISTENs on (`database_listen_url`, else `database_url`)."""
+        chosen = self.database_listen_url or self.database_url
+        return chosen.get_secret_value()
 
     @field_validator("retry_delays", mode="before")
     @classmethod

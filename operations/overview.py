@@ -1,7 +1,8 @@
 """What the system is doing now, for the console's overview: one read of each source.
 
-- checkouts (and cancellations, once that table exists) by state, and how many are
-  not final for longer than `STUCK_AFTER`;
+- checkouts and cancellations by state, and how many are not final for longer than
+  `STUCK_AFTER` (counted as `checkout stuck` counts them: `operations.stuck.count_stuck`);
+- refunds by status;
 - the outbox backlog and its oldest row's age (the relay is down, or behind);
 - each consumed queue's depth and consumers, and its dead-letter queue's depth.
 
@@ -18,18 +19,22 @@ from datetime import datetime, timedelta
 from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import ChannelNotFoundEntity
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infra.db.session import UnitOfWork
 from infra.messaging.topology import Topology
+from operations.stuck import DEFAULT_OLDER_THAN, count_stuck
 
-STUCK_AFTER = timedelta(minutes=5)
-FINAL_CHECKOUT = ("PAID", "FAILED")
-FINAL_CANCELLATION = ("CANCELLED", "REJECTED")
+STUCK_AFTER = DEFAULT_OLDER_THAN
 
-_BY_STATE = "SELECT state, count(*) FROM {table} GROUP BY state ORDER BY state"
-_STUCK = "SELECT count(*) FROM {table} WHERE state <> ALL(%s) AND updated_at < now() - %s"
-_OUTBOX = "SELECT count(*), now() - min(created_at) FROM outbox"
-_HAS_TABLE = "SELECT to_regclass(%s) IS NOT NULL"
+_BY_STATE = {
+    "checkouts": "SELECT state, count(*) FROM checkouts GROUP BY state ORDER BY state",
+    "cancellations": "SELECT state, count(*) FROM cancellations GROUP BY state ORDER BY state",
+}
+_REFUNDS = "SELECT status, count(*) FROM refunds GROUP BY status ORDER BY status"
+_OUTBOX = "SELECT count(*), now() - min(created_at), now() FROM outbox"
+# The stuck counts' kind (`operations.stuck`) of each table.
+_KIND = {"checkouts": "checkout", "cancellations": "cancellation"}
 
 
 @dataclass(frozen=True)
@@ -64,30 +69,36 @@ class Overview:
     sagas: list[SagaCounts] = field(default_factory=list)
     outbox_rows: int | None = None
     outbox_oldest_age: timedelta | None = None
+    refunds: dict[str, int] = field(default_factory=dict)
     queues: list[QueueStatus] = field(default_factory=list)
     database_error: str | None = None
     broker_error: str | None = None
 
 
-async def saga_counts(uow: UnitOfWork) -> tuple[list[SagaCounts], int, timedelta | None]:
-    """Checkouts and cancellations by state, and the outbox backlog with its oldest age."""
-    counts = []
-    async with uow.reads() as conn:
-        for table, final in (("checkouts", FINAL_CHECKOUT), ("cancellations", FINAL_CANCELLATION)):
-            # `cancellations` arrives with the cancellation saga's migration.
-            exists = await (await conn.execute(_HAS_TABLE, (table,))).fetchone()
-            if not exists or not exists[0]:
-                continue
-            rows = await (await conn.execute(_BY_STATE.format(table=table))).fetchall()
-            stuck = await (
-                await conn.execute(_STUCK.format(table=table), (list(final), STUCK_AFTER))
-            ).fetchone()
-            counts.append(
-                SagaCounts(table, {state: n for state, n in rows}, stuck[0] if stuck else 0)
-            )
-        backlog = await (await conn.execute(_OUTBOX)).fetchone()
-    rows_pending, oldest = backlog if backlog else (0, None)
-    return counts, rows_pending, oldest
+@dataclass(frozen=True)
+class Counts:
+    """The database's part of the overview."""
+
+    sagas: list[SagaCounts]
+    refunds: dict[str, int]
+    outbox_rows: int
+    outbox_oldest_age: timedelta | None
+
+
+async def saga_counts(engine: AsyncEngine) -> Counts:
+    """Checkouts and cancellations by state with their stuck counts, refunds by status,
+    and the outbox backlog with its oldest row's age."""
+    async with engine.connect() as conn:
+        rows, oldest, now = (await conn.execute(text(_OUTBOX))).one()
+        stuck = await count_stuck(conn, now, STUCK_AFTER)
+        sagas = []
+        for table, statement in _BY_STATE.items():
+            by_state = {state: n for state, n in (await conn.execute(text(statement))).all()}
+            kind = _KIND[table]
+            stuck_here = sum(n for (k, _), n in stuck.items() if k == kind)
+            sagas.append(SagaCounts(table, by_state, stuck_here))
+        refunds = {status: n for status, n in (await conn.execute(text(_REFUNDS))).all()}
+    return Counts(sagas, refunds, int(rows), oldest)
 
 
 async def queue_status(connection: AbstractConnection, topology: Topology) -> list[QueueStatus]:

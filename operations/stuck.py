@@ -1,7 +1,7 @@
 """Stuck work, found for you: what is not final for too long, what it waits for, the repair.
 
-`find_stuck` reads the database: every checkout (and, where the table exists, every
-cancellation) not final for longer than a threshold, with what it waits for:
+`find_stuck` reads the database: every checkout and every cancellation not final for
+longer than a threshold, with what it waits for:
 
 - a deadline, and when it fires (the saga reconciles it then; nothing to do but keep
   a saga running);
@@ -25,6 +25,7 @@ a dead letter's or a reconciliation's last error ("circuit breaker is open", "an
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 import uuid
 from collections.abc import Sequence
@@ -65,7 +66,6 @@ _CANCELLATIONS = text(
 _CANCELLATION_CHECKOUTS = text(
     "SELECT cancellation_id, checkout_id FROM cancellations WHERE cancellation_id = ANY(:ids)"
 )
-_HAS_CANCELLATIONS = text("SELECT to_regclass('cancellations') IS NOT NULL")
 _DEADLINES = text(
     "SELECT saga_id, kind, due_at, attempts FROM deadlines WHERE saga_id = ANY(:ids)"
     " ORDER BY due_at"
@@ -96,6 +96,10 @@ class Waiting:
     what: str  # deadline | outbox | service | dead_letter | checkout | unknown
     detail: str
     repair: str | None = None
+    # A dead letter's consumed queue and message id: what a replay of it takes (the
+    # console's repair button); in `repair` as a command already.
+    queue: str | None = None
+    message_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"what": self.what, "detail": self.detail, "repair": self.repair}
@@ -151,8 +155,7 @@ async def find_stuck(conn: AsyncConnection, now: datetime, older_than: timedelta
     what the database says it waits for (dead letters: `attach_dead_letters`)."""
     before = now - older_than
     rows = list((await conn.execute(_CHECKOUTS, {"before": before})).all())
-    if (await conn.execute(_HAS_CANCELLATIONS)).scalar_one():
-        rows += list((await conn.execute(_CANCELLATIONS, {"before": before})).all())
+    rows += list((await conn.execute(_CANCELLATIONS, {"before": before})).all())
     found = [Stuck(kind, sid, oid, state, at, now - at) for kind, sid, oid, state, at in rows]
     if not found:
         return []
@@ -226,6 +229,8 @@ async def attach_dead_letters(
                 f" after {letter.attempts} attempt(s): {letter.error}",
                 f"checkout dlq replay {short} --message-id {letter.message_id}"
                 f" --reason {shlex.quote(reason)}",
+                queue=letter.queue,
+                message_id=letter.message_id,
             )
         )
 
@@ -300,10 +305,7 @@ async def count_stuck(
     conn: AsyncConnection, now: datetime, older_than: timedelta
 ) -> dict[tuple[str, str], int]:
     """How many are stuck, by kind and state (one statement)."""
-    sql = _COUNT
-    if (await conn.execute(_HAS_CANCELLATIONS)).scalar_one():
-        sql += _COUNT_CANCELLATIONS
-    rows = await conn.execute(text(sql), {"before": now - older_than})
+    rows = await conn.execute(text(_COUNT + _COUNT_CANCELLATIONS), {"before": now - older_than})
     return {(kind, state): int(n) for kind, state, n in rows.all()}
 
 
@@ -330,6 +332,18 @@ async def run_stuck_gauge(
         except Exception as exc:
             log.warning("could not count stuck work", error=repr(exc))
         await asyncio.sleep(interval)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: str) -> timedelta:
+    """`90s`, `5m`, `2h`, `1d` or plain seconds; ValueError otherwise."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration such as 90s, 5m, 2h or 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
 
 
 def _duration(delta: timedelta) -> str:

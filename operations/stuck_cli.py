@@ -10,7 +10,6 @@ usage. Register it with `app.command()(stuck)`.
 from __future__ import annotations
 
 import asyncio
-import re
 import textwrap
 from datetime import timedelta
 from typing import Annotated
@@ -19,35 +18,14 @@ import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import text
 
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
-from infra.cli.supervisor import known_health_ports
 from infra.db.session import create_engine
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.cli.trace import _rabbit
-from operations.stuck import (
-    DEFAULT_OLDER_THAN,
-    Report,
-    attach_breakers,
-    attach_dead_letters,
-    find_stuck,
-    finish,
-    open_breakers,
-    set_gauge,
-)
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: str) -> timedelta:
-    """`90s`, `5m`, `2h`, `1d` or plain seconds; ValueError otherwise."""
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration such as 90s, 5m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNIT[match.group(2)])
+from operations.stuck import DEFAULT_OLDER_THAN, Report, parse_duration, set_gauge
+from operations.stuck_report import saga_metrics_url, stuck_report
 
 
 def stuck(
@@ -90,26 +68,17 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
     """Find what is stuck (database, then dead-letter queues) and set the gauge."""
     engine = create_engine(settings, pool_size=1)
     try:
-        async with engine.connect() as conn:
-            now = (await conn.execute(text("SELECT now()"))).scalar_one()
-            found = await find_stuck(conn, now, older_than)
+        report = await stuck_report(
+            engine,
+            older_than,
+            lambda wanted: _rabbit(settings, wanted),
+            Topology.from_settings(settings),
+            saga_metrics_url(settings),
+        )
     finally:
         await engine.dispose()
-    report = Report(now, older_than, found)
-    async with _rabbit(settings, bool(found)) as (rabbit, error):
-        if rabbit is not None:
-            await attach_dead_letters(found, rabbit, Topology.from_settings(settings))
-            report.dead_letters_read = True
-        report.broker_error = error
-    port = known_health_ports(settings).get("saga")
-    if found and port:
-        url = f"http://{settings.health_host}:{port}/metrics"
-        open_ = await open_breakers(url)
-        if open_:
-            attach_breakers(found, open_, url)
-    finish(found)
     counts: dict[tuple[str, str], int] = {}
-    for item in found:
+    for item in report.stuck:
         counts[item.kind, item.state] = counts.get((item.kind, item.state), 0) + 1
     set_gauge(counts)
     return report

@@ -133,13 +133,29 @@ def migrate() -> None:
 
 
 @app.command()
-def declare() -> None:
+def declare(
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="Move queues declared with other arguments (an older deployment's classic "
+            "queues) over to the current ones, messages and all. Stop the parts first.",
+        ),
+    ] = False,
+) -> None:
     """Declare the broker topology (exchanges, queues, wait and dead-letter queues)."""
     import asyncio
 
     from infra.cli.supervisor import StartupError, prepare_broker
 
     settings = settings_or_exit()
+    if migrate:
+        from infra.messaging.topology import migrate_topology
+
+        with _needs_broker(settings):
+            moved = asyncio.run(migrate_topology(settings))
+        for queue, count in moved.items():
+            typer.echo(f"{queue}: migrated, {count} messages moved")
     try:
         asyncio.run(prepare_broker(settings))
     except StartupError as exc:

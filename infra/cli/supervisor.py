@@ -465,7 +465,10 @@ async def prepare_broker(settings: Settings, patience: float = 15.0) -> None:
             await declare_from_settings(settings)
     except (AMQPError, OSError) as exc:  # a timeout and a refused connection are OSErrors
         url = settings.rabbit_url.get_secret_value()
-        raise StartupError(broker_failure(url, exc, refused="the topology")) from None
+        hint = ""
+        if "inequivalent arg" in str(exc):  # queues of an older deployment (classic ones)
+            hint = ": stop the parts and run `checkout declare --migrate` to move them over"
+        raise StartupError(broker_failure(url, exc, refused="the topology", hint=hint)) from None
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)

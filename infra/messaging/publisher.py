@@ -10,13 +10,24 @@ the whole batch is written at once before any confirm is awaited, then all confi
 awaited together, and the outcome of each message is returned rather than raised, so
 that the caller can keep what the broker confirmed and retry only the rest. `publish`
 keeps its own path and semantics (the consumer shell's retry and dead-letter copies).
+
+A channel that only nacks is replaced (`NackStreak`). RabbitMQ 3.10 can leave a
+channel nacking every publish to a quorum queue for good: when the channel's first
+publish to that queue happened while the queue had no leader (a node of the cluster
+down, an election under way), every later publish on that channel to that queue is
+nacked, with no end (seen for ten minutes), though the queue has long had a leader
+again and other channels publish to it fine. A publisher that kept retrying on that
+channel would never get a message through; a fresh channel does at once. So after
+`NACK_STREAK_LIMIT` publishes (or batches) in a row that were nacked and none acked,
+the next publish first opens a new channel and closes the old one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -30,10 +41,10 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiormq import spec
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
-from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from contracts import CONTENT_TYPE, SCHEMA_VERSION_HEADER, Message
+from infra.messaging.connect import connect_robust
 
 log = structlog.get_logger()
 
@@ -118,8 +129,10 @@ class SentBatch:
         channel: aiormq.Channel | None,
         confirms: list[asyncio.Future[Any]],
         tags: list[tuple[str, int]],
+        on_outcomes: Callable[[Iterable[BaseException | None]], None] | None = None,
     ) -> None:
         self._all = asyncio.gather(*confirms, return_exceptions=True)
+        self._on_outcomes = on_outcomes
         if channel is None or not confirms:
             return
         # Stands for the batch in the channel's future store: rejected, like aiormq's
@@ -139,10 +152,17 @@ class SentBatch:
         publish it again (at least once). One message's failure does not affect the
         others, so the caller keeps whatever the broker did confirm.
         """
-        return [_unconfirmed(result) for result in await self._all]
+        outcomes = [_unconfirmed(result) for result in await self._all]
+        if self._on_outcomes is not None:
+            self._on_outcomes(outcomes)
+        return outcomes
 
 
-async def _send_batch(channel: aiormq.Channel, batch: Sequence[Outgoing]) -> SentBatch:
+async def _send_batch(
+    channel: aiormq.Channel,
+    batch: Sequence[Outgoing],
+    on_outcomes: Callable[[Iterable[BaseException | None]], None] | None = None,
+) -> SentBatch:
     """Write `batch` to `channel` as one buffer, and file one confirm future per message.
 
     What `aiormq.Channel.basic_publish` does for one message, done once for the batch:
@@ -199,7 +219,7 @@ async def _send_batch(channel: aiormq.Channel, batch: Sequence[Outgoing]) -> Sen
         for tag, message_id, confirm in zip(tags, message_ids, confirms, strict=True):
             channel.confirmations[tag] = confirm
             channel.message_id_delivery_tag[message_id] = tag
-        return SentBatch(channel, confirms, list(zip(message_ids, tags, strict=True)))
+        return SentBatch(channel, confirms, list(zip(message_ids, tags, strict=True)), on_outcomes)
 
 
 def _reject_pending(confirms: list[asyncio.Future[Any]], guard: asyncio.Future[Any]) -> None:
@@ -254,41 +274,98 @@ def _unconfirmed(result: object) -> BaseException | None:
     return NotConfirmed(f"the broker answered {result!r}, not an ack")
 
 
-def connection_lost(exc: BaseException | None) -> bool:
-    """Whether a connection's close callback reports a loss, not our own close.
+NACK_STREAK_LIMIT = 3
+"""Publishes (or batches) nacked in a row, none acked, before the channel is replaced."""
 
-    aio-pika calls the callbacks with None or, when the connection is closed on purpose
-    (shutdown), with CancelledError: neither is worth a warning.
+
+def nacked(outcome: BaseException | None) -> bool:
+    """Whether a publish's outcome is the broker's nack (not a return, not a lost confirm)."""
+    return isinstance(outcome, aiormq.exceptions.DeliveryError) and isinstance(
+        outcome.frame, spec.Basic.Nack
+    )
+
+
+class NackStreak:
+    """Counts publish rounds nacked in a row on one channel (see the module docstring).
+
+    A round is one `publish` or one batch: nacked if any of its messages was nacked and
+    none acked. An ack ends the streak; a return or a lost confirm leaves it as it is.
     """
-    return exc is not None and not isinstance(exc, asyncio.CancelledError)
 
+    def __init__(self, limit: int = NACK_STREAK_LIMIT) -> None:
+        self.limit = limit
+        self.count = 0
 
-def _log_lost(_connection: object, exc: BaseException | None = None) -> None:
-    if connection_lost(exc):
-        log.warning("broker connection lost; reconnecting", error=repr(exc))
+    def record(self, outcomes: Iterable[BaseException | None]) -> None:
+        acked = nacks = False
+        for outcome in outcomes:
+            acked = acked or outcome is None
+            nacks = nacks or nacked(outcome)
+        if acked:
+            self.count = 0
+        elif nacks:
+            self.count += 1
 
+    @property
+    def stuck(self) -> bool:
+        return self.count >= self.limit
 
-def _log_restored(_connection: object) -> None:
-    log.info("broker connection restored")
+    def reset(self) -> None:
+        self.count = 0
 
 
 class Publisher:
-    """A confirmed, mandatory publisher on its own robust connection."""
+    """A confirmed, mandatory publisher on its own robust connection.
 
-    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
+    It declares nothing: the topology is declared apart, at start-up, on a connection
+    of its own (`infra.messaging.topology.declare_apart`). A robust channel re-declares
+    on every reconnect what was declared on it, and a re-declaration can fail while the
+    cluster is degraded, which would keep the channel from coming back at all.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        *,
+        nack_streak_limit: int = NACK_STREAK_LIMIT,
+    ) -> None:
         self._connection = connection
         self._channel = channel
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._nacks = NackStreak(nack_streak_limit)
+        self._renewing = asyncio.Lock()
+        self.channels_renewed = 0
 
     @classmethod
     async def connect(cls, url: str, *, name: str | None = None) -> Publisher:
-        """Connect; `name` shows in `rabbitmqctl list_connections` (e.g. "checkout.relay")."""
-        properties: FieldTable | None = {"connection_name": name} if name else None
-        connection = await aio_pika.connect_robust(url, client_properties=properties)
-        connection.close_callbacks.add(_log_lost)
-        connection.reconnect_callbacks.add(_log_restored)
+        """Connect to `url` (or to one of its comma-separated URLs, with failover);
+        `name` shows in `rabbitmqctl list_connections` (e.g. "checkout.relay")."""
+        connection = await connect_robust(url, name=name or "checkout.publisher")
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(connection, channel)
+
+    async def _fresh_channel_if_stuck(self) -> None:
+        """Replace a channel that only nacks (see the module docstring) before using it."""
+        if not self._nacks.stuck:
+            return
+        async with self._renewing:
+            if not self._nacks.stuck:  # another publish renewed it meanwhile
+                return
+            old = self._channel
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._exchanges.clear()
+            self._nacks.reset()
+            self.channels_renewed += 1
+            log.warning(
+                "publisher channel nacked every publish; replaced by a fresh channel",
+                nacked_in_a_row=self._nacks.limit,
+            )
+            # Its unconfirmed publishes fail with the close and are published again.
+            with contextlib.suppress(Exception):
+                await old.close()
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if name == "":
@@ -300,8 +377,14 @@ class Publisher:
 
     async def publish(self, outgoing: Outgoing) -> None:
         """Publish and wait for the broker's confirm; raise if nacked or unroutable."""
+        await self._fresh_channel_if_stuck()
         exchange = await self._exchange(outgoing.exchange)
-        await exchange.publish(outgoing.to_amqp(), outgoing.routing_key, mandatory=True)
+        try:
+            await exchange.publish(outgoing.to_amqp(), outgoing.routing_key, mandatory=True)
+        except aiormq.exceptions.DeliveryError as exc:
+            self._nacks.record([exc])
+            raise
+        self._nacks.record([None])
 
     async def publish_many(self, batch: Sequence[Outgoing]) -> list[BaseException | None]:
         """Publish every message of `batch`, then await all their confirms together.
@@ -322,6 +405,7 @@ class Publisher:
         """
         if not batch:
             return SentBatch(None, [], [])
+        await self._fresh_channel_if_stuck()
         if self._channel.is_closed:
             # As `publish` does: fail at once while the broker is away rather than wait
             # for a reconnection (a robust channel's `get_underlay_channel` would).
@@ -329,7 +413,24 @@ class Publisher:
         channel = await self._channel.get_underlay_channel()
         if not isinstance(channel, aiormq.Channel) or not channel.publisher_confirms:
             raise TypeError(f"not an aiormq channel with publisher confirms: {channel!r}")
-        return await _send_batch(channel, batch)
+        return await _send_batch(channel, batch, self._nacks.record)
+
+    async def queue_depths(self, queues: dict[str, str]) -> dict[str, int]:
+        """Messages ready in each queue of `queues` (key: any label, value: queue name).
+
+        Looked up on a channel opened for it and closed after: a passive declaration on
+        the publishing channel would be repeated by aio-pika on every reconnect.
+        """
+        channel = await self._connection.channel()
+        try:
+            depths = {}
+            for label, name in queues.items():
+                declared = await channel.declare_queue(name, passive=True)
+                depths[label] = declared.declaration_result.message_count or 0
+            return depths
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     @property
     def channel(self) -> AbstractChannel:

@@ -34,6 +34,11 @@ How rows are claimed, in what order, and what a crash does:
 - Wake-up: an insert into the outbox fires ``NOTIFY outbox`` (a trigger); the relay
   LISTENs on a separate connection and also polls every ``relay_poll_interval``
   seconds, so a missed notification only delays a row, never strands it.
+- The LISTEN connection goes to ``CHECKOUT_DATABASE_LISTEN_URL`` (default: the
+  database URL): behind a pooler in transaction mode LISTEN is accepted and then
+  nothing is ever delivered, so it needs a direct connection. Rows found by the poll
+  alone (not one NOTIFY in ``NOTIFY_SILENCE_S`` while the poll keeps finding rows) are
+  that symptom: the relay says so once, at warning level (`NotifyWatch`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,15 +61,52 @@ from psycopg.rows import dict_row
 
 from infra import metrics
 from infra.db.migrate import libpq_url
+from infra.db.session import connect_kwargs
 from infra.health import serving_health
 from infra.logging import configure_logging
 from infra.messaging.publisher import Outgoing, Publisher, SentBatch
-from infra.messaging.topology import Topology, declare_topology
+from infra.messaging.topology import Topology, declare_apart
 from infra.settings import Settings
 from infra.timeline.record import OUTBOX_PUBLISHED
 from infra.tracing import configure_tracing, extract, inject, tracer
 
 log = structlog.get_logger()
+
+NOTIFY_SILENCE_S = 30.0
+"""How long the poll may find rows with no NOTIFY before the relay warns."""
+
+
+class NotifyWatch:
+    """Tells when NOTIFY seems lost: the poll keeps finding rows, no notification comes.
+
+    A wake-up by the poll that finds rows means a row's NOTIFY did not arrive (one
+    arriving while the relay was busy wakes the next wait at once). Once that has gone
+    on for `silence_s` with no NOTIFY at all, `poll_found` returns True, once; a NOTIFY
+    ends the spell (`notified` returns True if a warning had been given).
+    """
+
+    def __init__(self, silence_s: float = NOTIFY_SILENCE_S) -> None:
+        self._silence_s = silence_s
+        self._since: float | None = None  # first poll that found rows since a NOTIFY
+        self._warned = False
+
+    @property
+    def silence_s(self) -> float:
+        return self._silence_s
+
+    def notified(self) -> bool:
+        recovered = self._warned
+        self._since, self._warned = None, False
+        return recovered
+
+    def poll_found(self, now: float) -> bool:
+        if self._since is None:
+            self._since = now
+        if self._warned or now - self._since < self._silence_s:
+            return False
+        self._warned = True
+        return True
+
 
 CLAIM = """
     SELECT id, message_id, exchange, routing_key, message_type, correlation_id,
@@ -139,8 +182,15 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         poll_interval: float = 1.0,
+        listen_url: str | None = None,
+        connect_kwargs: dict[str, Any] | None = None,
+        notify_silence_s: float = NOTIFY_SILENCE_S,
     ) -> None:
         self._database_url = database_url
+        self._listen_url = listen_url or database_url
+        self._connect_kwargs = connect_kwargs or {}
+        self._notify_watch = NotifyWatch(notify_silence_s)
+        self._failing_since: float | None = None  # the first failure of an outage
         self._publisher = publisher
         self._topology = topology
         self._batch_size = batch_size
@@ -153,7 +203,7 @@ class OutboxRelay:
         conn = self._conns[lane]
         if conn is None or conn.closed:
             conn = self._conns[lane] = await psycopg.AsyncConnection.connect(
-                self._database_url, row_factory=dict_row
+                self._database_url, row_factory=dict_row, **self._connect_kwargs
             )
         return conn
 
@@ -312,40 +362,74 @@ class OutboxRelay:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set, reconnecting with backoff after any failure."""
+        """Relay until `stop` is set, reconnecting with backoff after any failure.
+
+        An outage is logged once: its first failure at warning level, the retries that
+        follow at debug level, and the first batch through again at info level.
+        """
         backoff = 0.5
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._database_url, autocommit=True
+                    self._listen_url, autocommit=True, **self._connect_kwargs
                 ) as listener:
                     await listener.execute("LISTEN outbox")
-                    log.info("relay listening for outbox rows")
+                    if self._failing_since is None:
+                        log.info("relay listening for outbox rows")
                     backoff = 0.5
                     await self._loop(listener, stop)
             except (psycopg.Error, OSError, ConnectionError) as exc:
-                log.warning("relay lost a connection; retrying", error=repr(exc), in_s=backoff)
+                self._failed("relay lost a connection; retrying", exc, backoff)
                 await self.close()
             except Exception as exc:  # a publish failure: rows stay, retried after backoff
-                log.warning("relay could not publish; retrying", error=repr(exc), in_s=backoff)
+                self._failed("relay could not publish; retrying", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
         await self.close()
 
+    def _failed(self, what: str, exc: BaseException, backoff: float) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(what, error=repr(exc), in_s=backoff)
+        else:
+            log.debug(what, error=repr(exc), in_s=backoff)
+
     async def _loop(self, listener: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+        by_notify = True
         while not stop.is_set():
-            await self._publish_backlog(stop)  # returns once a batch is not full
-            await self._wait_for_work(listener, stop)
+            moved = await self._publish_backlog(stop)  # returns once a batch is not full
+            if self._failing_since is not None:
+                log.info(
+                    "relay publishing again",
+                    after_s=round(time.monotonic() - self._failing_since, 1),
+                )
+                self._failing_since = None
+            if by_notify:
+                if self._notify_watch.notified():
+                    log.info("relay woken by NOTIFY again")
+            elif moved and self._notify_watch.poll_found(asyncio.get_running_loop().time()):
+                log.warning(
+                    "outbox rows found only by the poll, no NOTIFY for a while: is the "
+                    "relay's LISTEN going through a pooler? Point CHECKOUT_DATABASE_LISTEN_URL "
+                    "straight at PostgreSQL",
+                    silent_s=self._notify_watch.silence_s,
+                )
+            by_notify = await self._wait_for_work(listener, stop)
 
     async def _wait_for_work(
         self, listener: psycopg.AsyncConnection[Any], stop: asyncio.Event
-    ) -> None:
-        """Sleep until a NOTIFY, the poll interval, or a stop, whichever comes first."""
+    ) -> bool:
+        """Sleep until a NOTIFY, the poll interval, or a stop, whichever comes first.
+
+        True if a NOTIFY (or the stop) ended the wait, False if the poll interval did.
+        """
+        woken = False
 
         async def notified() -> None:
+            nonlocal woken
             async for _ in listener.notifies(timeout=self._poll_interval, stop_after=1):
-                pass
+                woken = True
 
         waiters = {asyncio.ensure_future(notified()), asyncio.ensure_future(stop.wait())}
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -354,6 +438,7 @@ class OutboxRelay:
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             task.result()  # a lost listener connection surfaces here
+        return woken or stop.is_set()
 
     async def close(self) -> None:
         """Close the claiming connections (`run` does this itself when it stops)."""
@@ -392,13 +477,15 @@ async def sample_gauges(
     topology: Topology,
     stop: asyncio.Event,
     interval: float = 5.0,
+    connect_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Every `interval` s: outbox backlog, active checkouts and cancellations by state,
     dead-letter depths."""
+    dlqs = {queue.name: queue.dlq for queue in topology.queues.values()}
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(
-                database_url, autocommit=True, row_factory=dict_row
+                database_url, autocommit=True, row_factory=dict_row, **(connect_kwargs or {})
             ) as conn:
                 while not stop.is_set():
                     outbox = await (await conn.execute(SAMPLE_OUTBOX)).fetchone()
@@ -417,14 +504,12 @@ async def sample_gauges(
                     }
                     for state in ACTIVE_CANCELLATION_STATES:
                         metrics.ACTIVE_CANCELLATIONS.labels(state).set(cancelling.get(state, 0))
-                    for queue in topology.queues.values():
-                        declared = await publisher.channel.declare_queue(queue.dlq, passive=True)
-                        depth = declared.declaration_result.message_count or 0
-                        metrics.DLQ_DEPTH.labels(queue.name).set(depth)
+                    for queue, depth in (await publisher.queue_depths(dlqs)).items():
+                        metrics.DLQ_DEPTH.labels(queue).set(depth)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), interval)
         except Exception as exc:  # metrics must never stop the relay
-            log.warning("could not sample gauges", error=repr(exc))
+            log.debug("could not sample gauges", error=repr(exc))  # the outage is logged once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -433,30 +518,36 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Declare the topology, then relay until `stop` is set."""
     topology = Topology.from_settings(settings)
     database_url = libpq_url(settings.database_url.get_secret_value())
+    kwargs = connect_kwargs(settings)
+    # Declared on a connection of its own, apart from the publisher's (`declare_apart`).
+    await declare_apart(settings.rabbit_url.get_secret_value(), topology)
     publisher = await Publisher.connect(
         settings.rabbit_url.get_secret_value(), name=f"{settings.namespace}.relay"
     )
     try:
-        await declare_topology(publisher.channel, topology)
         relay = OutboxRelay(
             database_url,
             publisher,
             topology,
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval,
+            listen_url=libpq_url(settings.listen_url),
+            connect_kwargs=kwargs,
         )
 
         async def broker_ok() -> bool:
             return publisher.is_connected
 
         async def database_ok() -> bool:
-            async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            async with await psycopg.AsyncConnection.connect(database_url, **kwargs) as conn:
                 await conn.execute("SELECT 1")
             return True
 
         checks = {"broker": broker_ok, "database": database_ok}
         async with serving_health(settings, "relay", checks):
-            sampler = asyncio.create_task(sample_gauges(database_url, publisher, topology, stop))
+            sampler = asyncio.create_task(
+                sample_gauges(database_url, publisher, topology, stop, connect_kwargs=kwargs)
+            )
             await relay.run(stop)
             await sampler
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
-import structlog
+from aio_pika import RobustConnection
 from faststream import BaseMiddleware, FastStream
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker
@@ -31,9 +31,10 @@ from contracts import Message
 from infra.db.session import UnitOfWork, create_engine, create_pool
 from infra.health import ReadinessCheck, serving_health
 from infra.http import ServiceClient, build_breakers, build_http_client
+from infra.messaging.connect import RECONNECT_INTERVAL_S, ConnectionWatch, failover_class
 from infra.messaging.consumer import Handler, QueueConsumer, subscribe
-from infra.messaging.publisher import Publisher, connection_lost
-from infra.messaging.topology import Topology, declare_topology
+from infra.messaging.publisher import Publisher
+from infra.messaging.topology import Topology, declare_apart
 from infra.metrics import registry_for
 from infra.settings import Settings
 from infra.timeline.record import Event, write_events
@@ -80,13 +81,24 @@ def engine_ok(engine: AsyncEngine) -> ReadinessCheck:
     return check
 
 
-def _log_broker_lost(_connection: object, exc: BaseException | None = None) -> None:
-    if connection_lost(exc):
-        structlog.get_logger().warning("broker connection lost; reconnecting", error=repr(exc))
+class FailoverBroker(RabbitBroker):
+    """FastStream's broker on a `FailoverConnection` over every URL of the settings,
+    watched by a `ConnectionWatch` (one warning per outage, the connected gauge).
 
+    FastStream hands its connection arguments to `aio_pika.connect_robust` as they are,
+    so the connection class is one more of them.
+    """
 
-def _log_broker_restored(_connection: object) -> None:
-    structlog.get_logger().info("broker connection restored; consuming again")
+    def __init__(self, urls: list[str], name: str, **kwargs: Any) -> None:
+        super().__init__(urls[0], **kwargs)
+        self._connection_kwargs["connection_class"] = failover_class(urls)
+        self._connection_kwargs["reconnect_interval"] = RECONNECT_INTERVAL_S
+        self._watch = ConnectionWatch(name)
+
+    async def _connect(self) -> RobustConnection:
+        connection = await super()._connect()
+        self._watch.attach(connection)
+        return connection
 
 
 class TraceContinuation(BaseMiddleware):
@@ -115,15 +127,12 @@ class Worker:
         self.settings = settings
         self.component = component
         self.topology = Topology.from_settings(settings)
-        self.broker = RabbitBroker(
-            settings.rabbit_url.get_secret_value(),
+        name = f"{settings.namespace}.{component}"
+        self.broker = FailoverBroker(
+            settings.rabbit_urls,
+            name,
             # Passed through to aio-pika; FastStream's TypedDict lacks the key.
-            client_properties=cast(
-                "RabbitClientProperties",
-                {"connection_name": f"{settings.namespace}.{component}"},
-            ),
-            on_close=[_log_broker_lost],
-            on_reconnected=[_log_broker_restored],
+            client_properties=cast("RabbitClientProperties", {"connection_name": name}),
             graceful_timeout=GRACEFUL_TIMEOUT,
             # FastStream's per-message "Received/Processed" lines: debug only; our
             # shell logs what matters (retries, dead-letters) with the message ids.
@@ -159,6 +168,9 @@ class Worker:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
+        # Declared on a connection of its own, apart from the publishing and consuming
+        # channels (`declare_apart`), so that no reconnect of theirs re-declares it.
+        await declare_apart(self.settings.rabbit_url.get_secret_value(), self.topology)
         engine = create_engine(self.settings)
         publisher = await Publisher.connect(
             self.settings.rabbit_url.get_secret_value(),
@@ -170,7 +182,6 @@ class Worker:
         pool = create_pool(self.settings)
         await pool.open(wait=False)
         try:
-            await declare_topology(publisher.channel, self.topology)
             resources = Resources(
                 self.settings,
                 self.topology,

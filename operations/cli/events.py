@@ -55,6 +55,7 @@ from operations.events.listing import Listing, list_events
 from operations.events.operations import backfill_recorded
 from operations.events.reading import Window
 from operations.events.selection import EventSelection
+from operations.events.targets import not_for_events
 from operations.events.times import BadTime, parse_time
 
 T = TypeVar("T")
@@ -191,7 +192,7 @@ def backfill(
     stream = topology.event_log
     if to_queue == stream:
         fail(f"{stream} is the event log itself: --to-queue names the queue to copy into", 2)
-    refused = _not_for_events(topology, to_queue)
+    refused = not_for_events(topology, to_queue)
     if refused:
         fail(refused, 2)
     actor = current_actor()
@@ -259,26 +260,6 @@ def _selection_or_exit(
         )
     except ValueError as exc:
         fail(str(exc), 2)
-
-
-def _not_for_events(topology: Topology, name: str) -> str | None:
-    """Why `name` cannot receive public events, if it is one of the system's other queues.
-
-    A queue of ours that is not bound to `{ns}.orders` (the payment step's, a wait or
-    dead-letter queue) would only dead-letter them or re-run them at the wrong place.
-    The invoice, email and production queues may receive a backfill: their consumers
-    de-duplicate like anyone's.
-    """
-    for queue in topology.queues.values():
-        others = {queue.dlq, *(queue.wait_queue(n) for n in range(1, queue.max_attempts))}
-        if queue.exchange != topology.orders_exchange:
-            others.add(queue.name)
-        if name in others:
-            return (
-                f"{name} is one of the checkout system's own queues that take no public "
-                "events: --to-queue names a subscriber's queue"
-            )
-    return None
 
 
 # --------------------------------------------------------------------------- resources

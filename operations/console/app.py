@@ -21,10 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from operations.console import (
     audit_page,
     dead_letters_page,
+    events_page,
     keys_page,
     orders_page,
     overview_page,
     signing,
+    stuck_page,
 )
 from operations.console.web import HERE, PREFIX
 
@@ -90,6 +92,9 @@ def create_console() -> ASGIApp:
             Route("/dead-letters/{queue}", dead_letters_page.queue_page),
             Route("/dead-letters/{queue}/replay", dead_letters_page.replay, methods=["POST"]),
             Route("/dead-letters/{queue}/purge", dead_letters_page.purge, methods=["POST"]),
+            Route("/stuck", stuck_page.stuck),
+            Route("/events", events_page.events),
+            Route("/events/backfill", events_page.backfill, methods=["POST"]),
             Route("/audit", audit_page.audit_log),
             Route("/keys", keys_page.keys),
             Route("/keys/new", keys_page.create, methods=["POST"]),

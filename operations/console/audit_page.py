@@ -1,4 +1,4 @@
-"""The audit log of replays and purges, from the console and the CLI alike."""
+"""The audit log of replays, purges and backfills, from the console and the CLI alike."""
 
 from __future__ import annotations
 

@@ -128,6 +128,8 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
             rate=rate,
             dry_run=dry_run,
         ),
+        # The stuck page's replay buttons post here too: its outcome links back there.
+        back="stuck" if form.get("back") == "stuck" else None,
     )
 
 
@@ -188,7 +190,13 @@ def _rate(text: str) -> float | None:
     return rate
 
 
-async def _done(request: Request, session: Session, operation: Awaitable[Outcome]) -> Response:
+async def _done(
+    request: Request,
+    session: Session,
+    operation: Awaitable[Outcome],
+    *,
+    back: str | None = None,
+) -> Response:
     try:
         outcome = await operation
     except QueueNotDeclared as exc:
@@ -205,7 +213,7 @@ async def _done(request: Request, session: Session, operation: Awaitable[Outcome
         )
     except (AMQPError, OSError) as exc:
         return _problem(request, session, f"the broker failed ({exc!r:.120})")
-    return page(request, "outcome.html", session, {"outcome": outcome})
+    return page(request, "outcome.html", session, {"outcome": outcome, "back": back})
 
 
 def _broker_down(request: Request, session: Session) -> Response:

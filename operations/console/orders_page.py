@@ -19,11 +19,18 @@ from operations.timeline.query import trace
 
 PAGE_SIZE = 50
 _CHECKOUT_ORDER = "SELECT order_id FROM checkouts WHERE checkout_id = %s"
-_HAS_TABLE = "SELECT to_regclass(%s) IS NOT NULL"
-# Tables of the cancellation saga; read only where they exist.
 _RELATED = {
-    "cancellations": "SELECT * FROM cancellations WHERE order_id = %s ORDER BY created_at",
-    "refunds": "SELECT * FROM refunds WHERE order_id = %s ORDER BY created_at",
+    "cancellations": (
+        "SELECT cancellation_id, state, reason, rejection_reason, checkout_id, created_at,"
+        " updated_at FROM cancellations WHERE order_id = %s ORDER BY created_at"
+    ),
+    # A cancellation's refund, and a late charge's (no cancellation: the checkout had
+    # already failed when the charge succeeded).
+    "refunds": (
+        "SELECT refund_id, status, amount, currency, reason, cancellation_id, payment_id,"
+        " provider_refund_id, created_at, updated_at FROM refunds WHERE order_id = %s"
+        " ORDER BY created_at"
+    ),
 }
 
 
@@ -83,23 +90,17 @@ async def order_page(request: Request, session: Session) -> Response:
             "order": order,
             "trace": found,
             "drawn": [draw(c) for c in found.checkouts] if found else [],
+            "drawn_cancellations": [draw(c) for c in found.cancellations] if found else [],
             **related,
         },
     )
 
 
-async def _related(
-    uow: UnitOfWork,
-    order_id: uuid.UUID,
-) -> dict[str, list[dict[str, Any]] | None]:
-    """The order's cancellations and refunds, as rows; None where the table does not exist."""
-    out: dict[str, list[dict[str, Any]] | None] = {}
+async def _related(uow: UnitOfWork, order_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+    """The order's cancellations and refunds, as rows."""
+    out: dict[str, list[dict[str, Any]]] = {}
     async with uow.reads() as conn:
         for table, statement in _RELATED.items():
-            exists = await (await conn.execute(_HAS_TABLE, (table,))).fetchone()
-            if not exists or not exists[0]:
-                out[table] = None
-                continue
             cursor = await conn.execute(statement, (order_id,))
             names = [d.name for d in cursor.description or []]
             out[table] = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -23,28 +24,26 @@ async def overview(request: Request, session: Session) -> Response:
     ctx = context(request)
     found = Overview(generated_at=datetime.now(UTC))
     try:
-        sagas, rows, oldest = await saga_counts(ctx.uow)
-        found = Overview(found.generated_at, sagas, rows, oldest)
+        counts = await saga_counts(ctx.uow.engine)
+        found = replace(
+            found,
+            sagas=counts.sagas,
+            refunds=counts.refunds,
+            outbox_rows=counts.outbox_rows,
+            outbox_oldest_age=counts.outbox_oldest_age,
+        )
     except (psycopg.Error, DBAPIError, OSError) as exc:
-        found = Overview(found.generated_at, database_error=f"database unreachable ({exc!r:.120})")
+        found = replace(found, database_error=f"database unreachable ({exc!r:.120})")
     connection = ctx.broker.connection
     if connection is None:
-        broker_error = "RabbitMQ is not connected: queues and dead letters are unknown"
-        queues = []
+        found = replace(
+            found, broker_error="RabbitMQ is not connected: queues and dead letters are unknown"
+        )
     else:
         try:
-            queues, broker_error = await queue_status(connection, ctx.topology), None
+            found = replace(found, queues=await queue_status(connection, ctx.topology))
         except (AMQPError, OSError) as exc:
-            queues, broker_error = [], f"reading the queues failed ({exc!r:.120})"
-    found = Overview(
-        found.generated_at,
-        found.sagas,
-        found.outbox_rows,
-        found.outbox_oldest_age,
-        queues,
-        found.database_error,
-        broker_error,
-    )
+            found = replace(found, broker_error=f"reading the queues failed ({exc!r:.120})")
     return page(
         request,
         "overview.html",

@@ -13,6 +13,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from infra.messaging import failures
 
+DELIVERY_COUNT = "x-delivery-count"
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -30,7 +32,9 @@ class DeadLetter:
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             message_type=message.type,
-            headers=dict(message.headers or {}),
+            # The dead-letter queue is a quorum queue, which counts its own deliveries
+            # (each `show` is one) in a header: about the queue, not the message.
+            headers={k: v for k, v in (message.headers or {}).items() if k != DELIVERY_COUNT},
             body=message.body,
         )
 

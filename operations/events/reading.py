@@ -166,5 +166,9 @@ async def read_log(
                 yield event
             try:
                 await message.ack()
-            except (AMQPError, OSError, ChannelInvalidStateError) as exc:
+            # Not only AMQPError and OSError: a connection closed while the ack is on its
+            # way makes aiormq fail it with the bare Exception it closed the channel
+            # with. Whatever stops the ack, the read has lost the broker, never reached
+            # the end, and must not be taken for one.
+            except Exception as exc:
                 raise LogLost(exc) from exc

@@ -178,7 +178,8 @@ async def test_sign_in_and_see_the_overview(
         assert "PAID" in checkouts
         queues = await page.inner_text("#queues")
         namespace = system.settings.namespace
-        for key in ("payment", "invoice", "email", "production"):
+        # Every consumed queue of the topology (the lean flow has no saga queue).
+        for key in Topology.from_settings(system.settings).queues:
             assert f"{namespace}.{key}.dlq" in queues
         assert await page.locator('meta[http-equiv="refresh"]').count() == 1
 
@@ -276,6 +277,149 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
         assert "development" in newest
         assert "replay" in newest
         assert "production is back" in newest
+
+
+async def test_a_checkout_stuck_in_a_payment_outage_is_repaired_from_the_stuck_page(
+    browser: Browser, system: System, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(headers=system.auth) as client:
+        await client.post(f"{system.mocks}/mock/payments/outage", json={"down": True})
+        try:
+            order = (
+                await client.post(
+                    f"{system.api}/orders",
+                    json={
+                        "order_name": "Stuck poster",
+                        "amount": "41.00",
+                        "customer": {"email": "ada@example.com", "name": "Ada"},
+                    },
+                )
+            ).json()
+            order_id = str(order["order_id"])
+            checkout = (await client.post(f"{system.api}/orders/{order_id}/checkout")).json()
+            checkout_id = str(checkout["checkout_id"])
+            await eventually(
+                lambda: dead_letters(system, "payment"),
+                until=lambda n: n >= 1,
+                timeout=60,
+                what="the charge dead-lettered",
+            )
+        finally:
+            await client.post(f"{system.mocks}/mock/payments/outage", json={"down": False})
+
+        async def state() -> str:
+            found = await client.get(f"{system.api}/checkouts/{checkout_id}")
+            return str(found.json()["state"])
+
+        assert await state() == "PAYMENT_PENDING"
+        dlq = Topology.from_settings(system.settings).queues["payment"]
+        async with watched(browser, system, tmp_path) as w:
+            await w.sign_in(system)
+            page = w.page
+            await page.click("nav >> text=Stuck")
+            await page.fill("#older_than", "1s")
+            await page.click("form.inline button")
+            item = page.locator(f"#stuck-{checkout_id}")
+            listed = await item.inner_text()
+            assert "PAYMENT_PENDING" in listed
+            assert f"in {dlq.dlq}" in listed
+            assert "payment deadline" in listed
+            await keep_screenshot(page, "console-stuck.png")
+            await item.locator("input[name=reason]").fill("payment service is back")
+            await item.locator("button >> text=Replay").click()
+            assert "Replayed 1 message" in await page.inner_text("#outcome")
+            await eventually(state, until=lambda s: s == "PAID", timeout=30, what="PAID")
+            await page.click("text=Back to stuck work")
+            await page.fill("#older_than", "1s")
+            await page.click("form.inline button")
+            assert await page.locator(f"#stuck-{checkout_id}").count() == 0
+            await page.click("nav >> text=Audit log")
+            newest = await page.inner_text("#audit tbody tr:first-child")
+            assert "development" in newest
+            assert "payment service is back" in newest
+    assert await dead_letters(system, "payment") == 0
+
+
+async def test_a_cancelled_orders_page_shows_its_refund_and_the_cancellation(
+    browser: Browser, system: System, tmp_path: Path
+) -> None:
+    order_id = await paid_order(system, name="Cancelled poster", amount="27.00")
+    async with httpx.AsyncClient(headers=system.auth) as client:
+        cancel = await client.post(
+            f"{system.api}/orders/{order_id}/cancel", json={"reason": "changed my mind"}
+        )
+        assert cancel.status_code == 202, cancel.text
+        cancellation_id = str(cancel.json()["cancellation_id"])
+
+        async def status() -> str:
+            return str((await client.get(f"{system.api}/orders/{order_id}")).json()["status"])
+
+        await eventually(status, until=lambda s: s == "CANCELLED", timeout=60, what="CANCELLED")
+    async with watched(browser, system, tmp_path) as w:
+        await w.sign_in(system)
+        page = w.page
+        assert "SUCCEEDED" in await page.inner_text("#refunds")
+        await page.goto(f"{system.api}/console/orders/{order_id}")
+        assert await page.inner_text("#order-status") == "CANCELLED"
+        assert "REFUNDED" in await page.inner_text("#payment")
+        refund = await page.inner_text("#refunds")
+        assert "SUCCEEDED" in refund
+        assert "27.00" in refund
+        assert cancellation_id in refund
+        assert "changed my mind" in await page.inner_text("#cancellations")
+        section = page.locator(f"#cancellation-{cancellation_id}")
+        assert "CANCELLED" in await section.locator("h3").inner_text()
+        assert await section.locator(".hop").count() >= 3
+        assert await section.locator(".hop-transition").count() >= 1
+
+
+async def test_the_event_log_lists_an_orders_events_and_backfills_a_queue(
+    browser: Browser, system: System, tmp_path: Path
+) -> None:
+    order_id = await paid_order(system, name="Logged poster")
+    queue = f"e2e-team-{uuid.uuid4().hex[:6]}"
+    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+
+        async def fill(page: Page) -> None:
+            await page.fill("#to_queue", queue)
+            await page.fill("#bf_since", "1h")
+            await page.fill("#bf_types", "OrderPaid")
+            await page.fill("#bf_reason", "billing joined late")
+
+        async with watched(browser, system, tmp_path) as w:
+            await w.sign_in(system)
+            page = w.page
+            await page.click("nav >> text=Event log")
+            assert "OrderPaid" in await page.inner_text("#events")
+            await page.fill("#since", "")
+            await page.fill("#order", order_id)
+            await page.click("#filter button")
+            mine = await page.inner_text("#events")
+            assert "OrderPaid" in mine
+            assert order_id in mine
+            await keep_screenshot(page, "console-events.png")
+            await fill(page)
+            await page.click("#backfill button >> text=Dry run")
+            would = await page.inner_text("#outcome")
+            assert f"to {queue}" in would
+            assert "would copy" in would
+            assert await depth(channel, queue) == 0
+            await page.goto(f"{system.api}/console/events")
+            await fill(page)
+            await page.click("#backfill button.primary")
+            done = await page.inner_text("#outcome")
+            copied = int(done.split("Copied ", 1)[1].split()[0])
+            assert copied >= 1
+            assert copied == int(would.split("would copy ", 1)[1].split()[0])
+            assert await depth(channel, queue) == copied
+            await page.click("nav >> text=Audit log")
+            newest = await page.inner_text("#audit tbody tr:first-child")
+            for shown in ("development", "backfill", queue, "billing joined late"):
+                assert shown in newest
+        await channel.queue_delete(queue)
 
 
 async def test_purge_one_dead_letter(browser: Browser, system: System, tmp_path: Path) -> None:

@@ -285,12 +285,14 @@ async def start_system(
     launchers: dict[str, str] | None = None,
     only: Iterable[str] | None = None,
     tag: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> FaultSystem:
     """Create the database and topology, the proxies, and start every part (or `only`
     those; the simulated services always run).
 
     `launchers` maps a part to the module that runs it instead of `infra.cli` (e.g. a
-    consumer with its inbox switched off); it gets the same arguments.
+    consumer with its inbox switched off); it gets the same arguments. `extra_env` is
+    added to every part's environment last (the cluster drill's broker list, say).
     """
     wanted = {"mocks", *(only or PART_ARGS)}
     tag = tag or uuid.uuid4().hex[:10]
@@ -339,6 +341,7 @@ async def start_system(
         env = {**base_env, **env_common}
         if name in BROKER_PROXIED:
             env["CHECKOUT_RABBIT_URL"] = proxied_amqp
+        env |= extra_env or {}
         module = (launchers or {}).get(name, "infra.cli")
         parts[name] = Part(name, ["-m", module, *args], env, workdir / f"{name}.log")
     system = FaultSystem(

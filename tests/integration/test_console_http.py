@@ -56,7 +56,14 @@ async def sign_in(client: httpx.AsyncClient, engine: AsyncEngine) -> tuple[str, 
 
 
 async def test_pages_need_a_session(client: httpx.AsyncClient) -> None:
-    for path in ("/console/", "/console/orders", "/console/dead-letters", "/console/keys"):
+    for path in (
+        "/console/",
+        "/console/orders",
+        "/console/dead-letters",
+        "/console/stuck",
+        "/console/events",
+        "/console/keys",
+    ):
         response = await client.get(path)
         assert response.status_code == 303, path
         assert response.headers["location"] == "/console/sign-in"

@@ -23,8 +23,7 @@ from infra.messaging import failures
 from infra.messaging.topology import Topology
 from infra.metrics import registry_for
 from infra.settings import Settings
-from operations.stuck import count_stuck
-from operations.stuck_cli import parse_duration
+from operations.stuck import count_stuck, parse_duration
 from tests.support.seed import pending_checkout
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ from consumers.main import build_worker
 from contracts import OrderPaid
 from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
+from infra.messaging.connect import connection_lost
 from infra.messaging.outbox import add_to_outbox
-from infra.messaging.publisher import Outgoing, Publisher, connection_lost
+from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.metrics import registry_for

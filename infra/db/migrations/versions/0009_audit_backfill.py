@@ -17,7 +17,8 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0009"
-down_revision = "0010"  # re-chained after the console sessions
+# Re-chained after the cancellations, deadlines, invoice VOIDED and console sessions.
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

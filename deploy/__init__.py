@@ -1,0 +1,1 @@
+"""Deployment files, and the cluster drill (`make drill`)."""
