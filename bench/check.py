@@ -52,7 +52,9 @@ async def exactly_once(
     metrics_urls: Iterable[str] = (),
 ) -> dict[str, Any]:
     problems: list[str] = []
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as conn:
         checkouts = await _rows(
             conn, "SELECT checkout_id::text, order_id::text, state FROM checkouts"
         )

@@ -166,7 +166,7 @@ async def copy_orders(
     """The same orders as POST /orders makes (PENDING, now), with COPY: seconds, not minutes."""
     made = [(str(uuid.uuid4()), amount) for amount in amounts]
     async with (
-        await psycopg.AsyncConnection.connect(conninfo) as conn,
+        await psycopg.AsyncConnection.connect(conninfo, prepare_threshold=None) as conn,
         conn.cursor() as cursor,
         cursor.copy(
             "COPY orders (order_id, order_name, amount, currency, customer_email, "

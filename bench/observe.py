@@ -148,7 +148,9 @@ DB_COUNTERS = """
 
 async def db_counters(conninfo: str) -> dict[str, int]:
     """The run database's transaction and row counters (PostgreSQL updates them within ~1 s)."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as conn:
         cursor = await conn.execute(DB_COUNTERS)
         row: Any = await cursor.fetchone()
         names = [c.name for c in cursor.description or ()]
@@ -189,7 +191,9 @@ class Progress:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Progress:
-        self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        self._conn = await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, prepare_threshold=None
+        )
         self._task = asyncio.create_task(self._run())
         return self
 

@@ -202,7 +202,9 @@ OUTCOMES = """
 
 async def fetch_outcomes(conninfo: str) -> dict[str, tuple[str, float | None, float | None]]:
     """checkout_id -> (state, PAID at, last effect at; None while an effect is missing)."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as conn:
         cursor = await conn.execute(OUTCOMES)
         rows = await cursor.fetchall()
     outcomes = {}

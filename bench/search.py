@@ -167,7 +167,9 @@ def queries(rng: random.Random, count: int) -> list[tuple[str, str]]:
 async def load_orders(conninfo: str, count: int) -> dict[str, Any]:
     """COPY `count` orders in (indexes dropped, then rebuilt); the seconds each step took."""
     steps: dict[str, float] = {}
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as conn:
         started = time.monotonic()
         await conn.execute("TRUNCATE orders CASCADE")
         await conn.execute("DROP INDEX IF EXISTS orders_name_trgm_idx")
@@ -200,7 +202,9 @@ async def load_orders(conninfo: str, count: int) -> dict[str, Any]:
 
 
 async def order_count(conninfo: str) -> int:
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, prepare_threshold=None
+    ) as conn:
         row = await (await conn.execute("SELECT count(*) FROM orders")).fetchone()
         return int(row[0]) if row else 0
 

@@ -56,6 +56,16 @@ def pg_server() -> str:
     return url.rsplit("/", 1)[0] if url else DEFAULT_PG_SERVER
 
 
+def listen_env(database_url: str) -> dict[str, str]:
+    """CHECKOUT_DATABASE_LISTEN_URL's server (set when CHECKOUT_DATABASE_URL is a pooler)
+    with this run's database: NOTIFY reaches only listeners of the same database."""
+    listen = os.environ.get("CHECKOUT_DATABASE_LISTEN_URL")
+    if not listen:
+        return {}
+    server, database = listen.rsplit("/", 1)[0], database_url.rsplit("/", 1)[1]
+    return {"CHECKOUT_DATABASE_LISTEN_URL": f"{server}/{database}"}
+
+
 def amqp_url() -> str:
     return os.environ.get("CHECKOUT_RABBIT_URL", DEFAULT_AMQP)
 
@@ -92,6 +102,7 @@ class BenchSystem:
         self.env = {
             **os.environ,
             "CHECKOUT_DATABASE_URL": self.database_url,
+            **listen_env(self.database_url),
             "CHECKOUT_RABBIT_URL": amqp_url(),
             "CHECKOUT_NAMESPACE": self.namespace,
             "CHECKOUT_API_PORT": str(self.api_port),

@@ -18,6 +18,7 @@ import aio_pika
 import httpx
 import pytest
 
+from bench.system import listen_env
 from infra.db.migrate import drop_database
 from infra.messaging.topology import Topology, delete_topology
 from infra.settings import Settings, load_settings
@@ -35,6 +36,9 @@ def system_env(
     env = {
         **os.environ,
         "CHECKOUT_DATABASE_URL": f"{base}/checkout_e2e_{tag}",
+        # Behind a pooler, the relay's LISTEN goes straight to PostgreSQL: the same
+        # server as CHECKOUT_DATABASE_LISTEN_URL, this system's database.
+        **listen_env(f"{base}/checkout_e2e_{tag}"),
         "CHECKOUT_NAMESPACE": f"e2e_{tag}",
         "CHECKOUT_API_PORT": str(free_port()),
         "CHECKOUT_MOCKS_PORT": str(free_port()),

@@ -19,9 +19,11 @@ import pytest
 from infra.messaging.connect import connect
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import Topology, declare_topology
+from operations.events.errors import LogNotDeclared
 from operations.events.listing import list_events
 from operations.events.reading import Patience
 from operations.events.selection import EventSelection
+from tests.support.polling import eventually
 from tests.support.rabbit_node import RabbitNode, find_server
 from tests.support.seed import order_paid_event
 
@@ -80,7 +82,17 @@ async def test_the_log_keeps_its_events_across_a_broker_restart(node: RabbitNode
     await asyncio.to_thread(node.stop)
     await asyncio.to_thread(node.start)
 
-    after = await _read(node.url, topology)
+    # A restarted node accepts connections before it has brought its streams back (each
+    # stream's members start after it): until then a passive declare says NOT_FOUND.
+    async def read_when_back() -> list[tuple[int, str | None, str | None]] | None:
+        try:
+            return await _read(node.url, topology)
+        except LogNotDeclared:
+            return None
+
+    after = await eventually(
+        read_when_back, until=lambda r: r is not None, timeout=60, what="the log back"
+    )
     assert after == before
     # Declaring the topology again after the restart finds the same stream.
     connection = await connect(node.url)
