@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv lint typecheck clean bench bench-search drill
+.PHONY: run test venv lint typecheck clean bench bench-search drill chaos-deadlines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 ## make bench-search: GET /orders?name= on a million orders (loading them takes a while)
 bench-search: $(STAMP)
 	$(BIN)/python -m bench.run --search-million $(ARGS)
+
+## make chaos-deadlines: the fault suite's chaos run with 4 s payment deadlines firing during it
+chaos-deadlines: $(STAMP)
+	CHECKOUT_CHAOS_DEADLINES=1 $(BIN)/pytest tests/faults/test_chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

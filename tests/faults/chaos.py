@@ -367,8 +367,7 @@ class Chaos:
         ("broker-latency", 5),
         ("latency", 18),
         ("reset", 18),
-        ("payment-outage", 4),
-        ("payment-slow", 4),
+        *((("payment-outage", 4), ("payment-slow", 4)) if sysmod.DEADLINES else ()),
         ("duplicate", 26),
         ("pause", 10),
     )
