@@ -44,6 +44,9 @@ from infra.tracing import inject, tracer
 
 log = structlog.get_logger()
 
+MAX_BACKOFF = 2.0
+"""Seconds at most between two in-process attempts of one call (before jitter)."""
+
 
 def build_breakers(settings: Settings) -> AsyncCircuitBreakerFactory:
     """One breaker registry per process; each service gets its own named breaker."""
@@ -90,7 +93,7 @@ class ServiceClient:
         base_url: str,
         *,
         attempts: int = 3,
-        max_backoff: float = 2.0,
+        max_backoff: float = MAX_BACKOFF,
         breakers: AsyncCircuitBreakerFactory | None = None,
     ) -> None:
         self.name = name

@@ -62,6 +62,8 @@ class DeadlineReached:
     kind: str
     fired: int = 0
     """How often this deadline fired before (its backoff grows with it)."""
+    age: float = 0.0
+    """Seconds since the deadline was first set (a re-set keeps its start)."""
 
 
 @dataclass(frozen=True, slots=True)

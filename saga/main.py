@@ -13,6 +13,7 @@ from contracts import (
     ReconcilePayment,
     RefundPayment,
 )
+from infra.http import MAX_BACKOFF
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
 from infra.messaging.worker import Resources, Worker
@@ -28,6 +29,14 @@ from saga.production_cancel_client import ProductionCancelClient
 from saga.production_cancel_step import ProductionCancelStep
 from saga.refund_client import RefundClient
 from saga.refund_step import RefundStep
+from saga.state_machine import late_charge_window
+
+
+def checkout_saga(res: Resources) -> CheckoutSaga:
+    """The checkout saga's shell, with the deadlines and the late-charge window of the
+    settings."""
+    window = late_charge_window(res.settings.http_timeout, res.settings.http_attempts, MAX_BACKOFF)
+    return CheckoutSaga(res.uow, res.settings.payment_deadline, window)
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -37,8 +46,7 @@ def build_worker(settings: Settings) -> Worker:
 
     def payment_routes(res: Resources) -> dict[type[Message], Handler]:
         service = res.service("payment", res.settings.payment_base_url)
-        saga = CheckoutSaga(res.uow, res.settings.payment_deadline)
-        step = PaymentStep(res.uow, PaymentClient(service), saga)
+        step = PaymentStep(res.uow, PaymentClient(service), checkout_saga(res))
         return {ChargePayment: step.handle, ReconcilePayment: step.reconcile}
 
     def refund_routes(res: Resources) -> dict[type[Message], Handler]:
@@ -55,9 +63,7 @@ def build_worker(settings: Settings) -> Worker:
     worker.consume("production-cancel", production_cancel_routes)
 
     async def deadlines(res: Resources) -> None:
-        await run_deadlines(
-            CheckoutSaga(res.uow, res.settings.payment_deadline), CancellationDeadlines(res.uow)
-        )
+        await run_deadlines(checkout_saga(res), CancellationDeadlines(res.uow))
 
     worker.background("deadlines", deadlines)
 

@@ -83,10 +83,12 @@ _SETTLE_PAYMENT = (
 )
 _RECORD_LATE_CHARGE = (
     "UPDATE payments SET status = 'SUCCESSFUL', provider_payment_id = %s, updated_at = %s"
-    " WHERE payment_id = %s"
+    " WHERE payment_id = %s AND status <> 'REFUNDED'"
 )
 """A charge that succeeded after its checkout failed: the money was taken, so the payment
-says so (with the provider's id, which its refund needs), while the order stays FAILED."""
+says so (with the provider's id, which its refund needs), while the order stays FAILED.
+Heard of again once refunded (the call's own answer after a look found it, say), the
+payment stays REFUNDED."""
 _INSERT_LATE_REFUND = (
     "INSERT INTO refunds (refund_id, payment_id, order_id, cancellation_id, amount, currency,"
     " status, provider_refund_id, reason, idempotency_key, created_at, updated_at)"
@@ -123,7 +125,7 @@ _DEADLINE_CANCELLED_EVENT = (
 """The timeline's line for a cancelled deadline, if there was one: every CTE of the
 transition's statement sees the rows as they were before it, the deleted one included."""
 _CLAIM_DUE = (
-    "SELECT d.deadline_id, d.kind, d.attempts, c.checkout_id, c.state, o.order_id,"
+    "SELECT d.deadline_id, d.kind, d.attempts, d.created_at, c.checkout_id, c.state, o.order_id,"
     " o.order_name, o.amount, o.currency, o.customer_email, o.customer_name, p.payment_id"
     " FROM deadlines d JOIN checkouts c ON c.checkout_id = d.saga_id"
     " JOIN orders o ON o.order_id = c.order_id"
@@ -185,9 +187,19 @@ class CheckoutSaga:
     transaction of its own, exactly as if they had never been batched.
     """
 
-    def __init__(self, uow: UnitOfWork, payment_deadline: float = 120.0) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        payment_deadline: float = 120.0,
+        late_window: float = sm.LATE_CHARGE_WINDOW,
+    ) -> None:
+        """Args:
+        payment_deadline: `CHECKOUT_PAYMENT_DEADLINE`, seconds.
+        late_window: how long after a checkout failed a charge on its way can still
+            land (`state_machine.late_charge_window` of the HTTP settings), seconds."""
         self._uow = uow
         self._payment_deadline = payment_deadline
+        self._late_window = late_window
         self._batcher: Batcher[Item, Applied] = Batcher(
             "saga transitions",
             self._apply_all,
@@ -233,7 +245,9 @@ class CheckoutSaga:
                 if not claimed:
                     applied.append(Applied.of(checkout, None))
                     continue
-                transition = decide(CheckoutState(checkout.state), message)
+                transition = decide(
+                    CheckoutState(checkout.state), message, late_window=self._late_window
+                )
                 writes.extend(self._writes(transition, checkout, now))
                 applied.append(Applied.of(checkout, transition))
                 if transition.state.is_final and transition.state != checkout.state:
@@ -264,13 +278,16 @@ class CheckoutSaga:
             rows = await (await conn.execute(_CLAIM_DUE, (now, limit))).fetchall()
             writes: list[Statement] = []
             seen: set[uuid.UUID] = set()
-            for deadline_id, kind, fired, *loaded in rows:
+            for deadline_id, kind, fired, set_at, *loaded in rows:
                 checkout = _Loaded(*loaded)
                 if checkout.checkout_id in seen:  # one transition per checkout a round
                     continue
                 seen.add(checkout.checkout_id)
-                message = DeadlineReached(checkout.checkout_id, kind, fired)
-                transition = decide(CheckoutState(checkout.state), message)
+                age = max((now - set_at).total_seconds(), 0.0)
+                message = DeadlineReached(checkout.checkout_id, kind, fired, age)
+                transition = decide(
+                    CheckoutState(checkout.state), message, late_window=self._late_window
+                )
                 writes.extend(self._writes(transition, checkout, now, fired=fired + 1))
                 if not any(
                     isinstance(e, SetDeadline) and e.kind == kind for e in transition.effects

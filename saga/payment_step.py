@@ -18,9 +18,15 @@ redelivered after the commit finds that key in the inbox and calls nothing.
 Once the checkout is final (PAID, or FAILED: declined, or given up on by its
 reconciliation), its `ChargePayment` never charges again, wherever a copy of it waited
 (a retry queue, a dead-letter queue and a later replay, a redelivery): the step reads
-the checkout's state with the payment and acks such a command without calling. A
-call already past that check when the checkout ended is the one window left; its
-success is then a late answer, which the state machine refunds.
+the checkout's state with the payment and never calls `POST /payments` for it. For a
+PAID checkout it acks the command. For a FAILED one it looks the charge up instead
+(`GET /payments/{key}`) and applies the answer: a copy still about may be the
+redelivery of a delivery that sent its charge and died (or lost the answer), and a
+charge found is a late success, refunded; none found, nothing happens; no answer, the
+saga looks again later (see the state machine's late-charge looks). A call already
+past the check when the checkout ended is the one window left: its success is a late
+answer, which the state machine refunds when it hears of it (from the call itself, a
+look after the end, or such a copy).
 
 `ReconcilePayment` (sent when the payment deadline fires) asks the Payment Service
 for the charge made with the checkout's key (`GET /payments/{key}`) and applies what
@@ -56,6 +62,13 @@ log = structlog.get_logger()
 def reply_id(command_id: uuid.UUID) -> uuid.UUID:
     """The outcome's inbox key: the same for every delivery of one command."""
     return uuid.uuid5(command_id, "payment-reply")
+
+
+def lookup_id(command_id: uuid.UUID) -> uuid.UUID:
+    """The inbox key of what a charge command found by looking its charge up (its
+    checkout had failed): the same for every delivery of one command, and apart from
+    `reply_id`, which the delivery that sent the charge may still need."""
+    return uuid.uuid5(command_id, "payment-lookup")
 
 
 _PAYMENTS = (
@@ -150,9 +163,15 @@ class PaymentStep:
         if recorded.applied:
             log.info("duplicate message skipped")
             return Handled.DUPLICATE
-        if recorded.state.is_final:
+        if recorded.state is CheckoutState.PAID:
             log.warning("checkout is final; not charging", state=recorded.state)
             return Handled.DONE
+        if recorded.state is CheckoutState.FAILED:
+            # Never charged now; but a copy of the command still about is a sign its
+            # charge may have been sent (by a delivery killed or cut off before its
+            # answer): look it up instead, and a charge found is a late success.
+            log.warning("checkout is final; not charging", state=recorded.state)
+            return await self._look_instead(command, delivery)
         outcome = await self._payments.charge(
             order_id=command.order_id,
             amount=command.amount,
@@ -178,6 +197,19 @@ class PaymentStep:
         applied = await self._saga.apply(result, reply)
         return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
 
+    async def _look_instead(self, command: ChargePayment, delivery: Delivery) -> Handled:
+        """A charge command of a FAILED checkout: look its charge up, apply what is found."""
+        found = await self._lookup(command.checkout_id)
+        lookup = lookup_id(delivery.message_id)
+        # The saga's lines name the lookup, an input of its own, not the command: the
+        # command charged nothing (its line above says so).
+        with structlog.contextvars.bound_contextvars(
+            message_id=str(lookup), command_id=str(delivery.message_id)
+        ):
+            log.info("payment looked up", answer=found.message_type)
+            applied = await self._saga.apply(found, lookup)
+        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+
     async def reconcile(self, command: ReconcilePayment, delivery: Delivery) -> Handled:
         """Ask the Payment Service what became of the checkout's charge; apply the answer."""
         structlog.contextvars.bind_contextvars(order_id=str(command.order_id))
@@ -196,20 +228,25 @@ class PaymentStep:
             return Handled.DONE
         # A FAILED checkout is asked about too: a charge that landed after its end (a
         # call already on its way) is a late success, which the saga refunds.
-        key = str(command.checkout_id)
-        result: PaymentSucceeded | PaymentDeclined | PaymentNotFound | PaymentUnanswered
-        try:
-            found = await self._payments.find(key)
-        except TransientFailure as exc:
-            result = PaymentUnanswered(command.checkout_id, str(exc))
-        else:
-            match found:
-                case Charged(provider_payment_id=reference):
-                    result = PaymentSucceeded(command.checkout_id, reference, reconciled=True)
-                case Declined(reason=reason):
-                    result = PaymentDeclined(command.checkout_id, reason, reconciled=True)
-                case None:
-                    result = PaymentNotFound(command.checkout_id)
+        result = await self._lookup(command.checkout_id)
         log.info("payment reconciled", answer=result.message_type)
         applied = await self._saga.apply(result, reply)
         return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+
+    async def _lookup(
+        self, checkout_id: uuid.UUID
+    ) -> PaymentSucceeded | PaymentDeclined | PaymentNotFound | PaymentUnanswered:
+        """What the Payment Service says of the charge made with the checkout's key
+        (`GET /payments/{key}`), as the saga's input; never raises for an unreachable
+        service (that is `PaymentUnanswered`)."""
+        try:
+            found = await self._payments.find(str(checkout_id))
+        except TransientFailure as exc:
+            return PaymentUnanswered(checkout_id, str(exc))
+        match found:
+            case Charged(provider_payment_id=reference):
+                return PaymentSucceeded(checkout_id, reference, reconciled=True)
+            case Declined(reason=reason):
+                return PaymentDeclined(checkout_id, reason, reconciled=True)
+            case None:
+                return PaymentNotFound(checkout_id)

@@ -6,7 +6,9 @@ STARTED ──CheckoutRequested──▶ PAYMENT_PENDING ──PaymentSucceeded�
                    DeadlineReached   │      └──PaymentNotFound────▶ FAILED (payment_timeout)
                  (ask the service)───┘  PaymentUnanswered: stays, asked again later
 FAILED ──PaymentSucceeded (a late answer)──▶ FAILED, the charge refunded
-   └──DeadlineReached(late_charge): look for a charge that landed after all
+   ├──DeadlineReached(late_charge): look for a charge that landed after all
+   │                                (again, until the late-charge window is over)
+   └──PaymentUnanswered: look again soon
 ```
 PAID and FAILED are final. An input that does not fit the current state (a late
 duplicate outcome, a repeated request, a deadline after the end) changes nothing; its
@@ -22,10 +24,13 @@ A checkout failed by its reconciliation (no charge found: `payment_timeout`) may
 be charged by a call that was on its way then: the payment step refuses every call
 after the end, but one already sent lands when it lands, and its answer may never
 reach the saga (the saga killed, the connection reset while it waited). So that end
-sets one more deadline, `late_charge`: it asks the Payment Service again
-(`LATE_CHARGE_LOOKS` times, the first after `CHECKOUT_PAYMENT_DEADLINE`, then with the
-reconciliation's backoff); a charge found is a late success like any other (refunded),
-and stops the looking.
+sets one more deadline, `late_charge`: it asks the Payment Service again, the first
+time after `CHECKOUT_PAYMENT_DEADLINE`, then with the reconciliation's backoff, until
+the checkout has been FAILED longer than the late-charge window (`late_charge_window`:
+how long a call already on its way can still land, derived from the HTTP settings),
+the last look at or after it. A charge found is a late success like any other
+(refunded), and stops the looking; a look left unanswered (the service down) is asked
+again, so the last look is always one the service answered.
 
 Each transition is applied where its input arises, in one transaction: the first by
 the API (`checkout_api.usecases.checkout_order`, in the checkout's own statement), the
@@ -51,7 +56,9 @@ from saga.inputs import (
 PAYMENT_DEADLINE = "payment"
 PAYMENT_TIMEOUT = "payment_timeout"
 LATE_CHARGE_DEADLINE = "late_charge"
-LATE_CHARGE_LOOKS = 3
+LATE_CHARGE_WINDOW = 18.0
+"""Seconds after a checkout failed by its reconciliation during which a charge already on
+its way may still land, with the HTTP defaults (`late_charge_window`)."""
 # Seconds until a reconciliation is asked again: doubling from the first, at most the cap.
 RECONCILE_BACKOFF_FIRST = 5.0
 RECONCILE_BACKOFF_CAP = 300.0
@@ -154,8 +161,24 @@ def reconcile_backoff(fired: int) -> float:
     return float(min(RECONCILE_BACKOFF_FIRST * 2 ** max(fired - 1, 0), RECONCILE_BACKOFF_CAP))
 
 
-def decide(state: CheckoutState, message: SagaInput) -> Transition:
-    """The saga's rules; every (state, input) pair has an answer."""
+def late_charge_window(http_timeout: float, http_attempts: int, max_backoff: float) -> float:
+    """Seconds after a checkout failed within which a charge already on its way can land.
+
+    The payment step checks the checkout's state before it calls (`saga.payment_step`),
+    so a call it makes for a checkout that then fails began before the failure. That
+    call is tried at most `http_attempts` times in process, each bounded by
+    `http_timeout`, with at most `max_backoff` between them: its last request is sent
+    within `http_attempts * (http_timeout + max_backoff)` of the check. One more
+    `http_timeout` is the margin for a request the service still finishes after the
+    client gave up on it."""
+    return http_attempts * (http_timeout + max_backoff) + http_timeout
+
+
+def decide(
+    state: CheckoutState, message: SagaInput, *, late_window: float = LATE_CHARGE_WINDOW
+) -> Transition:
+    """The saga's rules; every (state, input) pair has an answer. `late_window`: the
+    late-charge window (`late_charge_window`), in seconds."""
     pending, failed = CheckoutState.PAYMENT_PENDING, CheckoutState.FAILED
     stop_waiting = CancelDeadline(PAYMENT_DEADLINE)
     match state, message:
@@ -229,20 +252,39 @@ def decide(state: CheckoutState, message: SagaInput) -> Transition:
                 ),
                 (RefundLateCharge(ref), CancelDeadline(LATE_CHARGE_DEADLINE)),
             )
-        case CheckoutState.FAILED, DeadlineReached(kind="late_charge", fired=fired):
+        case CheckoutState.FAILED, DeadlineReached(kind="late_charge", fired=fired, age=age):
             look = fired + 1
             more: tuple[Effect, ...] = ()
-            if look < LATE_CHARGE_LOOKS:
-                more = (SetDeadline(LATE_CHARGE_DEADLINE, reconcile_backoff(look)),)
+            if age < late_window:
+                # The last look falls at or after the window's end, never before it.
+                after = min(reconcile_backoff(look), late_window - age)
+                more = (SetDeadline(LATE_CHARGE_DEADLINE, after),)
+                then = f"; again in {after:g} s"
+            else:
+                then = "; the last: no charge on its way can land any more"
             return Transition(
                 failed,
                 Step(
                     "late_charge.lookup",
                     failed,
                     f"asking the Payment Service for a charge that landed after the checkout "
-                    f"failed (look {look} of {LATE_CHARGE_LOOKS})",
+                    f"failed (look {look}, {age:.0f} s after it failed, window "
+                    f"{late_window:g} s){then}",
                 ),
                 (ReconcilePayment(), *more),
+            )
+        case CheckoutState.FAILED, PaymentUnanswered(error=error):
+            # A look for a late charge went unanswered: it may have been the last one, so
+            # ask again (the deadline keeps its start: the window does not move).
+            return Transition(
+                failed,
+                Step(
+                    "late_charge.unanswered",
+                    failed,
+                    f"no answer ({error}); looking for a late charge again in "
+                    f"{RECONCILE_BACKOFF_FIRST:g} s",
+                ),
+                (SetDeadline(LATE_CHARGE_DEADLINE, RECONCILE_BACKOFF_FIRST),),
             )
         case _:
             return Transition(

@@ -16,10 +16,10 @@ from contracts import ChargePayment, ReconcilePayment, RefundPayment
 from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import TransientFailure
-from saga.inputs import PaymentNotFound, PaymentSucceeded, SagaInput
+from saga.inputs import PaymentDeclined, PaymentNotFound, PaymentSucceeded, SagaInput
 from saga.orchestrator import Applied, CheckoutSaga
 from saga.payment_client import Charged, Declined, PaymentClient
-from saga.payment_step import PaymentStep
+from saga.payment_step import PaymentStep, reply_id
 from tests.support.seed import pending_checkout
 
 pytestmark = pytest.mark.integration
@@ -306,3 +306,204 @@ async def test_a_paid_checkout_is_not_asked_about_again(
     assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
     assert payments.lookups == []
     assert await _state(engine, command) == ("PAID", "SUCCESSFUL", "PAID", 1)
+
+
+async def _refunds(engine: AsyncEngine, command: ChargePayment) -> tuple[int, int]:
+    """The refunds recorded for the command's payment, and the refund commands sent."""
+    async with engine.connect() as conn:
+        refunds = await conn.execute(
+            text("SELECT count(*) FROM refunds WHERE payment_id = :p"), {"p": command.payment_id}
+        )
+        sent = await conn.execute(
+            text(
+                "SELECT count(*) FROM outbox WHERE message_type = 'RefundPayment'"
+                " AND correlation_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+        return int(refunds.scalar_one()), int(sent.scalar_one())
+
+
+async def test_a_charge_command_of_a_failed_checkout_looks_up_its_charge_and_refunds_it(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    # The delivery that sent the charge died (or lost its answer); its command comes back
+    # after the reconciliation failed the checkout, and after the charge landed.
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    payments = FakePayments(Charged("p-1"), found=Charged("p-landed"))
+    step = PaymentStep(hot_uow, payments, saga)
+    message_id = uuid.uuid4()
+
+    assert await step.handle(command, _delivery(message_id, attempt=2)) == Handled.DONE
+
+    assert payments.calls == []  # never charged: looked up
+    assert payments.lookups == [str(command.checkout_id)]
+    assert await _state(engine, command) == ("FAILED", "SUCCESSFUL", "FAILED", 1)
+    assert await _failure(engine, command) == "payment_timeout"
+    assert (await _steps(engine, command))[-1][0] == "payment.late_success"
+    assert await _refunds(engine, command) == (1, 1)
+    # Redelivered again (a lost ack): nothing more.
+    assert await step.handle(command, _delivery(message_id, attempt=3)) == Handled.DUPLICATE
+    assert await _refunds(engine, command) == (1, 1)
+    # The delivery that sent the charge was alive after all and now hears its answer:
+    # its key is still free, and the charge is still refunded once.
+    late = await saga.apply(PaymentSucceeded(command.checkout_id, "p-landed"), reply_id(message_id))
+    assert late.transition is not None
+    assert (await _refunds(engine, command))[0] == 1
+    assert payments.calls == []
+
+
+async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_nothing(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    before = await _deadlines(engine, command)
+    payments = FakePayments(Charged("p-1"), found=None)
+    step = PaymentStep(hot_uow, payments, saga)
+
+    assert await step.handle(command, _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert (payments.calls, payments.lookups) == ([], [str(command.checkout_id)])
+    assert await _state(engine, command) == ("FAILED", "FAILED", "FAILED", 1)
+    assert (await _steps(engine, command))[-1][0] == "PaymentNotFound.ignored"
+    assert await _refunds(engine, command) == (0, 0)
+    assert await _deadlines(engine, command) == before  # the looks go on as they were
+
+
+async def test_a_charge_command_of_a_failed_checkout_unanswered_looks_again_later(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentDeclined(command.checkout_id, "card_declined"), uuid.uuid4())
+    assert await _deadlines(engine, command) == []
+    unreachable = TransientFailure("payments service answered 503: down")
+    payments = FakePayments(Charged("p-1"), found=unreachable)
+    step = PaymentStep(hot_uow, payments, saga)
+
+    assert await step.handle(command, _delivery(uuid.uuid4())) == Handled.DONE
+
+    assert payments.calls == []
+    name, detail = (await _steps(engine, command))[-1]
+    assert name == "late_charge.unanswered"
+    assert "payments service answered 503: down" in str(detail)
+    assert await _deadlines(engine, command) == [("late_charge", 0)]
+
+
+async def test_a_charge_command_of_a_paid_checkout_neither_charges_nor_looks(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentSucceeded(command.checkout_id, "p-1"), uuid.uuid4())
+    payments = FakePayments(Charged("p-1"), found=Charged("p-1"))
+
+    assert await PaymentStep(hot_uow, payments, saga).handle(command, _delivery(uuid.uuid4())) == (
+        Handled.DONE
+    )
+
+    assert (payments.calls, payments.lookups) == ([], [])
+    assert await _state(engine, command) == ("PAID", "SUCCESSFUL", "PAID", 1)
+
+
+async def test_a_refunded_late_charge_heard_of_again_stays_refunded(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    await saga.apply(PaymentSucceeded(command.checkout_id, "p-late"), uuid.uuid4())
+    async with engine.begin() as conn:  # the refund step's work, done
+        await conn.execute(
+            text("UPDATE payments SET status = 'REFUNDED' WHERE payment_id = :p"),
+            {"p": command.payment_id},
+        )
+        await conn.execute(
+            text("UPDATE refunds SET status = 'SUCCEEDED' WHERE payment_id = :p"),
+            {"p": command.payment_id},
+        )
+
+    await saga.apply(PaymentSucceeded(command.checkout_id, "p-late"), uuid.uuid4())
+
+    assert await _state(engine, command) == ("FAILED", "REFUNDED", "FAILED", 1)
+    assert (await _refunds(engine, command))[0] == 1
+
+
+async def _make_due(engine: AsyncEngine, command: ChargePayment) -> None:
+    async with engine.begin() as conn:  # due now, not waited for
+        await conn.execute(
+            text("UPDATE deadlines SET due_at = now() WHERE saga_id = :c"),
+            {"c": command.checkout_id},
+        )
+
+
+async def _fire(saga: CheckoutSaga, command: ChargePayment) -> str:
+    [fired] = [a for a in await saga.fire_due() if a.checkout_id == command.checkout_id]
+    assert fired.transition is not None
+    return str(fired.transition.step.detail)
+
+
+async def test_the_looks_for_a_late_charge_end_once_the_window_is_over(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    saga = CheckoutSaga(hot_uow, late_window=600.0)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    for look in (1, 2, 3, 4):  # within the window: every look sets the next
+        await _make_due(engine, command)
+        assert f"(look {look}," in await _fire(saga, command)
+        assert await _deadlines(engine, command) == [("late_charge", look)]
+
+    # The window is over (the deadline was first set longer ago than it): the last look.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE deadlines SET created_at = now() - interval '601 seconds'"
+                " WHERE saga_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+    await _make_due(engine, command)
+    assert "the last: no charge on its way can land any more" in await _fire(saga, command)
+    assert await _deadlines(engine, command) == []
+    async with engine.connect() as conn:
+        asked = await conn.execute(
+            text(
+                "SELECT count(*) FROM outbox WHERE message_type = 'ReconcilePayment'"
+                " AND correlation_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+        assert asked.scalar_one() == 5
+
+
+async def test_an_unanswered_last_look_for_a_late_charge_is_asked_again(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command = await pending_checkout(hot_uow)
+    unreachable = TransientFailure("payments service answered 503: down")
+    payments = FakePayments(Charged("p-1"), found=unreachable)
+    saga = CheckoutSaga(hot_uow, late_window=0.001)
+    step = PaymentStep(hot_uow, payments, saga)
+    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    await _make_due(engine, command)
+    assert "the last" in await _fire(saga, command)
+    assert await _deadlines(engine, command) == []
+
+    # The last look's question goes unanswered: it is asked again.
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+    assert (await _steps(engine, command))[-1][0] == "late_charge.unanswered"
+    assert await _deadlines(engine, command) == [("late_charge", 0)]
+
+    # Answered at last, with the charge: refunded, and the looking ends.
+    payments.found = Charged("p-landed")
+    await _make_due(engine, command)
+    await _fire(saga, command)
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+    assert await _state(engine, command) == ("FAILED", "SUCCESSFUL", "FAILED", 1)
+    assert await _refunds(engine, command) == (1, 1)
+    assert await _deadlines(engine, command) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from dataclasses import replace
 
@@ -20,8 +21,9 @@ from saga.inputs import (
 )
 from saga.state_machine import (
     LATE_CHARGE_DEADLINE,
-    LATE_CHARGE_LOOKS,
+    LATE_CHARGE_WINDOW,
     PAYMENT_DEADLINE,
+    RECONCILE_BACKOFF_FIRST,
     CancelDeadline,
     CheckoutState,
     CompletePayment,
@@ -31,7 +33,9 @@ from saga.state_machine import (
     RefundLateCharge,
     RequestPayment,
     SetDeadline,
+    Transition,
     decide,
+    late_charge_window,
     reconcile_backoff,
 )
 
@@ -71,6 +75,13 @@ EXPECTED: dict[tuple[CheckoutState, str], tuple[CheckoutState, tuple[Effect, ...
         S.FAILED,
         (RefundLateCharge("p-1"), CancelDeadline(LATE_CHARGE_DEADLINE)),
         "payment.late_success",
+    ),
+    # A look for a late charge (or a final checkout's charge command's lookup) went
+    # unanswered: look again.
+    (S.FAILED, "PaymentUnanswered"): (
+        S.FAILED,
+        (SetDeadline(LATE_CHARGE_DEADLINE, RECONCILE_BACKOFF_FIRST),),
+        "late_charge.unanswered",
     ),
 }
 # The late-charge deadline in FAILED: looks again (by kind, so keyed apart from DUE's).
@@ -187,15 +198,63 @@ def test_the_api_applies_the_first_transition_as_the_state_machine_decides_it() 
     assert transition.effects == (RequestPayment(), SetDeadline(PAYMENT_DEADLINE))
 
 
-def test_a_failed_checkout_looks_for_a_late_charge_a_bounded_number_of_times() -> None:
-    looks = [decide(S.FAILED, replace(LOOK, fired=n)) for n in range(LATE_CHARGE_LOOKS)]
-    assert all(ReconcilePayment() in t.effects for t in looks)
-    again = [e for t in looks for e in t.effects if isinstance(e, SetDeadline)]
-    assert [e.after for e in again] == [reconcile_backoff(n) for n in range(1, LATE_CHARGE_LOOKS)]
-    assert looks[-1].step.detail == (
+def _looks(window: float) -> list[tuple[float, Transition]]:
+    """Every look of a checkout failed by its reconciliation, each with its age: the first
+    when the deadline set by the failure fires (at `first` seconds), then as each sets
+    it again."""
+    first = 4.0
+    looks: list[tuple[float, Transition]] = []
+    age: float | None = first
+    while age is not None:
+        assert len(looks) < 100, "the looks never end"
+        look = decide(S.FAILED, replace(LOOK, fired=len(looks), age=age), late_window=window)
+        looks.append((age, look))
+        again = [e for e in look.effects if isinstance(e, SetDeadline)]
+        age = age + again[0].after if again and again[0].after is not None else None
+    return looks
+
+
+@pytest.mark.parametrize("window", [0.5, 4.0, LATE_CHARGE_WINDOW, 54.0, 600.0])
+def test_a_failed_checkout_looks_for_a_late_charge_until_none_can_land(window: float) -> None:
+    looks = _looks(window)
+    assert all(ReconcilePayment() in t.effects for _, t in looks)
+    ages = [age for age, _ in looks]
+    # The last look is the first at or after the window's end: no charge on its way can
+    # land after it; every earlier one sets the next.
+    assert ages[-1] >= window
+    assert all(age < window for age in ages[:-1])
+    assert not any(isinstance(e, SetDeadline) for e in looks[-1][1].effects)
+    # Bounded: the backoff doubles, so a handful of looks cover even a long window.
+    assert len(looks) <= 2 + math.ceil(math.log2(max(window, 2.0)))
+    assert looks[-1][1].step.detail == (
         "asking the Payment Service for a charge that landed after the checkout failed "
-        f"(look {LATE_CHARGE_LOOKS} of {LATE_CHARGE_LOOKS})"
+        f"(look {len(looks)}, {ages[-1]:.0f} s after it failed, window {window:g} s); "
+        "the last: no charge on its way can land any more"
     )
+
+
+def test_the_looks_follow_the_backoff_within_the_window() -> None:
+    ages = [age for age, _ in _looks(54.0)]
+    assert ages == [4.0, 9.0, 19.0, 39.0, 54.0]
+
+
+def test_the_late_charge_window_outlasts_every_attempt_of_a_call() -> None:
+    # 3 attempts of 3 s with up to 2 s between them, and one timeout's margin: the
+    # window of the defaults.
+    assert late_charge_window(3.0, 3, 2.0) == LATE_CHARGE_WINDOW == 18.0
+    assert late_charge_window(12.0, 3, 2.0) == 54.0
+    assert late_charge_window(1.0, 1, 2.0) == 4.0
+
+
+def test_an_unanswered_look_for_a_late_charge_asks_again() -> None:
+    again = decide(S.FAILED, UNANSWERED)
+    assert again.state is S.FAILED
+    assert again.effects == (SetDeadline(LATE_CHARGE_DEADLINE, RECONCILE_BACKOFF_FIRST),)
+    assert again.step.detail == (
+        "no answer (payments service answered 503); looking for a late charge again in 5 s"
+    )
+    # A PAID checkout asks nothing (the payment step does not even look for it).
+    assert decide(S.PAID, UNANSWERED).effects == ()
 
 
 def test_only_a_timed_out_checkout_looks_for_a_late_charge() -> None:

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from saga import state_machine as sm
 from saga.inputs import (
     CheckoutRequested,
     DeadlineReached,
@@ -77,6 +78,7 @@ APPLIES = {
     (CheckoutState.PAYMENT_PENDING, "PaymentNotFound"),
     (CheckoutState.PAYMENT_PENDING, "DeadlineReached"),
     (CheckoutState.FAILED, "PaymentSucceeded"),  # a late success: refunded
+    (CheckoutState.FAILED, "PaymentUnanswered"),  # a look for one unanswered: look again
 }
 # Pairs that change nothing but are recorded as what they are (not as ignored).
 RECORDED = {(CheckoutState.PAYMENT_PENDING, "PaymentUnanswered")}
@@ -105,10 +107,17 @@ due = st.builds(
     kind=st.just(PAYMENT_DEADLINE),
     fired=st.integers(min_value=0, max_value=20),
 )
+look = st.builds(
+    DeadlineReached,
+    checkout_id=st.just(CHECKOUT),
+    kind=st.just(LATE_CHARGE_DEADLINE),
+    fired=st.integers(min_value=0, max_value=20),
+    age=st.floats(min_value=0, max_value=1000),
+)
 not_found = st.builds(PaymentNotFound, checkout_id=st.just(CHECKOUT))
 unanswered = st.builds(PaymentUnanswered, checkout_id=st.just(CHECKOUT), error=text)
 messages: st.SearchStrategy[SagaInput] = st.one_of(
-    requested, succeeded, declined, due, not_found, unanswered
+    requested, succeeded, declined, due, look, not_found, unanswered
 )
 states = st.sampled_from(CheckoutState)
 
@@ -205,7 +214,14 @@ def check_transition(state: CheckoutState, message: SagaInput, transition: Trans
     """One step against the module's own rules, for any state and message."""
     assert isinstance(transition.state, CheckoutState)
     assert transition.changed == bool(transition.effects)
-    if (state, message.message_type) in APPLIES:
+    late_look = isinstance(message, DeadlineReached) and message.kind == LATE_CHARGE_DEADLINE
+    if late_look and state is CheckoutState.FAILED:
+        # A look for a late charge: in FAILED only, and it never moves the checkout.
+        assert transition.state is state
+        assert transition.effects[0] == sm.ReconcilePayment()
+        assert transition.step.name == "late_charge.lookup"
+        return
+    if (state, message.message_type) in APPLIES and not late_look:
         assert transition.changed
         assert transition.state is state or (state, transition.state) in LEGAL_MOVES
         assert transition.step.status == transition.state
@@ -242,10 +258,15 @@ def test_every_state_and_message_has_a_lawful_answer(
 def test_final_states_never_change(state: CheckoutState, message: SagaInput) -> None:
     transition = decide(state, message)
     assert transition.state is state
-    # Nothing happens after the end, but for a late success's refund (which ends the look
-    # for one).
-    late = (RefundLateCharge, CancelDeadline)
+    # Nothing happens after the end, but for the look for a late charge and a late
+    # success's refund (which ends the look).
+    late = (RefundLateCharge, CancelDeadline, SetDeadline, sm.ReconcilePayment)
     assert all(isinstance(e, late) for e in transition.effects)
+    assert all(
+        e.kind == LATE_CHARGE_DEADLINE
+        for e in transition.effects
+        if isinstance(e, SetDeadline | CancelDeadline)
+    )
     assert CancelDeadline(PAYMENT_DEADLINE) not in transition.effects
     assert state is CheckoutState.FAILED or transition.effects == ()
 
