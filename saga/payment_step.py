@@ -64,11 +64,14 @@ def reply_id(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(command_id, "payment-reply")
 
 
-def lookup_id(command_id: uuid.UUID) -> uuid.UUID:
-    """The inbox key of what a charge command found by looking its charge up (its
-    checkout had failed): the same for every delivery of one command, and apart from
-    `reply_id`, which the delivery that sent the charge may still need."""
-    return uuid.uuid5(command_id, "payment-lookup")
+def lookup_id(command_id: uuid.UUID, answer: str) -> uuid.UUID:
+    """The inbox key of what a charge command of a FAILED checkout found by looking its
+    charge up (`answer`: the input's type). Apart from `reply_id`, which the delivery
+    that sent the charge may still need; and one per answer, so that a copy of the
+    command (a redelivery, a replay: the same message_id) finding the charge landed is
+    applied even after an earlier copy found nothing, while two copies finding the same
+    are applied once."""
+    return uuid.uuid5(command_id, f"payment-lookup/{answer}")
 
 
 _PAYMENTS = (
@@ -200,7 +203,7 @@ class PaymentStep:
     async def _look_instead(self, command: ChargePayment, delivery: Delivery) -> Handled:
         """A charge command of a FAILED checkout: look its charge up, apply what is found."""
         found = await self._lookup(command.checkout_id)
-        lookup = lookup_id(delivery.message_id)
+        lookup = lookup_id(delivery.message_id, found.message_type)
         # The saga's lines name the lookup, an input of its own, not the command: the
         # command charged nothing (its line above says so).
         with structlog.contextvars.bound_contextvars(

@@ -355,7 +355,7 @@ async def test_a_charge_command_of_a_failed_checkout_looks_up_its_charge_and_ref
     assert payments.calls == []
 
 
-async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_nothing(
+async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_nothing_yet(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
     command = await pending_checkout(hot_uow)
@@ -364,14 +364,23 @@ async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_n
     before = await _deadlines(engine, command)
     payments = FakePayments(Charged("p-1"), found=None)
     step = PaymentStep(hot_uow, payments, saga)
+    message_id = uuid.uuid4()
 
-    assert await step.handle(command, _delivery(uuid.uuid4())) == Handled.DONE
+    assert await step.handle(command, _delivery(message_id)) == Handled.DONE
 
     assert (payments.calls, payments.lookups) == ([], [str(command.checkout_id)])
     assert await _state(engine, command) == ("FAILED", "FAILED", "FAILED", 1)
     assert (await _steps(engine, command))[-1][0] == "PaymentNotFound.ignored"
     assert await _refunds(engine, command) == (0, 0)
     assert await _deadlines(engine, command) == before  # the looks go on as they were
+    # A copy of the same command (a duplicate, a dead-letter replay) finding nothing again
+    # is a duplicate; one finding the charge landed meanwhile is not, and refunds it.
+    assert await step.handle(command, _delivery(message_id, attempt=2)) == Handled.DUPLICATE
+    payments.found = Charged("p-landed")
+    assert await step.handle(command, _delivery(message_id, attempt=3)) == Handled.DONE
+    assert await _state(engine, command) == ("FAILED", "SUCCESSFUL", "FAILED", 1)
+    assert await _refunds(engine, command) == (1, 1)
+    assert payments.calls == []
 
 
 async def test_a_charge_command_of_a_failed_checkout_unanswered_looks_again_later(
