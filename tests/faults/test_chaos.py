@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from infra.settings import Settings
+from tests.faults import system as sysmod
 from tests.faults.chaos import Chaos, Injector, Tap, Workload
 from tests.faults.checker import Facts, check
 from tests.faults.collect import gather_facts, wait_quiet
@@ -29,10 +30,10 @@ pytestmark = pytest.mark.faults
 
 SECONDS = fault_seconds()
 ORDERS_PER_SECOND = 1.2
-SETTLE_TIMEOUT = 60.0
+SETTLE_TIMEOUT = sysmod.SETTLE_SECONDS
 
 
-@pytest.mark.timeout(SECONDS + 240)
+@pytest.mark.timeout(SECONDS + 180 + 2 * SETTLE_TIMEOUT)
 async def test_every_checkout_ends_once_under_faults(
     settings: Settings, tmp_path: Path, fault_seed: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
