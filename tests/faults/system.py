@@ -77,10 +77,9 @@ RETRY_DELAYS = "0.3,0.6,1.2,2.5,5,10,15"
 # A checkout failed so keeps a deadline (its looks for a late charge) for the
 # late-charge window after its end, which the settling waits for (`SETTLE_SECONDS`).
 #
-# Only with CHECKOUT_CHAOS_DEADLINES=1 (`make chaos-deadlines`). Without it the suite's
-# run keeps the default deadline, which never fires during the run, and a short HTTP
-# timeout.
-DEADLINES = os.environ.get("CHECKOUT_CHAOS_DEADLINES") == "1"
+# On by default; CHECKOUT_CHAOS_DEADLINES=0 turns it off: the default deadline, which
+# never fires during the run, and a short HTTP timeout.
+DEADLINES = os.environ.get("CHECKOUT_CHAOS_DEADLINES", "1") != "0"
 PAYMENT_DEADLINE = 4.0 if DEADLINES else 120.0
 HTTP_TIMEOUT = 12.0 if DEADLINES else 1.0
 HTTP_ATTEMPTS = 3
