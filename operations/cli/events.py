@@ -185,8 +185,6 @@ def backfill(
         fail("--rate must be a positive number of events a second", 2)
     if not reason.strip():
         fail("--reason must say why (it is kept in the audit log)", 2)
-    if since_offset is not None and since_offset < 0:
-        fail("--since-offset must be 0 or more", 2)
     selection = _selection_or_exit(since, until, types, ctx.args, started, since_offset)
     topology = Topology.from_settings(settings)
     stream = topology.event_log
