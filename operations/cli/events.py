@@ -53,7 +53,6 @@ from operations.events.errors import (
 from operations.events.event import LoggedEvent
 from operations.events.listing import Listing, list_events
 from operations.events.operations import backfill_recorded
-from operations.events.reading import Window
 from operations.events.selection import EventSelection
 from operations.events.targets import not_for_events
 from operations.events.times import BadTime, parse_time
@@ -127,7 +126,7 @@ def list_(
 
     async def main() -> Listing:
         async with _broker(settings) as connection:
-            with _progress(selection, started, "Reading") as progress:
+            with _progress(selection, "Reading") as progress:
                 return await list_events(
                     connection, stream, selection, started=started, on_progress=progress
                 )
@@ -198,7 +197,7 @@ def backfill(
     async def main() -> BackfillOutcome:
         async with _broker(settings) as connection, _audit_log(settings) as uow:
             verb = "Looking" if dry_run else "Copying"
-            with _progress(selection, started, verb) as progress:
+            with _progress(selection, verb) as progress:
                 return await backfill_recorded(
                     connection,
                     uow,
@@ -375,14 +374,11 @@ def resume_command(outcome: BackfillOutcome, offset: int | None, reason: str) ->
 
 
 @contextmanager
-def _progress(
-    selection: EventSelection, started: datetime, verb: str
-) -> Iterator[Callable[[Any], None] | None]:
+def _progress(selection: EventSelection, verb: str) -> Iterator[Callable[[Any], None] | None]:
     """A progress bar over the time range on stderr, when stderr is a terminal."""
     if not sys.stderr.isatty():
         yield None
         return
-    window = Window.of(selection, started)
     with rich.progress.Progress(
         rich.progress.TextColumn("{task.description}"),
         rich.progress.BarColumn(),
@@ -400,7 +396,7 @@ def _progress(
                 return
             if not first:
                 first.append(selection.since or seen.timestamp)
-            span = (window.end - first[0]).total_seconds()
+            span = (state.window.end - first[0]).total_seconds()
             done = (seen.timestamp - first[0]).total_seconds()
             count = state.count if isinstance(state, BackfillOutcome) else len(state.events)
             bar.update(
