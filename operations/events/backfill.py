@@ -30,6 +30,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from operations.channels import close_quietly
 from operations.dlq.errors import QueueNotDeclared
 from operations.dlq.pacing import Pacer
 from operations.dlq.reading import ensure_declared
@@ -217,7 +218,5 @@ async def backfill(
         if in_flight:
             await asyncio.gather(*(c for _, _, c in in_flight if c), return_exceptions=True)
         if publisher is not None:
-            with contextlib.suppress(AMQPError, OSError):
-                if not publisher.is_closed:
-                    await publisher.close()
+            await close_quietly(publisher)
     return outcome
