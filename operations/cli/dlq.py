@@ -258,24 +258,15 @@ def _errors(settings: Settings) -> Callable[[Exception], None]:
         if isinstance(exc, AuditUnavailable):
             fail(_audit_failure(settings, exc))
         if isinstance(exc, Interrupted):
-            done = exc.outcome
-            verb = "replayed" if done.action == "replay" else "purged"
-            fail(
-                f"the broker failed part-way ({exc}): {done.count} messages were {verb} "
-                f"(recorded in the audit log); the rest are still in {done.queue.dlq}"
-            )
+            fail(exc.describe())
 
     return on_error
 
 
 def _audit_failure(settings: Settings, exc: AuditUnavailable) -> str:
     problem = audit_problem(settings, exc)
-    if exc.outcome is None:
-        return problem
-    done = exc.outcome
-    verb = "replayed" if done.action == "replay" else "purged"
-    ids = ", ".join(str(i) for i in done.message_ids)
-    return f"{done.count} messages were {verb} ({ids}) but the audit log was not written: {problem}"
+    moved = exc.already_moved()
+    return problem if moved is None else f"{moved}: {problem}"
 
 
 # --------------------------------------------------------------------------- output

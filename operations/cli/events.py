@@ -294,10 +294,7 @@ def _copied(done: BackfillOutcome) -> str:
 
 
 def _go_on(done: BackfillOutcome, reason: str) -> str:
-    resume_at = done.resume_offset
-    if resume_at is None:  # stopped before it handled any event
-        resume_at = done.selection.since_offset
-    return "to go on from there: " + resume_command(done, resume_at, reason)
+    return "to go on from there: " + resume_command(done, done.resume_from, reason)
 
 
 def _stopped(exc: BackfillStopped, reason: str) -> str:

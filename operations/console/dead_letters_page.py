@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.exceptions import AMQPError
@@ -29,6 +28,7 @@ from operations.dlq.operations import purge_recorded, replay_recorded
 from operations.dlq.outcome import Outcome
 from operations.dlq.queues import resolve
 from operations.dlq.selection import Selection
+from operations.timefmt import when
 
 SHOWN = 50  # messages shown on a queue's page (the depth says how many there are)
 MAX_REASON = 500
@@ -81,26 +81,11 @@ def _shown(letter: DeadLetter) -> dict[str, Any]:
     body = letter.parsed_body()
     return {
         "letter": letter,
-        "first_failure": _when(letter.headers.get(failures.FIRST_FAILURE_AT)),
-        "last_failure": _when(letter.headers.get(failures.LAST_FAILURE_AT)),
+        "first_failure": when(letter.headers.get(failures.FIRST_FAILURE_AT)),
+        "last_failure": when(letter.headers.get(failures.LAST_FAILURE_AT)),
         "headers": json.dumps(jsonable(dict(letter.headers)), indent=2, sort_keys=True),
         "body": body if isinstance(body, str) else json.dumps(body, indent=2),
     }
-
-
-def _when(value: object) -> str:
-    """A failure time header (ISO text, or a time) in UTC to the second, else "-"."""
-    when = value
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    if isinstance(when, datetime):
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return "-"
 
 
 @action
@@ -202,15 +187,11 @@ async def _done(
     except QueueNotDeclared as exc:
         return _problem(request, session, f"{exc} is not declared: start the system once")
     except AuditUnavailable as exc:
-        return _problem(request, session, f"the audit log cannot be written: {exc}")
+        moved = exc.already_moved()
+        said = f"{moved}: {exc}" if moved else f"the audit log cannot be written: {exc}"
+        return _problem(request, session, said)
     except Interrupted as exc:
-        done = exc.outcome
-        return _problem(
-            request,
-            session,
-            f"the broker failed part-way ({exc}): {done.count} messages were done "
-            f"(recorded in the audit log); the rest are still in {done.queue.dlq}",
-        )
+        return _problem(request, session, exc.describe())
     except (AMQPError, OSError) as exc:
         return _problem(request, session, f"the broker failed ({exc!r:.120})")
     return page(request, "outcome.html", session, {"outcome": outcome, "back": back})

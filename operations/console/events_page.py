@@ -180,14 +180,7 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
     except AuditUnavailable as exc:
         return _problem(request, session, f"the audit log cannot be written, nothing copied: {exc}")
     except BackfillStopped as exc:
-        done = exc.outcome
-        return _problem(
-            request,
-            session,
-            f"the backfill stopped ({exc}): {done.count} events were copied to {done.queue}"
-            f" (recorded in the audit log); to go on, backfill again with the same range,"
-            f" until {done.window.end.isoformat()} and from offset {done.resume_offset}",
-        )
+        return _problem(request, session, stopped_line(exc))
     except BackfillNotRecorded as exc:
         return _problem(
             request,
@@ -198,6 +191,18 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
     except (LogLost, AMQPError, OSError) as exc:
         return _problem(request, session, f"the broker failed ({exc!s:.160})")
     return page(request, "backfilled.html", session, {"outcome": outcome})
+
+
+def stopped_line(exc: BackfillStopped) -> str:
+    """How far a backfill got before it stopped, and the form's values that go on from there."""
+    done = exc.outcome
+    go_on = f"until {done.window.end.isoformat()}"
+    if done.resume_from is not None:
+        go_on += f" and from offset {done.resume_from}"
+    return (
+        f"the backfill stopped ({exc}): {done.count} events were copied to {done.queue}"
+        f" (recorded in the audit log); to go on, backfill again with the same range, {go_on}"
+    )
 
 
 def _rate(text: str) -> float | None:

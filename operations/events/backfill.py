@@ -65,6 +65,14 @@ class BackfillOutcome:
     def count(self) -> int:
         return len(self.message_ids)
 
+    @property
+    def resume_from(self) -> int | None:
+        """The offset a stopped backfill goes on from: after the last event handled, or,
+        when it stopped before handling any, where it started (None: its `since`)."""
+        if self.resume_offset is not None:
+            return self.resume_offset
+        return self.selection.since_offset
+
     def handled(self, event: LoggedEvent, copied: bool) -> None:
         self.scanned += 1
         self.last_seen = event
