@@ -23,8 +23,14 @@ from infra.db.session import create_engine
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.cli.common import JsonOpt, database_or_exit, tolerant_broker
-from operations.stuck import DEFAULT_OLDER_THAN, Report, parse_duration, set_gauge
-from operations.stuck_report import saga_metrics_url, stuck_report
+from operations.stuck import (
+    DEFAULT_OLDER_THAN,
+    Report,
+    parse_duration,
+    saga_metrics_url,
+    set_gauge,
+    stuck_report,
+)
 
 
 def stuck(
