@@ -12,17 +12,16 @@ as such on the page and does not hide the other.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from infra.messaging.topology import Topology
+from operations.channels import close_quietly
 from operations.stuck import DEFAULT_OLDER_THAN, count_stuck
 
 STUCK_AFTER = DEFAULT_OLDER_THAN
@@ -122,7 +121,5 @@ async def queue_status(connection: AbstractConnection, topology: Topology) -> li
                 channel = await connection.channel(publisher_confirms=False)
             statuses.append(QueueStatus(queue.name, queue.dlq, messages, consumers, dead))
     finally:
-        with contextlib.suppress(AMQPError, OSError):
-            if not channel.is_closed:
-                await channel.close()
+        await close_quietly(channel)
     return statuses

@@ -7,15 +7,20 @@ longer than a threshold, with what it waits for:
   a saga running);
 - an outbox row not published, and for how long (the relay is down or failing);
 - the Payment Service, when its last reconciliation got no answer;
-- a message parked in a dead-letter queue (`attach_dead_letters` reads the queues
+- a message parked in a dead-letter queue (`_attach_dead_letters` reads the queues
   without consuming: `operations.timeline.query.scan_dead_letters`), with the replay that
   repairs it.
+
+`stuck_report` is the whole report, for `checkout stuck` and the console's stuck page
+alike, so both list the same items with the same reasons: the database first, then,
+only when something is stuck, the dead-letter queues (read, not consumed) and the
+saga process's open breakers.
 
 `count_stuck` is the cheap part alone (one statement), for the gauge `checkout_stuck`
 by kind and state, which the saga process refreshes (`run_stuck_gauge`) and the CLI
 sets as it reports; an alert on `max(checkout_stuck) > 0` is in the README.
 
-Only the process that holds a circuit breaker knows whether it is open. `open_breakers`
+Only the process that holds a circuit breaker knows whether it is open. `_open_breakers`
 asks the saga process's own metrics endpoint (`checkout_circuit_breaker_open`, the
 health port) when it can reach it; otherwise what the breaker left behind still shows:
 a dead letter's or a reconciliation's last error ("circuit breaker is open", "answered
@@ -28,7 +33,8 @@ import asyncio
 import re
 import shlex
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,31 +42,48 @@ from typing import Any
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractConnection
+from aio_pika.exceptions import AMQPError
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from infra.db.models import ACTIVE_CHECKOUT_STATES, FINAL_CANCELLATION_STATES
+from infra.health_ports import known_health_ports
 from infra.messaging.topology import Topology
 from infra.metrics import STUCK
+from infra.settings import Settings
 from operations.timeline.query import scan_dead_letters
 
 log = structlog.get_logger()
 
 DEFAULT_OLDER_THAN = timedelta(minutes=5)
 GAUGE_INTERVAL = 30.0
-KINDS_STATES = {
-    "checkout": ("STARTED", "PAYMENT_PENDING"),
-    "cancellation": ("REQUESTED", "WAITING_FOR_CHECKOUT", "CANCELLING_PRODUCTION", "REFUNDING"),
-}
+ACTIVE_CANCELLATION_STATES = (
+    "REQUESTED",
+    "WAITING_FOR_CHECKOUT",
+    "CANCELLING_PRODUCTION",
+    "REFUNDING",
+)
+# The states not final, each a label pair of the gauge.
+KINDS_STATES = {"checkout": ACTIVE_CHECKOUT_STATES, "cancellation": ACTIVE_CANCELLATION_STATES}
+
+
+def _sql_list(states: Sequence[str]) -> str:
+    return ", ".join(f"'{state}'" for state in states)
+
+
+# As the partial indexes say it: a checkout's active states, a cancellation's final ones.
+_CHECKOUT_NOT_FINAL = f"state IN ({_sql_list(ACTIVE_CHECKOUT_STATES)})"
+_CANCELLATION_NOT_FINAL = f"state NOT IN ({_sql_list(FINAL_CANCELLATION_STATES)})"
 
 _CHECKOUTS = text(
-    "SELECT 'checkout', checkout_id, order_id, state, created_at FROM checkouts"
-    " WHERE state IN ('STARTED', 'PAYMENT_PENDING') AND created_at < :before"
+    "SELECT 'checkout', checkout_id, order_id, state, created_at FROM checkouts"  # noqa: S608 (constants)
+    f" WHERE {_CHECKOUT_NOT_FINAL} AND created_at < :before"
     " ORDER BY created_at"
 )
 _CANCELLATIONS = text(
-    "SELECT 'cancellation', cancellation_id, order_id, state, created_at FROM cancellations"
-    " WHERE state NOT IN ('CANCELLED', 'REJECTED') AND created_at < :before"
+    "SELECT 'cancellation', cancellation_id, order_id, state, created_at FROM cancellations"  # noqa: S608 (constants)
+    f" WHERE {_CANCELLATION_NOT_FINAL} AND created_at < :before"
     " ORDER BY created_at"
 )
 _CANCELLATION_CHECKOUTS = text(
@@ -78,13 +101,11 @@ _LAST_STEPS = text(
     "SELECT DISTINCT ON (checkout_id) checkout_id, name, detail, at FROM checkout_steps"
     " WHERE checkout_id = ANY(:ids) ORDER BY checkout_id, id DESC"
 )
-_COUNT = (
-    "SELECT 'checkout', state, count(*) FROM checkouts"
-    " WHERE state IN ('STARTED', 'PAYMENT_PENDING') AND created_at < :before GROUP BY 2"
-)
-_COUNT_CANCELLATIONS = (
+_COUNT = text(
+    "SELECT 'checkout', state, count(*) FROM checkouts"  # noqa: S608 (constants)
+    f" WHERE {_CHECKOUT_NOT_FINAL} AND created_at < :before GROUP BY 2"
     " UNION ALL SELECT 'cancellation', state, count(*) FROM cancellations"
-    " WHERE state NOT IN ('CANCELLED', 'REJECTED') AND created_at < :before GROUP BY 2"
+    f" WHERE {_CANCELLATION_NOT_FINAL} AND created_at < :before GROUP BY 2"
 )
 
 
@@ -150,9 +171,51 @@ class Report:
         }
 
 
+# Given whether the queues are wanted, a broker connection or (None, why not).
+BrokerOpener = Callable[
+    [bool], AbstractAsyncContextManager[tuple[AbstractConnection | None, str | None]]
+]
+
+
+def saga_metrics_url(settings: Settings) -> str | None:
+    """The saga process's metrics endpoint, where its breakers show (None: not known)."""
+    port = known_health_ports(settings).get("saga")
+    return f"http://{settings.health_host}:{port}/metrics" if port else None
+
+
+async def stuck_report(
+    engine: AsyncEngine,
+    older_than: timedelta,
+    broker: BrokerOpener,
+    topology: Topology,
+    metrics_url: str | None,
+) -> Report:
+    """Everything not final for longer than `older_than`, with what it waits for."""
+    async with engine.connect() as conn:
+        now = (await conn.execute(text("SELECT now()"))).scalar_one()
+        found = await find_stuck(conn, now, older_than)
+    report = Report(now, older_than, found)
+    async with broker(bool(found)) as (rabbit, error):
+        if rabbit is not None:
+            # A broker lost while its queues are read costs the report its dead
+            # letters, not the rest of what the database said.
+            try:
+                await _attach_dead_letters(found, rabbit, topology)
+                report.dead_letters_read = True
+            except (AMQPError, OSError, RuntimeError) as exc:  # RuntimeError: closed
+                error = f"reading the dead-letter queues failed ({exc!r:.160})"
+        report.broker_error = error
+    if found and metrics_url:
+        open_ = await _open_breakers(metrics_url)
+        if open_:
+            attach_breakers(found, open_, metrics_url)
+    _finish(found)
+    return report
+
+
 async def find_stuck(conn: AsyncConnection, now: datetime, older_than: timedelta) -> list[Stuck]:
     """Every checkout and cancellation not final since before `now - older_than`, with
-    what the database says it waits for (dead letters: `attach_dead_letters`)."""
+    what the database says it waits for (dead letters: `_attach_dead_letters`)."""
     before = now - older_than
     rows = list((await conn.execute(_CHECKOUTS, {"before": before})).all())
     rows += list((await conn.execute(_CANCELLATIONS, {"before": before})).all())
@@ -208,7 +271,7 @@ async def find_stuck(conn: AsyncConnection, now: datetime, older_than: timedelta
     return found
 
 
-async def attach_dead_letters(
+async def _attach_dead_letters(
     found: Sequence[Stuck], rabbit: AbstractConnection, topology: Topology
 ) -> None:
     """Add the messages of `found` parked in a dead-letter queue (read, not consumed)."""
@@ -258,7 +321,7 @@ def breakers_open(metrics_text: str) -> set[str]:
 BREAKER_TIMEOUT = 2.0
 
 
-async def open_breakers(metrics_url: str) -> set[str] | None:
+async def _open_breakers(metrics_url: str) -> set[str] | None:
     """The services whose breaker the process at `metrics_url` has open (None: it did
     not answer, so nothing is known)."""
     try:
@@ -288,7 +351,7 @@ def attach_breakers(found: Sequence[Stuck], open_: set[str], where: str) -> None
                 )
 
 
-def finish(found: Sequence[Stuck]) -> None:
+def _finish(found: Sequence[Stuck]) -> None:
     """Give every item with nothing found to wait for a line that says so."""
     for item in found:
         if not item.waiting:
@@ -305,7 +368,7 @@ async def count_stuck(
     conn: AsyncConnection, now: datetime, older_than: timedelta
 ) -> dict[tuple[str, str], int]:
     """How many are stuck, by kind and state (one statement)."""
-    rows = await conn.execute(text(_COUNT + _COUNT_CANCELLATIONS), {"before": now - older_than})
+    rows = await conn.execute(_COUNT, {"before": now - older_than})
     return {(kind, state): int(n) for kind, state, n in rows.all()}
 
 

@@ -14,6 +14,7 @@ that and use the operator endpoints (a checkout's timeline).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -71,6 +72,15 @@ class NewKey:
 
 class ApiKeyError(Exception):
     """A key cannot be created or revoked; the message says why and what to do."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` may name a key: 1-64 letters, digits and . _ @ -, starting with a
+    letter or digit (the command and the console each say so in their own words)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def new_token() -> str:

@@ -9,7 +9,6 @@ token cannot be shown again: revoke it and create another. Register it with
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -19,14 +18,20 @@ from rich.table import Table
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infra.auth.keys import ApiKey, ApiKeyError, Role, create_key, list_keys, revoke_key
+from infra.auth.keys import (
+    ApiKey,
+    ApiKeyError,
+    Role,
+    create_key,
+    list_keys,
+    revoke_key,
+    valid_name,
+)
 from infra.cli.output import console, err_console, fail, is_terminal, print_json, settings_or_exit
 from infra.db.session import create_engine
 from infra.settings import Settings
 
 T = TypeVar("T")
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 apikey_app = typer.Typer(
     name="apikey",
@@ -98,7 +103,7 @@ def create(
     json_output: JsonOpt = False,
 ) -> None:
     """Create a key and print its token (shown only this once)."""
-    if not _NAME.fullmatch(name):
+    if not valid_name(name):
         fail(
             f"--name {name!r}: use 1-64 letters, digits and . _ @ - (starting with a letter "
             "or digit), e.g. --name billing-team",

@@ -24,8 +24,8 @@ from infra.cli.output import fail, quiet_loggers, settings_or_exit
 from infra.settings import Settings
 from operations.cli.dlq import dlq_app
 from operations.cli.events import events_app
+from operations.cli.stuck import stuck
 from operations.cli.trace import trace
-from operations.stuck_cli import stuck
 
 # Seconds a part started alone gives RabbitMQ to let it in (as `checkout up` does).
 BROKER_PATIENCE = 15.0

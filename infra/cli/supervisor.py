@@ -37,12 +37,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
 
 from infra.auth.devkey import DevKey
+from infra.health_ports import CONSUMERS, WORKERS, port_series, write_health_ports
 from infra.messaging.connect import first_line
 from infra.settings import Settings
 
@@ -476,10 +476,6 @@ async def prepare_broker(settings: Settings, patience: float = 15.0) -> None:
 
 # --------------------------------------------------------------------------- the system
 
-CONSUMERS = ("invoice", "email", "production")
-# The parts with a health and metrics endpoint of their own (`infra.health`).
-WORKERS = ("relay", "saga", *CONSUMERS)
-
 
 def system_parts(
     python: str | None = None, health_ports: Mapping[str, int] | None = None
@@ -507,39 +503,13 @@ def health_ports(settings: Settings) -> dict[str, int]:
     part started alone) on one machine never meet. Chosen before the parts start, so the
     banner can say where each is, and kept when a part restarts."""
     if settings.health_port:
-        return {name: settings.health_port + i for i, name in enumerate(WORKERS)}
+        return port_series(settings.health_port)
     with contextlib.ExitStack() as held:
         # Every socket stays open until every port is known: no number twice.
         sockets = [held.enter_context(socket.socket()) for _ in WORKERS]
         for sock in sockets:
             sock.bind((settings.health_host, 0))
         return {name: int(s.getsockname()[1]) for name, s in zip(WORKERS, sockets, strict=True)}
-
-
-def health_ports_file(settings: Settings) -> Path:
-    """Where `checkout up` writes the health port it gave each worker (beside the dev key),
-    for commands that ask a running part, such as `checkout stuck` the saga's breakers."""
-    return settings.dev_key_file.parent / "health-ports.json"
-
-
-def write_health_ports(settings: Settings, ports: Mapping[str, int]) -> None:
-    path = health_ports_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(ports)) + "\n")
-
-
-def known_health_ports(settings: Settings) -> dict[str, int]:
-    """Each worker's health port: `CHECKOUT_HEALTH_PORT`'s series when it is set, else what
-    the running `checkout up` wrote; empty when neither says."""
-    if settings.health_port:
-        return {name: settings.health_port + i for i, name in enumerate(WORKERS)}
-    try:
-        written = json.loads(health_ports_file(settings).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(written, dict):
-        return {}
-    return {str(k): int(v) for k, v in written.items() if isinstance(v, int)}
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

@@ -9,29 +9,30 @@ would be right). Register it with `app.add_typer(dlq_app, name="dlq")`.
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import os
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
 import rich.progress
 import typer
-from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from infra.cli.output import console, fail, is_terminal, print_json, quiet_loggers, settings_or_exit
-from infra.db.session import UnitOfWork, create_engine
+from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
 from infra.messaging import failures
-from infra.messaging.connect import broker_failure, connect
 from infra.messaging.topology import ConsumedQueue, Topology
 from infra.settings import Settings
+from operations.cli.common import (
+    JsonOpt,
+    audit_log,
+    audit_problem,
+    broker,
+    current_actor,
+    run,
+    when,
+)
 from operations.dlq import audit, inspect, operations
 from operations.dlq.audit import AuditRecord
 from operations.dlq.errors import AuditUnavailable, Interrupted, QueueNotDeclared, UnknownQueue
@@ -41,10 +42,7 @@ from operations.dlq.outcome import Outcome, Progress
 from operations.dlq.queues import resolve
 from operations.dlq.selection import Selection
 
-T = TypeVar("T")
-
-ACTOR_ENV = "CHECKOUT_ACTOR"
-CONNECT_TIMEOUT = 10.0
+CLIENT_NAME = "dlq-cli"  # the broker connection's name, after the namespace
 ERROR_WIDTH = 60  # `dlq show` on a terminal cuts an error's message to this many characters
 ERROR_MIN_WIDTH = 24  # the table has at least this much room for the error, else blocks
 
@@ -65,9 +63,6 @@ QueueArg = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="One JSON document on stdout (also the default on a pipe).")
-]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every message of the dead-letter queue.")]
 IdsOpt = Annotated[
     list[str] | None,
@@ -83,10 +78,6 @@ ReasonOpt = Annotated[
 ]
 
 
-class _Failure(Exception):
-    """Something the command needs is unavailable; the message says what to do."""
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -97,10 +88,10 @@ def list_queues(json_: JsonOpt = False) -> None:
     topology = Topology.from_settings(settings)
 
     async def main() -> list[QueueDepth]:
-        async with _broker(settings) as connection:
+        async with broker(settings, CLIENT_NAME) as connection:
             return await inspect.depths(connection, topology)
 
-    found = _run(settings, main())
+    found = run(settings, main(), _errors(settings))
     if json_ or not is_terminal():
         print_json([d.as_json() for d in found])
     else:
@@ -118,10 +109,10 @@ def show(
     target = _queue_or_exit(settings, queue)
 
     async def main() -> Peek:
-        async with _broker(settings) as connection:
+        async with broker(settings, CLIENT_NAME) as connection:
             return await inspect.peek(connection, target, limit)
 
-    peeked = _run(settings, main())
+    peeked = run(settings, main(), _errors(settings))
     if json_ or not is_terminal():
         print_json([letter.as_json() for letter in peeked.letters])
     else:
@@ -153,7 +144,7 @@ def replay(
     live = is_terminal()
 
     async def main() -> Outcome:
-        async with _broker(settings) as connection, _audit_log(settings) as uow:
+        async with broker(settings, CLIENT_NAME) as connection, audit_log(settings) as uow:
             with _progress_bar("Replaying" if not dry_run else "Looking", live) as bar:
                 return await operations.replay_recorded(
                     connection,
@@ -167,7 +158,7 @@ def replay(
                     on_progress=bar,
                 )
 
-    _report(_run(settings, main()), live)
+    _report(run(settings, main(), _errors(settings)), live)
 
 
 @dlq_app.command(context_settings={"allow_extra_args": True})
@@ -189,7 +180,7 @@ def purge(
     live = is_terminal()
 
     async def main() -> Outcome:
-        async with _broker(settings) as connection, _audit_log(settings) as uow:
+        async with broker(settings, CLIENT_NAME) as connection, audit_log(settings) as uow:
             with _progress_bar("Purging", live) as bar:
                 return await operations.purge_recorded(
                     connection,
@@ -201,7 +192,7 @@ def purge(
                     on_progress=bar,
                 )
 
-    _report(_run(settings, main()), live)
+    _report(run(settings, main(), _errors(settings)), live)
 
 
 @dlq_app.command()
@@ -216,10 +207,10 @@ def history(
     settings = settings_or_exit()
 
     async def main() -> list[AuditRecord]:
-        async with _audit_log(settings) as uow:
+        async with audit_log(settings) as uow:
             return await audit.history(uow, limit)
 
-    records = _run(settings, main())
+    records = run(settings, main(), _errors(settings))
     if json_ or not is_terminal():
         print_json([r.as_json() for r in records])
     else:
@@ -227,17 +218,6 @@ def history(
 
 
 # --------------------------------------------------------------------------- usage
-
-
-def current_actor() -> str:
-    """Who runs the command: `CHECKOUT_ACTOR` if set, else the operating-system user."""
-    explicit = os.environ.get(ACTOR_ENV, "").strip()
-    if explicit:
-        return explicit[:128]
-    try:
-        return getpass.getuser()[:128]
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return f"uid {os.getuid()}"
 
 
 def _queue_or_exit(settings: Settings, name: str) -> ConsumedQueue:
@@ -263,69 +243,30 @@ def _selection_or_exit(all_: bool, ids: list[str] | None, extra: list[str]) -> S
         fail(str(exc), 2)
 
 
-# --------------------------------------------------------------------------- resources
+# --------------------------------------------------------------------------- errors
 
 
-@asynccontextmanager
-async def _broker(settings: Settings) -> AsyncIterator[AbstractConnection]:
-    url = settings.rabbit_url.get_secret_value()
-    try:
-        # aio-pika logs the failure; our one line says it better.
-        with quiet_loggers("aio_pika", "aiormq"):
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                connection = await connect(url, name=f"{settings.namespace}.dlq-cli")
-    except (AMQPError, OSError) as exc:  # AMQPConnectionError and TimeoutError are OSErrors
-        raise _Failure(broker_failure(url, exc, refused="the connection")) from None
-    try:
-        yield connection
-    finally:
-        await connection.close()
+def _errors(settings: Settings) -> Callable[[Exception], None]:
+    """The command's line for each dead-letter operation's error (`run`'s `on_error`)."""
 
+    def on_error(exc: Exception) -> None:
+        if isinstance(exc, QueueNotDeclared):
+            fail(
+                f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
+                "start the system once (checkout up) to declare it"
+            )
+        if isinstance(exc, AuditUnavailable):
+            fail(_audit_failure(settings, exc))
+        if isinstance(exc, Interrupted):
+            fail(exc.describe())
 
-@asynccontextmanager
-async def _audit_log(settings: Settings) -> AsyncIterator[UnitOfWork]:
-    engine = create_engine(settings, pool_size=1)
-    try:
-        yield UnitOfWork(engine)
-    finally:
-        await engine.dispose()
-
-
-def _run(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
-    """Run `main`; what goes wrong ends the command with one line and exit 1."""
-    try:
-        return asyncio.run(main)
-    except _Failure as exc:
-        fail(str(exc))
-    except QueueNotDeclared as exc:
-        fail(
-            f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
-            "start the system once (checkout up) to declare it"
-        )
-    except AuditUnavailable as exc:
-        fail(_audit_failure(settings, exc))
-    except Interrupted as exc:
-        done = exc.outcome
-        verb = "replayed" if done.action == "replay" else "purged"
-        fail(
-            f"the broker failed part-way ({exc}): {done.count} messages were {verb} "
-            f"(recorded in the audit log); the rest are still in {done.queue.dlq}"
-        )
+    return on_error
 
 
 def _audit_failure(settings: Settings, exc: AuditUnavailable) -> str:
-    from infra.cli.supervisor import database_error
-
-    if exc.not_migrated:
-        problem = "the database has no audit table yet: run `checkout migrate`"
-    else:
-        problem = str(database_error(settings, exc.cause))
-    if exc.outcome is None:
-        return problem
-    done = exc.outcome
-    verb = "replayed" if done.action == "replay" else "purged"
-    ids = ", ".join(str(i) for i in done.message_ids)
-    return f"{done.count} messages were {verb} ({ids}) but the audit log was not written: {problem}"
+    problem = audit_problem(settings, exc)
+    moved = exc.already_moved()
+    return problem if moved is None else f"{moved}: {problem}"
 
 
 # --------------------------------------------------------------------------- output
@@ -438,8 +379,8 @@ def letters_table(peeked: Peek) -> Table:
             Text(letter.message_type or "-"),
             Text(_attempts(letter)),
             Text(
-                f"{_when(letter.headers.get(failures.FIRST_FAILURE_AT))}\n"
-                f"{_when(letter.headers.get(failures.LAST_FAILURE_AT))}"
+                f"{when(letter.headers.get(failures.FIRST_FAILURE_AT))}\n"
+                f"{when(letter.headers.get(failures.LAST_FAILURE_AT))}"
             ),
             Text(f"{kind}\n{message}" if message else kind),
             end_section=True,
@@ -454,8 +395,8 @@ def letters_blocks(peeked: Peek) -> Table:
     table.add_column("Value", overflow="fold")
     for letter in peeked.letters:
         kind, message = _error_lines(letter)
-        first = _when(letter.headers.get(failures.FIRST_FAILURE_AT))
-        last = _when(letter.headers.get(failures.LAST_FAILURE_AT))
+        first = when(letter.headers.get(failures.FIRST_FAILURE_AT))
+        last = when(letter.headers.get(failures.LAST_FAILURE_AT))
         for field, value in (
             ("Message id", letter.message_id or "-"),
             ("Checkout id", letter.correlation_id or "-"),
@@ -512,7 +453,7 @@ def history_table(records: list[AuditRecord]) -> Table:
         if r.missing:
             outcome += f"\n{len(r.missing)} not found"
         table.add_row(
-            _when(r.at),
+            when(r.at),
             Text(r.actor),
             r.action,
             f"{r.dlq} → {r.queue}" if r.action == "backfill" else r.dlq,  # log → queue
@@ -528,18 +469,3 @@ def shorten(text: str, width: int) -> str:
     """`text` on one line, cut to `width` characters with an ellipsis."""
     line = " ".join(text.split())
     return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def _when(value: object) -> str:
-    """A time (or ISO text) in UTC to the second: `2026-11-22 10:00:01`."""
-    when = value
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    if isinstance(when, datetime):
-        if when.tzinfo is not None:
-            when = when.astimezone(UTC)
-        return when.strftime("%Y-%m-%d %H:%M:%S")
-    return "-" if when is None else str(when)

@@ -10,19 +10,16 @@ with `app.add_typer(events_app, name="events")`.
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import rich.box
 import rich.progress
 import typer
-from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError
 from rich.table import Table
 from rich.text import Text
 
@@ -32,14 +29,19 @@ from infra.cli.output import (
     fail,
     is_terminal,
     print_json,
-    quiet_loggers,
     settings_or_exit,
 )
-from infra.db.session import UnitOfWork, create_engine
-from infra.messaging.connect import broker_failure, connect
 from infra.messaging.topology import Topology
 from infra.settings import Settings
-from operations.cli.dlq import current_actor
+from operations.cli.common import (
+    JsonOpt,
+    audit_log,
+    audit_problem,
+    broker,
+    current_actor,
+    run,
+    when,
+)
 from operations.dlq.errors import AuditUnavailable
 from operations.events.backfill import BackfillOutcome
 from operations.events.errors import (
@@ -53,14 +55,11 @@ from operations.events.errors import (
 from operations.events.event import LoggedEvent
 from operations.events.listing import Listing, list_events
 from operations.events.operations import backfill_recorded
-from operations.events.reading import Window
 from operations.events.selection import EventSelection
 from operations.events.targets import not_for_events
 from operations.events.times import BadTime, parse_time
 
-T = TypeVar("T")
-
-CONNECT_TIMEOUT = 10.0
+CLIENT_NAME = "events-cli"  # the broker connection's name, after the namespace
 
 events_app = typer.Typer(
     name="events",
@@ -96,13 +95,6 @@ TypeOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="One JSON document on stdout (also the default on a pipe).")
-]
-
-
-class _Failure(Exception):
-    """Something the command needs is unavailable; the message says what to do."""
 
 
 # --------------------------------------------------------------------------- commands
@@ -126,13 +118,13 @@ def list_(
     stream = Topology.from_settings(settings).event_log
 
     async def main() -> Listing:
-        async with _broker(settings) as connection:
-            with _progress(selection, started, "Reading") as progress:
+        async with broker(settings, CLIENT_NAME) as connection:
+            with _progress(selection, "Reading") as progress:
                 return await list_events(
                     connection, stream, selection, started=started, on_progress=progress
                 )
 
-    listing = _run(settings, main())
+    listing = run(settings, main(), _errors(settings))
     if json_ or not is_terminal():
         print_json([event.as_json() for event in listing.events])
     else:
@@ -185,8 +177,6 @@ def backfill(
         fail("--rate must be a positive number of events a second", 2)
     if not reason.strip():
         fail("--reason must say why (it is kept in the audit log)", 2)
-    if since_offset is not None and since_offset < 0:
-        fail("--since-offset must be 0 or more", 2)
     selection = _selection_or_exit(since, until, types, ctx.args, started, since_offset)
     topology = Topology.from_settings(settings)
     stream = topology.event_log
@@ -198,9 +188,9 @@ def backfill(
     actor = current_actor()
 
     async def main() -> BackfillOutcome:
-        async with _broker(settings) as connection, _audit_log(settings) as uow:
+        async with broker(settings, CLIENT_NAME) as connection, audit_log(settings) as uow:
             verb = "Looking" if dry_run else "Copying"
-            with _progress(selection, started, verb) as progress:
+            with _progress(selection, verb) as progress:
                 return await backfill_recorded(
                     connection,
                     uow,
@@ -215,7 +205,7 @@ def backfill(
                 )
 
     try:
-        outcome = _run(settings, main())
+        outcome = run(settings, main(), _errors(settings))
     except BackfillStopped as exc:
         fail(_stopped(exc, reason))
     except BackfillNotRecorded as exc:
@@ -262,61 +252,34 @@ def _selection_or_exit(
         fail(str(exc), 2)
 
 
-# --------------------------------------------------------------------------- resources
+# --------------------------------------------------------------------------- errors
 
 
-@asynccontextmanager
-async def _broker(settings: Settings) -> AsyncIterator[AbstractConnection]:
-    url = settings.rabbit_url.get_secret_value()
-    try:
-        with quiet_loggers("aio_pika", "aiormq"):
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                connection = await connect(url, name=f"{settings.namespace}.events-cli")
-    except (AMQPError, OSError) as exc:  # AMQPConnectionError and TimeoutError are OSErrors
-        raise _Failure(broker_failure(url, exc, refused="the connection")) from None
-    try:
-        yield connection
-    finally:
-        with quiet_loggers("aio_pika", "aiormq"):
-            await connection.close()
+def _errors(settings: Settings) -> Callable[[Exception], None]:
+    """The command's line for each event-log error (`run`'s `on_error`)."""
 
+    def on_error(exc: Exception) -> None:
+        if isinstance(exc, LogNotDeclared):
+            fail(
+                f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
+                "run `checkout declare` (or start the system once with `checkout up`)"
+            )
+        if isinstance(exc, QueueMissing):
+            fail(str(exc))
+        if isinstance(exc, BadTarget):
+            fail(str(exc), 2)
+        if isinstance(exc, LogLost):
+            fail(f"{exc}; nothing was changed: run the command again when the broker is back")
+        if isinstance(exc, AuditUnavailable):
+            fail(_audit_failure(settings, exc))
 
-@asynccontextmanager
-async def _audit_log(settings: Settings) -> AsyncIterator[UnitOfWork]:
-    engine = create_engine(settings, pool_size=1)
-    try:
-        yield UnitOfWork(engine)
-    finally:
-        await engine.dispose()
-
-
-def _run(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
-    """Run `main`; what goes wrong ends the command with one line and exit 1."""
-    try:
-        return asyncio.run(main)
-    except _Failure as exc:
-        fail(str(exc))
-    except LogNotDeclared as exc:
-        fail(
-            f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
-            "run `checkout declare` (or start the system once with `checkout up`)"
-        )
-    except QueueMissing as exc:
-        fail(str(exc))
-    except BadTarget as exc:
-        fail(str(exc), 2)
-    except LogLost as exc:
-        fail(f"{exc}; nothing was changed: run the command again when the broker is back")
-    except AuditUnavailable as exc:
-        fail(_audit_failure(settings, exc))
+    return on_error
 
 
 def _audit_failure(settings: Settings, exc: AuditUnavailable) -> str:
-    from infra.cli.supervisor import database_error
-
+    problem = audit_problem(settings, exc)
     if exc.not_migrated:
-        return "the database has no audit table yet: run `checkout migrate`"
-    problem = database_error(settings, exc.cause)
+        return problem
     return f"the audit log cannot be written, so nothing was copied: {problem}"
 
 
@@ -326,15 +289,12 @@ def _copied(done: BackfillOutcome) -> str:
     were = "1 event was" if done.count == 1 else f"{done.count} events were"
     return (
         f"{were} copied to {done.queue}, the last at offset "
-        f"{done.last_copied.offset} ({_when(done.last_copied.timestamp)} UTC)"
+        f"{done.last_copied.offset} ({when(done.last_copied.timestamp)} UTC)"
     )
 
 
 def _go_on(done: BackfillOutcome, reason: str) -> str:
-    resume_at = done.resume_offset
-    if resume_at is None:  # stopped before it handled any event
-        resume_at = done.selection.since_offset
-    return "to go on from there: " + resume_command(done, resume_at, reason)
+    return "to go on from there: " + resume_command(done, done.resume_from, reason)
 
 
 def _stopped(exc: BackfillStopped, reason: str) -> str:
@@ -377,14 +337,11 @@ def resume_command(outcome: BackfillOutcome, offset: int | None, reason: str) ->
 
 
 @contextmanager
-def _progress(
-    selection: EventSelection, started: datetime, verb: str
-) -> Iterator[Callable[[Any], None] | None]:
+def _progress(selection: EventSelection, verb: str) -> Iterator[Callable[[Any], None] | None]:
     """A progress bar over the time range on stderr, when stderr is a terminal."""
     if not sys.stderr.isatty():
         yield None
         return
-    window = Window.of(selection, started)
     with rich.progress.Progress(
         rich.progress.TextColumn("{task.description}"),
         rich.progress.BarColumn(),
@@ -402,7 +359,7 @@ def _progress(
                 return
             if not first:
                 first.append(selection.since or seen.timestamp)
-            span = (window.end - first[0]).total_seconds()
+            span = (state.window.end - first[0]).total_seconds()
             done = (seen.timestamp - first[0]).total_seconds()
             count = state.count if isinstance(state, BackfillOutcome) else len(state.events)
             bar.update(
@@ -410,7 +367,7 @@ def _progress(
                 total=max(span, 1.0),
                 completed=max(0.0, min(done, span)),
                 description=f"{verb} the event log: {state.scanned} read, {count} selected",
-                at=f"at {_when(seen.timestamp)}",
+                at=f"at {when(seen.timestamp)}",
             )
 
         yield advance
@@ -418,11 +375,11 @@ def _progress(
 
 def _title(listing: Listing) -> str:
     selection = listing.window.selection
-    start = _when(selection.since) if selection.since else "the start of the log"
+    start = when(selection.since) if selection.since else "the start of the log"
     noun = "event" if len(listing.events) == 1 else "events"
     return (
         f"{listing.stream}: {len(listing.events)} {noun} from {start} to "
-        f"{_when(listing.window.end)} (UTC)"
+        f"{when(listing.window.end)} (UTC)"
     )
 
 
@@ -437,10 +394,10 @@ def events_table(events: list[LoggedEvent], title: str) -> Table:
     table.add_column("Type", overflow="fold", min_width=9)
     table.add_column("Order / message id", no_wrap=True, min_width=36)
     for event in events:
-        when = _when(event.timestamp).replace(" ", "\n")
+        stamped = when(event.timestamp).replace(" ", "\n")
         table.add_row(
             str(event.offset),
-            when,
+            stamped,
             Text(event.message_type or "-"),
             Text(f"{event.order_id or '-'}\n{event.message_id or '-'}"),
         )
@@ -463,12 +420,6 @@ def _print_backfill(outcome: BackfillOutcome) -> None:
     out.print(
         f"Copied {outcome.count} {noun} from {outcome.stream} to {outcome.queue} "
         f"(offsets {outcome.first_copied.offset}-{outcome.last_copied.offset}, "
-        f"the last stamped {_when(outcome.last_copied.timestamp)} UTC); recorded in the "
+        f"the last stamped {when(outcome.last_copied.timestamp)} UTC); recorded in the "
         "audit log (checkout dlq history)."
     )
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

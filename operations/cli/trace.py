@@ -13,32 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-import sqlalchemy.exc
 import typer
-from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError
 
-from infra.cli.output import (
-    console,
-    fail,
-    is_terminal,
-    print_json,
-    quiet_loggers,
-    settings_or_exit,
-)
+from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
 from infra.db.session import create_engine
-from infra.messaging.connect import broker_address, connect
 from infra.messaging.topology import Topology
 from infra.settings import Settings
+from operations.cli.common import JsonOpt, database_or_exit, tolerant_broker
 from operations.timeline.merge import Trace
 from operations.timeline.query import trace as load_trace
 from operations.timeline.render import print_trace, trace_json
 
-BROKER_TIMEOUT = 5.0
+CLIENT_NAME = "trace-cli"  # the broker connection's name, after the namespace
 
 
 class _Unknown(Exception):
@@ -57,10 +45,7 @@ def trace(
             show_default=False,
         ),
     ],
-    json_: Annotated[
-        bool,
-        typer.Option("--json", help="One JSON document on stdout (also the default on a pipe)."),
-    ] = False,
+    json_: JsonOpt = False,
     no_broker: Annotated[
         bool,
         typer.Option("--no-broker", help="Do not read the dead-letter queues."),
@@ -75,17 +60,10 @@ def trace(
         fail(f"{target!r} is not a UUID: give an order, checkout or cancellation id", 2)
     settings = settings_or_exit()
     try:
-        found = asyncio.run(_trace(settings, target_id, broker=not no_broker))
+        with database_or_exit(settings):
+            found = asyncio.run(_trace(settings, target_id, broker=not no_broker))
     except _Unknown:
         fail(f"no order, checkout or cancellation has the id {target_id}")
-    except sqlalchemy.exc.ProgrammingError as exc:
-        if type(getattr(exc, "orig", None)).__name__ == "UndefinedTable":
-            fail("the database is not migrated to this version: run `checkout migrate`")
-        raise
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
-        from infra.cli.supervisor import database_error
-
-        fail(str(database_error(settings, exc)))
     if json_ or not is_terminal():
         print_json(trace_json(found))
     else:
@@ -95,7 +73,10 @@ def trace(
 async def _trace(settings: Settings, target: uuid.UUID, *, broker: bool) -> Trace:
     engine = create_engine(settings, pool_size=1)
     try:
-        async with engine.connect() as conn, _rabbit(settings, broker) as (rabbit, error):
+        async with (
+            engine.connect() as conn,
+            tolerant_broker(settings, broker, CLIENT_NAME) as (rabbit, error),
+        ):
             found = await load_trace(
                 conn,
                 target,
@@ -108,26 +89,3 @@ async def _trace(settings: Settings, target: uuid.UUID, *, broker: bool) -> Trac
     if found is None:
         raise _Unknown(target)
     return found
-
-
-@asynccontextmanager
-async def _rabbit(
-    settings: Settings, wanted: bool
-) -> AsyncIterator[tuple[AbstractConnection | None, str | None]]:
-    """A broker connection, or (None, why not): the trace goes on without the queues."""
-    connection: AbstractConnection | None = None
-    error: str | None = None
-    if wanted:
-        url = settings.rabbit_url.get_secret_value()
-        where = broker_address(url)
-        try:
-            with quiet_loggers("aio_pika", "aiormq"):
-                async with asyncio.timeout(BROKER_TIMEOUT):
-                    connection = await connect(url, name=f"{settings.namespace}.trace-cli")
-        except (AMQPError, OSError) as exc:  # timeouts and refused connections are OSErrors
-            error = f"RabbitMQ at {where} is not answering ({type(exc).__name__})"
-    try:
-        yield connection, error
-    finally:
-        if connection is not None:
-            await connection.close()

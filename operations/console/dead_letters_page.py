@@ -7,10 +7,7 @@ signed-in key's name as the actor.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.exceptions import AMQPError
@@ -21,21 +18,26 @@ from infra.messaging import failures
 from infra.messaging.topology import ConsumedQueue
 from operations.console.guard import action, signed_in
 from operations.console.sessions import Session
-from operations.console.web import Form, context, page
+from operations.console.web import (
+    Form,
+    Refusal,
+    context,
+    message_view,
+    page,
+    problem,
+    read_rate,
+    read_reason,
+)
 from operations.dlq import inspect
 from operations.dlq.errors import AuditUnavailable, Interrupted, QueueNotDeclared, UnknownQueue
-from operations.dlq.letters import DeadLetter, jsonable
+from operations.dlq.letters import DeadLetter
 from operations.dlq.operations import purge_recorded, replay_recorded
 from operations.dlq.outcome import Outcome
 from operations.dlq.queues import resolve
 from operations.dlq.selection import Selection
+from operations.timefmt import when
 
 SHOWN = 50  # messages shown on a queue's page (the depth says how many there are)
-MAX_REASON = 500
-
-
-class _Refusal(Exception):
-    """What the operator asked cannot be done; the message says what to change."""
 
 
 @signed_in
@@ -47,9 +49,9 @@ async def queues(request: Request, session: Session) -> Response:
     try:
         depths = await inspect.depths(connection, ctx.topology)
     except QueueNotDeclared as exc:
-        return _problem(request, session, f"{exc} is not declared: start the system once")
+        return problem(request, session, f"{exc} is not declared: start the system once")
     except (AMQPError, OSError) as exc:
-        return _problem(request, session, f"reading the queues failed ({exc!r:.120})")
+        return problem(request, session, f"reading the queues failed ({exc!r:.120})")
     return page(request, "dead_letters.html", session, {"depths": depths})
 
 
@@ -66,9 +68,9 @@ async def queue_page(request: Request, session: Session) -> Response:
     try:
         peeked = await inspect.peek(connection, target, SHOWN)
     except QueueNotDeclared as exc:
-        return _problem(request, session, f"{exc} is not declared: start the system once")
+        return problem(request, session, f"{exc} is not declared: start the system once")
     except (AMQPError, OSError) as exc:
-        return _problem(request, session, f"reading {target.dlq} failed ({exc!r:.120})")
+        return problem(request, session, f"reading {target.dlq} failed ({exc!r:.120})")
     return page(
         request,
         "dead_letter_queue.html",
@@ -78,29 +80,12 @@ async def queue_page(request: Request, session: Session) -> Response:
 
 
 def _shown(letter: DeadLetter) -> dict[str, Any]:
-    body = letter.parsed_body()
     return {
         "letter": letter,
-        "first_failure": _when(letter.headers.get(failures.FIRST_FAILURE_AT)),
-        "last_failure": _when(letter.headers.get(failures.LAST_FAILURE_AT)),
-        "headers": json.dumps(jsonable(dict(letter.headers)), indent=2, sort_keys=True),
-        "body": body if isinstance(body, str) else json.dumps(body, indent=2),
+        "first_failure": when(letter.headers.get(failures.FIRST_FAILURE_AT)),
+        "last_failure": when(letter.headers.get(failures.LAST_FAILURE_AT)),
+        **message_view(letter.headers, letter.body),
     }
-
-
-def _when(value: object) -> str:
-    """A failure time header (ISO text, or a time) in UTC to the second, else "-"."""
-    when = value
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    if isinstance(when, datetime):
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return "-"
 
 
 @action
@@ -108,9 +93,9 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
     dry_run = form.get("dry_run") == "1"
     try:
         target, selection, reason = _asked(request, form)
-        rate = _rate(form.get("rate"))
-    except _Refusal as exc:
-        return _problem(request, session, str(exc), status=400)
+        rate = read_rate(form.get("rate"), "messages")
+    except Refusal as exc:
+        return problem(request, session, str(exc), status=400)
     ctx = context(request)
     connection = ctx.broker.connection
     if connection is None:
@@ -137,10 +122,10 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
 async def purge(request: Request, session: Session, form: Form) -> Response:
     try:
         target, selection, reason = _asked(request, form)
-    except _Refusal as exc:
-        return _problem(request, session, str(exc), status=400)
+    except Refusal as exc:
+        return problem(request, session, str(exc), status=400)
     if form.get("confirm") != "yes":
-        return _problem(
+        return problem(
             request,
             session,
             f"purging drops messages from {target.dlq} for good: tick the confirmation",
@@ -164,30 +149,14 @@ def _asked(request: Request, form: Form) -> tuple[ConsumedQueue, Selection, str]
     try:
         target = resolve(context(request).topology, request.path_params["queue"])
     except UnknownQueue as exc:
-        raise _Refusal(str(exc)) from None
-    reason = " ".join(form.get("reason").split())
-    if not reason:
-        raise _Refusal("say why: the reason is required, and kept in the audit log")
-    if len(reason) > MAX_REASON:
-        raise _Refusal(f"the reason is longer than {MAX_REASON} characters")
+        raise Refusal(str(exc)) from None
+    reason = read_reason(form)
     if form.get("scope") == "all":
         return target, Selection.every(), reason
     try:
         return target, Selection.of(form.all("message_id")), reason
     except ValueError:
-        raise _Refusal("select at least one message, or choose every message") from None
-
-
-def _rate(text: str) -> float | None:
-    if not text.strip():
-        return None
-    try:
-        rate = float(text)
-    except ValueError:
-        raise _Refusal("the rate is a number of messages a second") from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise _Refusal("the rate must be a positive number of messages a second")
-    return rate
+        raise Refusal("select at least one message, or choose every message") from None
 
 
 async def _done(
@@ -200,25 +169,17 @@ async def _done(
     try:
         outcome = await operation
     except QueueNotDeclared as exc:
-        return _problem(request, session, f"{exc} is not declared: start the system once")
+        return problem(request, session, f"{exc} is not declared: start the system once")
     except AuditUnavailable as exc:
-        return _problem(request, session, f"the audit log cannot be written: {exc}")
+        moved = exc.already_moved()
+        said = f"{moved}: {exc}" if moved else f"the audit log cannot be written: {exc}"
+        return problem(request, session, said)
     except Interrupted as exc:
-        done = exc.outcome
-        return _problem(
-            request,
-            session,
-            f"the broker failed part-way ({exc}): {done.count} messages were done "
-            f"(recorded in the audit log); the rest are still in {done.queue.dlq}",
-        )
+        return problem(request, session, exc.describe())
     except (AMQPError, OSError) as exc:
-        return _problem(request, session, f"the broker failed ({exc!r:.120})")
+        return problem(request, session, f"the broker failed ({exc!r:.120})")
     return page(request, "outcome.html", session, {"outcome": outcome, "back": back})
 
 
 def _broker_down(request: Request, session: Session) -> Response:
-    return _problem(request, session, "RabbitMQ is not connected: try again shortly", status=503)
-
-
-def _problem(request: Request, session: Session, why: str, *, status: int = 502) -> Response:
-    return page(request, "problem.html", session, {"why": why}, status=status)
+    return problem(request, session, "RabbitMQ is not connected: try again shortly", status=503)

@@ -8,8 +8,6 @@ key's name as the actor. Times are what the command takes: RFC 3339, or a durati
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +18,17 @@ from starlette.responses import Response
 
 from operations.console.guard import action, signed_in
 from operations.console.sessions import Session
-from operations.console.web import Form, context, page
+from operations.console.web import (
+    Form,
+    Refusal,
+    context,
+    message_view,
+    page,
+    problem,
+    read_rate,
+    read_reason,
+)
 from operations.dlq.errors import AuditUnavailable
-from operations.dlq.letters import jsonable
 from operations.events.errors import (
     BackfillNotRecorded,
     BackfillStopped,
@@ -40,12 +46,7 @@ from operations.events.times import BadTime, parse_time
 
 SHOWN = 200  # the newest events of a listing shown (the count says how many matched)
 RECENT = "1h"  # the page's range when nothing is asked
-MAX_REASON = 500
 _SPLIT = re.compile(r"[\s,]+")
-
-
-class _Refusal(Exception):
-    """What the operator asked cannot be done; the message says what to change."""
 
 
 def _selection(
@@ -56,13 +57,13 @@ def _selection(
         start = parse_time(since, now) if since else None
         end = parse_time(until, now) if until else None
     except BadTime as exc:
-        raise _Refusal(str(exc)) from None
+        raise Refusal(str(exc)) from None
     offset = None
     if since_offset.strip():
         try:
             offset = int(since_offset)
         except ValueError:
-            raise _Refusal("the offset to resume from is a whole number") from None
+            raise Refusal("the offset to resume from is a whole number") from None
     try:
         return EventSelection(
             since=start,
@@ -73,16 +74,11 @@ def _selection(
         )
     except ValueError as exc:
         said = str(exc).replace("--since-offset", "the offset to resume from")
-        raise _Refusal(said.replace("--until", "until").replace("--since", "since")) from None
+        raise Refusal(said.replace("--until", "until").replace("--since", "since")) from None
 
 
 def _shown(event: LoggedEvent) -> dict[str, Any]:
-    body = event.parsed_body()
-    return {
-        "event": event,
-        "headers": json.dumps(jsonable(dict(event.headers)), indent=2, sort_keys=True),
-        "body": body if isinstance(body, str) else json.dumps(body, indent=2),
-    }
+    return {"event": event, **message_view(event.headers, event.body)}
 
 
 @signed_in
@@ -99,7 +95,7 @@ async def events(request: Request, session: Session) -> Response:
     now = datetime.now(UTC)
     try:
         selection = _selection(asked["since"], asked["until"], asked["types"], asked["order"], now)
-    except _Refusal as exc:
+    except Refusal as exc:
         return page(request, "events.html", session, {**values, "error": str(exc)}, status=400)
     connection = ctx.broker.connection
     if connection is None:
@@ -134,20 +130,16 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
     dry_run = form.get("dry_run") == "1"
     now = datetime.now(UTC)
     queue = form.get("to_queue").strip()
-    reason = " ".join(form.get("reason").split())
     try:
         if not queue:
-            raise _Refusal("name the queue to copy into (it must exist)")
+            raise Refusal("name the queue to copy into (it must exist)")
         refused = not_for_events(ctx.topology, queue)
         if refused:
-            raise _Refusal(refused)
+            raise Refusal(refused)
         if not form.get("since").strip():
-            raise _Refusal("say where to start: since is required")
-        if not reason:
-            raise _Refusal("say why: the reason is required, and kept in the audit log")
-        if len(reason) > MAX_REASON:
-            raise _Refusal(f"the reason is longer than {MAX_REASON} characters")
-        rate = _rate(form.get("rate"))
+            raise Refusal("say where to start: since is required")
+        reason = read_reason(form)
+        rate = read_rate(form.get("rate"), "events")
         selection = _selection(
             form.get("since").strip(),
             form.get("until").strip(),
@@ -156,7 +148,7 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
             now,
             form.get("since_offset"),
         )
-    except _Refusal as exc:
+    except Refusal as exc:
         return _problem(request, session, str(exc), status=400)
     connection = ctx.broker.connection
     if connection is None:
@@ -180,14 +172,7 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
     except AuditUnavailable as exc:
         return _problem(request, session, f"the audit log cannot be written, nothing copied: {exc}")
     except BackfillStopped as exc:
-        done = exc.outcome
-        return _problem(
-            request,
-            session,
-            f"the backfill stopped ({exc}): {done.count} events were copied to {done.queue}"
-            f" (recorded in the audit log); to go on, backfill again with the same range,"
-            f" until {done.window.end.isoformat()} and from offset {done.resume_offset}",
-        )
+        return _problem(request, session, stopped_line(exc))
     except BackfillNotRecorded as exc:
         return _problem(
             request,
@@ -200,17 +185,17 @@ async def backfill(request: Request, session: Session, form: Form) -> Response:
     return page(request, "backfilled.html", session, {"outcome": outcome})
 
 
-def _rate(text: str) -> float | None:
-    if not text.strip():
-        return None
-    try:
-        rate = float(text)
-    except ValueError:
-        raise _Refusal("the rate is a number of events a second") from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise _Refusal("the rate must be a positive number of events a second")
-    return rate
+def stopped_line(exc: BackfillStopped) -> str:
+    """How far a backfill got before it stopped, and the form's values that go on from there."""
+    done = exc.outcome
+    go_on = f"until {done.window.end.isoformat()}"
+    if done.resume_from is not None:
+        go_on += f" and from offset {done.resume_from}"
+    return (
+        f"the backfill stopped ({exc}): {done.count} events were copied to {done.queue}"
+        f" (recorded in the audit log); to go on, backfill again with the same range, {go_on}"
+    )
 
 
 def _problem(request: Request, session: Session, why: str, status: int = 502) -> Response:
-    return page(request, "problem.html", session, {"why": why, "back": "events"}, status=status)
+    return problem(request, session, why, status=status, back="events")

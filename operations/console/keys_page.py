@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from infra.auth.keys import ApiKeyError, Role, create_key, list_keys, revoke_key
+from infra.auth.keys import ApiKeyError, Role, create_key, list_keys, revoke_key, valid_name
 from operations.console.guard import action, signed_in
 from operations.console.sessions import Session
 from operations.console.web import Form, context, page
 
 log = structlog.get_logger("operations.console")
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 @signed_in
@@ -37,7 +33,7 @@ async def create(request: Request, session: Session, form: Form) -> Response:
         role = Role(form.get("role"))
     except ValueError:
         return await _keys_page(request, session, status=400, error="choose clerk or operator")
-    if not _NAME.fullmatch(name):
+    if not valid_name(name):
         return await _keys_page(
             request,
             session,

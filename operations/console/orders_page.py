@@ -1,4 +1,4 @@
-"""Order search (by name, order id or checkout id) and an order's page with its timeline."""
+"""Order search (by name, or an order, checkout or cancellation id) and an order's page."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from operations.console.guard import signed_in
 from operations.console.sessions import Session
 from operations.console.timeline_view import draw
 from operations.console.web import PREFIX, context, page
-from operations.timeline.query import trace
+from operations.timeline.query import resolve, trace
 
 PAGE_SIZE = 50
-_CHECKOUT_ORDER = "SELECT order_id FROM checkouts WHERE checkout_id = %s"
 _RELATED = {
     "cancellations": (
         "SELECT cancellation_id, state, reason, rejection_reason, checkout_id, created_at,"
@@ -52,15 +51,13 @@ async def search(request: Request, session: Session) -> Response:
 
 
 async def _order_of(uow: UnitOfWork, wanted: uuid.UUID) -> uuid.UUID | None:
-    """`wanted` if it is an order's id, else the order of the checkout with that id."""
-    try:
-        await get_order(uow, wanted)
-        return wanted
-    except OrderNotFound:
-        pass
-    async with uow.reads() as conn:
-        row = await (await conn.execute(_CHECKOUT_ORDER, (wanted,))).fetchone()
-    return None if row is None else uuid.UUID(str(row[0]))
+    """The order `wanted` names: its own id, a checkout's or a cancellation's (None: no such)."""
+    async with uow() as db:
+        try:
+            order_id, _ = await resolve(await db.connection(), wanted)
+        except KeyError:
+            return None
+    return order_id
 
 
 @signed_in

@@ -11,13 +11,12 @@ self-contained signed cookie cannot (it stays valid until it expires).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from infra.auth.keys import Role, token_hash
+from infra.auth.keys import Role, authenticate, token_hash
 from infra.db.session import UnitOfWork
 
 COOKIE = "checkout_console"
@@ -33,7 +32,6 @@ _FIND = (
     "WHERE s.session_hash = %s AND s.expires_at > now() "
     "AND k.revoked_at IS NULL AND k.role = %s"
 )
-_FIND_KEY = "SELECT key_id, name, role FROM api_keys WHERE token_hash = %s AND revoked_at IS NULL"
 _END = "DELETE FROM console_sessions WHERE session_hash = %s"
 # Expired sessions are removed when someone signs in: the table stays small.
 _SWEEP = "DELETE FROM console_sessions WHERE expires_at < now() - interval '1 day'"
@@ -61,10 +59,6 @@ class SignInRefused(Exception):
     """The key given at sign-in does not open a session; the message says why."""
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 async def open_session(uow: UnitOfWork, api_key: str) -> Opened:
     """A new session for a live operator key; `SignInRefused` otherwise."""
     api_key = api_key.strip()
@@ -73,19 +67,19 @@ async def open_session(uow: UnitOfWork, api_key: str) -> Opened:
     token = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     async with uow.transaction() as conn:
-        found = await (await conn.execute(_FIND_KEY, (token_hash(api_key),))).fetchone()
-        if found is None:
+        key = await authenticate(conn, api_key)
+        if key is None:
             raise SignInRefused("the API key is unknown or revoked")
-        key_id, name, role = found
-        if Role(role) is not Role.operator:
+        if key.role is not Role.operator:
             raise SignInRefused(
-                f"the key {name!r} is a {role} key; the console needs an operator key"
+                f"the key {key.name!r} is a {key.role} key; the console needs an operator key"
             )
         await conn.execute(_SWEEP)
-        row = await (await conn.execute(_OPEN, (_hash(token), key_id, csrf, LIFETIME))).fetchone()
+        opened = await conn.execute(_OPEN, (token_hash(token), key.key_id, csrf, LIFETIME))
+        row = await opened.fetchone()
         await conn.commit()
     assert row is not None
-    return Opened(token, Session(key_id, name, csrf, row[0]))
+    return Opened(token, Session(key.key_id, key.name, csrf, row[0]))
 
 
 async def find_session(uow: UnitOfWork, token: str | None) -> Session | None:
@@ -93,14 +87,14 @@ async def find_session(uow: UnitOfWork, token: str | None) -> Session | None:
     if not token or len(token) > 100:
         return None
     async with uow.reads() as conn:
-        row = await (await conn.execute(_FIND, (_hash(token), Role.operator.value))).fetchone()
+        row = await (await conn.execute(_FIND, (token_hash(token), Role.operator.value))).fetchone()
     return None if row is None else Session(row[0], row[1], row[2], row[3])
 
 
 async def end_session(uow: UnitOfWork, token: str) -> None:
     """Sign out: the session is gone for every API process."""
     async with uow.transaction() as conn:
-        await conn.execute(_END, (_hash(token),))
+        await conn.execute(_END, (token_hash(token),))
         await conn.commit()
 
 

@@ -1,6 +1,6 @@
 """Stuck work: the list `checkout stuck` prints, with each item's repair.
 
-The list comes from `operations.stuck_report.stuck_report`, the function the command
+The list comes from `operations.stuck.stuck_report`, the function the command
 calls. A dead letter's repair is a replay form that posts to the dead-letters page's
 replay (the same replay, audited the same way); any other repair is a link to the
 order's page or the dead-letter queue, with the command the CLI would print.
@@ -18,8 +18,13 @@ from starlette.responses import Response
 from operations.console.guard import signed_in
 from operations.console.sessions import Session
 from operations.console.web import BrokerSource, context, page
-from operations.stuck import DEFAULT_OLDER_THAN, parse_duration
-from operations.stuck_report import BrokerOpener, saga_metrics_url, stuck_report
+from operations.stuck import (
+    DEFAULT_OLDER_THAN,
+    BrokerOpener,
+    parse_duration,
+    saga_metrics_url,
+    stuck_report,
+)
 
 DEFAULT_FILTER = f"{int(DEFAULT_OLDER_THAN.total_seconds() // 60)}m"
 

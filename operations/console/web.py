@@ -9,6 +9,8 @@ anything else, which also covers the sign-in form (no session yet).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,13 @@ from infra.db.session import UnitOfWork
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.console.sessions import COOKIE, LIFETIME, Session, find_session, same_token
+from operations.dlq.letters import jsonable, parsed_body
 from operations.timeline.merge import format_ms
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
 CSRF_FIELD = "csrf_token"
+MAX_REASON = 500  # characters of a replay's, purge's or backfill's reason
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["ms"] = format_ms
@@ -142,3 +146,52 @@ def page(
         {"session": session, "prefix": PREFIX, "csrf_field": CSRF_FIELD, **(values or {})},
         status_code=status,
     )
+
+
+def problem(
+    request: Request,
+    session: Session,
+    why: str,
+    *,
+    status: int = 502,
+    back: str | None = None,
+) -> Response:
+    """The page that says what was not done and why; `back`: "events" links the event
+    log, else the dead letters."""
+    return page(request, "problem.html", session, {"why": why, "back": back}, status=status)
+
+
+class Refusal(Exception):
+    """What the operator asked cannot be done; the message says what to change."""
+
+
+def read_reason(form: Form) -> str:
+    """The form's reason on one line; `Refusal` when it is missing or too long."""
+    reason = " ".join(form.get("reason").split())
+    if not reason:
+        raise Refusal("say why: the reason is required, and kept in the audit log")
+    if len(reason) > MAX_REASON:
+        raise Refusal(f"the reason is longer than {MAX_REASON} characters")
+    return reason
+
+
+def read_rate(text: str, noun: str) -> float | None:
+    """At most this many `noun` a second (None: no limit); `Refusal` unless positive."""
+    if not text.strip():
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise Refusal(f"the rate is a number of {noun} a second") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise Refusal(f"the rate must be a positive number of {noun} a second")
+    return rate
+
+
+def message_view(headers: Mapping[str, Any], body: bytes) -> dict[str, str]:
+    """A message's headers and body as the pages show them, indented JSON where it is."""
+    parsed = parsed_body(body)
+    return {
+        "headers": json.dumps(jsonable(dict(headers)), indent=2, sort_keys=True),
+        "body": parsed if isinstance(parsed, str) else json.dumps(parsed, indent=2),
+    }

@@ -58,6 +58,14 @@ class AuditUnavailable(DlqError):
         """True when the database answers but has no audit table yet."""
         return type(getattr(self.cause, "orig", None)).__name__ == "UndefinedTable"
 
+    def already_moved(self) -> str | None:
+        """What was moved before the record failed, for the operator (None: nothing was)."""
+        done = self.outcome
+        if done is None:
+            return None
+        ids = ", ".join(str(i) for i in done.message_ids)
+        return f"{done.count} messages were {done.verb} ({ids}) but the audit log was not written"
+
 
 class Interrupted(DlqError):
     """The broker failed during a replay or purge; `outcome` holds what was done before."""
@@ -66,3 +74,11 @@ class Interrupted(DlqError):
         self.outcome = outcome
         self.cause = cause
         super().__init__(f"{type(cause).__name__}: {cause}")
+
+    def describe(self) -> str:
+        """What failed, what was done before it, and where the rest is, for the operator."""
+        done = self.outcome
+        return (
+            f"the broker failed part-way ({self}): {done.count} messages were {done.verb} "
+            f"(recorded in the audit log); the rest are still in {done.queue.dlq}"
+        )

@@ -56,11 +56,7 @@ class DeadLetter:
 
     def parsed_body(self) -> Any:
         """The body as JSON when it parses, else as text."""
-        text = self.body.decode("utf-8", errors="replace")
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return parsed_body(self.body)
 
     def as_json(self) -> dict[str, Any]:
         """`dlq show --json`'s shape (CONTRACT.md section 1)."""
@@ -70,6 +66,15 @@ class DeadLetter:
             "headers": jsonable(dict(self.headers)),
             "body": self.parsed_body(),
         }
+
+
+def parsed_body(body: bytes) -> Any:
+    """A message body as JSON when it parses, else as text."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def jsonable(value: Any) -> Any:

@@ -27,6 +27,11 @@ class Outcome:
     def count(self) -> int:
         return len(self.message_ids)
 
+    @property
+    def verb(self) -> str:
+        """What was done to the messages: `replayed` or `purged`."""
+        return "replayed" if self.action == "replay" else "purged"
+
     def summary(self) -> dict[str, Any]:
         """The JSON summary the command prints on a pipe."""
         if self.action == "replay":

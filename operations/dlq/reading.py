@@ -12,15 +12,14 @@ arrives meanwhile is left for the next operation rather than chased.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import AMQPError
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from operations.channels import close_quietly
 from operations.dlq.errors import QueueNotDeclared
 
 
@@ -54,9 +53,7 @@ async def reading(connection: AbstractConnection, name: str) -> AsyncIterator[Re
     finally:
         # A close that fails means the connection is gone, which returns the
         # messages just as well.
-        with contextlib.suppress(AMQPError, OSError):
-            if not channel.is_closed:
-                await channel.close()
+        await close_quietly(channel)
 
 
 async def depth(connection: AbstractConnection, name: str) -> int:

@@ -9,7 +9,6 @@ the failure headers stay as history, next to `x-replay-count` and `x-replayed-at
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from aio_pika.exceptions import AMQPError
 
 from infra.messaging import failures
 from infra.messaging.topology import ConsumedQueue
+from operations.channels import close_quietly
 from operations.dlq.errors import Interrupted
 from operations.dlq.outcome import Outcome, Progress
 from operations.dlq.pacing import Pacer
@@ -114,7 +114,6 @@ async def replay(
             raise Interrupted(outcome, exc) from exc
         finally:
             if publisher is not None:
-                with contextlib.suppress(AMQPError, OSError):
-                    await publisher.close()
+                await close_quietly(publisher)
     outcome.missing = selection.missing(outcome.message_ids)
     return outcome

@@ -28,9 +28,12 @@ from datetime import datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from operations.channels import close_quietly
+from operations.dlq.errors import QueueNotDeclared
 from operations.dlq.pacing import Pacer
+from operations.dlq.reading import ensure_declared
 from operations.events.errors import BackfillStopped, BadTarget, LogLost, QueueMissing
 from operations.events.event import LoggedEvent
 from operations.events.reading import Patience, Window, read_log
@@ -61,6 +64,14 @@ class BackfillOutcome:
     @property
     def count(self) -> int:
         return len(self.message_ids)
+
+    @property
+    def resume_from(self) -> int | None:
+        """The offset a stopped backfill goes on from: after the last event handled, or,
+        when it stopped before handling any, where it started (None: its `since`)."""
+        if self.resume_offset is not None:
+            return self.resume_offset
+        return self.selection.since_offset
 
     def handled(self, event: LoggedEvent, copied: bool) -> None:
         self.scanned += 1
@@ -113,15 +124,10 @@ def _when(event: LoggedEvent | None) -> str | None:
 
 async def ensure_queue(connection: AbstractConnection, name: str) -> None:
     """Raise `QueueMissing` unless `name` exists; never creates it (a passive declare)."""
-    channel = await connection.channel(publisher_confirms=False)
     try:
-        await channel.declare_queue(name, passive=True)
-    except ChannelNotFoundEntity:
+        await ensure_declared(connection, name)
+    except QueueNotDeclared:
         raise QueueMissing(name) from None
-    finally:
-        with contextlib.suppress(AMQPError, OSError):
-            if not channel.is_closed:
-                await channel.close()
 
 
 async def backfill(
@@ -136,10 +142,12 @@ async def backfill(
     patience: Patience | None = None,
     on_progress: BackfillProgress | None = None,
     outcome: BackfillOutcome | None = None,
+    queue_checked: bool = False,
 ) -> BackfillOutcome:
     """Copy the selected events of `stream` into `queue` (see the module).
 
-    `outcome` may be given to watch it fill; it is returned.
+    `outcome` may be given to watch it fill; it is returned. `queue_checked`: the caller
+    has just made sure `queue` exists (`ensure_queue`), so it is not asked again.
 
     Raises:
         BadTarget: `queue` is the log itself.
@@ -152,7 +160,8 @@ async def backfill(
     outcome = outcome or BackfillOutcome(stream, queue, Window.of(selection, started))
     outcome.dry_run, outcome.rate = dry_run, rate
     pacer = Pacer(rate)
-    await ensure_queue(connection, queue)
+    if not queue_checked:
+        await ensure_queue(connection, queue)
     publisher: AbstractChannel | None = None
     # Copies in flight, oldest first: an event counts as handled (and its offset as
     # done) only once it and every event before it are confirmed, so that the resume
@@ -217,7 +226,5 @@ async def backfill(
         if in_flight:
             await asyncio.gather(*(c for _, _, c in in_flight if c), return_exceptions=True)
         if publisher is not None:
-            with contextlib.suppress(AMQPError, OSError):
-                if not publisher.is_closed:
-                    await publisher.close()
+            await close_quietly(publisher)
     return outcome

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +10,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from operations.dlq.letters import jsonable
+from operations.dlq.letters import jsonable, parsed_body
 
 OFFSET_HEADER = "x-stream-offset"  # added by RabbitMQ to every message read from a stream
 
@@ -57,11 +56,7 @@ class LoggedEvent:
 
     def parsed_body(self) -> Any:
         """The body as JSON when it parses, else as text."""
-        text = self.body.decode("utf-8", errors="replace")
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return parsed_body(self.body)
 
     @property
     def order_id(self) -> str | None:

@@ -43,7 +43,7 @@ async def backfill_recorded(
     started = datetime.now(UTC)
     outcome = BackfillOutcome(stream, queue, Window.of(selection, started))
 
-    async def run() -> BackfillOutcome:
+    async def run(queue_checked: bool = False) -> BackfillOutcome:
         return await backfill(
             connection,
             stream,
@@ -55,6 +55,7 @@ async def backfill_recorded(
             patience=patience,
             on_progress=on_progress,
             outcome=outcome,
+            queue_checked=queue_checked,
         )
 
     if dry_run:
@@ -71,7 +72,7 @@ async def backfill_recorded(
             raise BackfillNotRecorded(outcome, exc.cause, stopped) from exc
 
     try:
-        await run()
+        await run(queue_checked=True)
     except BackfillStopped as exc:
         await record(completed=False, stopped=exc)
         raise

@@ -33,6 +33,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity
 
+from operations.channels import close_quietly
 from operations.events.errors import LogLost, LogNotDeclared
 from operations.events.event import LoggedEvent
 from operations.events.selection import EventSelection
@@ -127,9 +128,7 @@ async def _attach(
     except (AMQPError, OSError, ChannelInvalidStateError) as exc:
         raise LogLost(exc) from exc
     finally:
-        with contextlib.suppress(AMQPError, OSError):
-            if not channel.is_closed:
-                await channel.close()
+        await close_quietly(channel)
 
 
 async def read_log(

@@ -28,7 +28,7 @@ from infra.messaging import failures
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.dlq import audit
-from operations.stuck_report import stuck_report
+from operations.stuck import stuck_report
 from tests.support.amqp import depth
 from tests.support.seed import pending_checkout
 

@@ -187,3 +187,30 @@ def test_copies_not_recorded_are_reported_with_how_far_they_got_and_how_to_go_on
     line = _not_recorded(settings, BackfillNotRecorded(outcome, cause, stopped), "why")
     assert line.startswith("the backfill stopped (interrupted (Ctrl-C)): 1 event was copied")
     assert "--since-offset 42" in line
+
+
+def test_the_console_says_which_offset_a_stopped_backfill_goes_on_from() -> None:
+    from operations.console.events_page import stopped_line
+    from operations.events.errors import BackfillStopped
+
+    # A resumed backfill that stopped again before it handled any event: it goes on from
+    # where it was asked to start, not from "offset None".
+    outcome = BackfillOutcome(
+        "ns.orders.log", "team.q", Window.of(EventSelection(since_offset=42), NOW)
+    )
+    line = stopped_line(BackfillStopped(outcome, "interrupted (Ctrl-C)"))
+    assert line.endswith(f"until {NOW.isoformat()} and from offset 42")
+    assert "None" not in line
+
+    outcome.handled(event(offset=50), copied=True)
+    line = stopped_line(BackfillStopped(outcome, "interrupted (Ctrl-C)"))
+    assert "1 events were copied to team.q" in line
+    assert line.endswith("from offset 51")
+
+    # From a time, stopped at once: the same range again, no offset to give.
+    fresh = BackfillOutcome(
+        "ns.orders.log", "team.q", Window.of(EventSelection(since=NOW - timedelta(hours=1)), NOW)
+    )
+    line = stopped_line(BackfillStopped(fresh, "interrupted (Ctrl-C)"))
+    assert line.endswith(f"until {NOW.isoformat()}")
+    assert "None" not in line

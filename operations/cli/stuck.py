@@ -14,7 +14,6 @@ import textwrap
 from datetime import timedelta
 from typing import Annotated
 
-import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -23,9 +22,15 @@ from infra.cli.output import console, fail, is_terminal, print_json, settings_or
 from infra.db.session import create_engine
 from infra.messaging.topology import Topology
 from infra.settings import Settings
-from operations.cli.trace import _rabbit
-from operations.stuck import DEFAULT_OLDER_THAN, Report, parse_duration, set_gauge
-from operations.stuck_report import saga_metrics_url, stuck_report
+from operations.cli.common import JsonOpt, database_or_exit, tolerant_broker
+from operations.stuck import (
+    DEFAULT_OLDER_THAN,
+    Report,
+    parse_duration,
+    saga_metrics_url,
+    set_gauge,
+    stuck_report,
+)
 
 
 def stuck(
@@ -35,10 +40,7 @@ def stuck(
             "--older-than", help="Not final for longer than this: 90s, 5m, 2h, 1d.", metavar="TIME"
         ),
     ] = "5m",
-    json_: Annotated[
-        bool,
-        typer.Option("--json", help="One JSON document on stdout (also the default on a pipe)."),
-    ] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Every checkout and cancellation not final for too long: what it waits for (a
     deadline, a dead letter, an unpublished message, a service) and how to repair it."""
@@ -47,16 +49,8 @@ def stuck(
     except ValueError as exc:
         fail(str(exc), 2)
     settings = settings_or_exit()
-    try:
+    with database_or_exit(settings):
         report = asyncio.run(build_report(settings, threshold))
-    except sqlalchemy.exc.ProgrammingError as exc:
-        if type(getattr(exc, "orig", None)).__name__ == "UndefinedTable":
-            fail("the database is not migrated to this version: run `checkout migrate`")
-        raise
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
-        from infra.cli.supervisor import database_error
-
-        fail(str(database_error(settings, exc)))
     if json_ or not is_terminal():
         print_json(report.as_json())
     else:
@@ -71,7 +65,7 @@ async def build_report(settings: Settings, older_than: timedelta = DEFAULT_OLDER
         report = await stuck_report(
             engine,
             older_than,
-            lambda wanted: _rabbit(settings, wanted),
+            lambda wanted: tolerant_broker(settings, wanted, "stuck-cli"),
             Topology.from_settings(settings),
             saga_metrics_url(settings),
         )
