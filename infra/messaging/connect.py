@@ -70,6 +70,22 @@ async def connect(url: str, *, name: str | None = None) -> AbstractConnection:
     raise ValueError("no broker URL given")
 
 
+# The private attributes of aio-pika's RobustConnection that `FailoverConnection`
+# overrides, as checked against aio-pika 10.2 (pyproject.toml pins that minor series).
+# Should a release rename one, the override would be dead code and failover silently
+# off: fail at import instead, naming the version found.
+HOOKED_ATTRIBUTES = ("_RobustConnection__connect_transport", "_on_connection_close")
+_missing = [
+    name for name in HOOKED_ATTRIBUTES if not callable(getattr(RobustConnection, name, None))
+]
+if _missing:
+    raise ImportError(
+        f"aio-pika {aio_pika.__version__}: RobustConnection has no {', '.join(_missing)}, "
+        "which infra.messaging.connect.FailoverConnection overrides to fail over across "
+        "broker URLs (checked against aio-pika 10.2): install aio-pika 10.2.x or update the hook"
+    )
+
+
 class FailoverConnection(RobustConnection):
     """aio-pika's robust connection over a list of URLs (`URLS`, set by `failover_class`).
 
@@ -80,7 +96,8 @@ class FailoverConnection(RobustConnection):
 
     The hook is aio-pika's private per-attempt coroutine (`__connect_transport`, which
     connects to `self.url`): aio-pika has no public one, its reconnect loop being
-    private too. `tests/integration/test_broker_failover.py` pins that it is called.
+    private too. `HOOKED_ATTRIBUTES` are checked at import;
+    `tests/integration/test_broker_failover.py` pins that the hook is called.
     """
 
     URLS: ClassVar[tuple[URL, ...]] = ()
@@ -88,27 +105,31 @@ class FailoverConnection(RobustConnection):
     def __init__(self, url: URL, loop: Any = None, **kwargs: Any) -> None:
         super().__init__(url, loop=loop, **kwargs)
         self._urls = self.URLS or (self.url,)
-        self._current = 0  # the URL of the connection made last
-        self._next = 0  # where the next attempt starts
+        # Where the next attempt starts: the URL connected last, or the one after it
+        # once that connection is lost.
+        self._start = 0
 
     async def _on_connection_close(self, closing: Any) -> None:
-        # The node went away, most likely: start the next attempt at the next URL.
-        self._next = (self._current + 1) % len(self._urls)
+        # A connection made is lost (its node went away, most likely): the next attempt
+        # starts at the next URL. Once per loss: aio-pika clears `connected` below.
+        if self.connected.is_set():
+            self._start = (self._start + 1) % len(self._urls)
         await super()._on_connection_close(closing)
 
     async def _RobustConnection__connect_transport(self) -> None:
         failure: BaseException | None = None
+        start = self._start
         for step in range(len(self._urls)):
             # aio-pika read its parameters (reconnect_interval...) once, at __init__;
             # only the address changes here.
-            index = (self._next + step) % len(self._urls)
+            index = (start + step) % len(self._urls)
             self.url = self._urls[index]
             try:
                 await super()._RobustConnection__connect_transport()  # type: ignore[misc]
             except CONNECTION_EXCEPTIONS as exc:
                 failure = exc
                 continue
-            self._current = self._next = index
+            self._start = index
             return
         assert failure is not None
         raise failure
