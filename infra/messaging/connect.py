@@ -5,10 +5,12 @@ leaves such a connection to the garbage collector, whose `close()` then runs out
 any event loop (in a test suite: against whichever test happens to be running).
 
 `CHECKOUT_RABBIT_URL` may list several URLs, comma-separated (a cluster's nodes).
-`connect` tries them in turn. `connect_robust` makes a `FailoverConnection`: aio-pika's
-robust connection, which reconnects by itself, but to the next URL of the list when the
-current one fails, trying each once per attempt, so a part whose node dies is back on
-another node within one reconnect rather than waiting for the dead node's return.
+`connect` tries them in turn. `failover_connection` builds a part's long-lived
+connection (`connect_robust` opens one; so does the API's broker link), a
+`FailoverConnection`: aio-pika's robust connection, which reconnects by itself, but to
+the next URL of the list when the current one fails, trying each once per attempt, so a
+part whose node dies is back on another node within one reconnect rather than waiting
+for the dead node's return. (FastStream builds its own: `infra.messaging.worker`.)
 
 `ConnectionWatch` is what a part's long-lived connection reports: one warning when it
 is lost, one info line when it is back, whatever happens in between, and the
@@ -32,7 +34,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import structlog
 from aio_pika import RobustConnection
-from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection, TimeoutType
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ProbableAuthenticationError
 from pamqp.common import FieldTable
 from yarl import URL
@@ -108,6 +110,13 @@ class FailoverConnection(RobustConnection):
         # Where the next attempt starts: the URL connected last, or the one after it
         # once that connection is lost.
         self._start = 0
+        self.watch: ConnectionWatch | None = None  # set by `failover_connection`
+
+    async def connect(self, timeout: TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's)
+        await super().connect(timeout)
+        if self.watch is not None:
+            # aio-pika calls its reconnect callbacks from the second connection on.
+            self.watch.on_reconnect(self)
 
     async def _on_connection_close(self, closing: Any) -> None:
         # A connection made is lost (its node went away, most likely): the next attempt
@@ -234,20 +243,41 @@ node was restarting): a fraction of a stall measured in seconds, and one cheap
 connection attempt per URL per second while the broker is away."""
 
 
+def failover_connection(
+    url: str,
+    *,
+    name: str,
+    reconnect_interval: float = RECONNECT_INTERVAL_S,
+    fail_fast: bool = True,
+) -> FailoverConnection:
+    """A long-lived connection across the URLs of `url`, not connected yet: call its
+    `connect()`, which returns once it is open.
+
+    Named `name` (it shows in `rabbitmqctl list_connections`) and watched by a
+    `ConnectionWatch` of that name from the start: the gauge says 0 until the first
+    connection is made. `fail_fast`: whether `connect()` fails when no URL answers
+    (else aio-pika keeps trying every `reconnect_interval` s).
+    """
+    urls = split_urls(url)
+    connection = failover_class(urls)(
+        URL(urls[0]),
+        fail_fast=fail_fast,
+        reconnect_interval=reconnect_interval,
+        client_properties={"connection_name": name},
+    )
+    connection.watch = ConnectionWatch(name)
+    connection.watch.attach(connection, connected=False)
+    return connection
+
+
 async def connect_robust(url: str, *, name: str) -> AbstractRobustConnection:
     """A part's long-lived connection: reconnects by itself, across the URLs of `url`.
 
     Fails (like `aio_pika.connect_robust`) if no URL answers now. Watched by a
     `ConnectionWatch` named `name`, which also shows in `rabbitmqctl list_connections`.
     """
-    urls = split_urls(url)
-    connection = await aio_pika.connect_robust(
-        urls[0],
-        client_properties={"connection_name": name},
-        connection_class=failover_class(urls),
-        reconnect_interval=RECONNECT_INTERVAL_S,
-    )
-    ConnectionWatch(name).attach(connection)
+    connection = failover_connection(url, name=name)
+    await connection.connect()
     return connection
 
 
