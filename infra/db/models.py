@@ -33,7 +33,13 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE_CHECKOUT_STATES = ("STARTED", "PAYMENT_PENDING")
-FINAL_CANCELLATION_STATES = ("CANCELLED", "REJECTED")
+# Every state of a cancellation but the final CANCELLED and REJECTED.
+ACTIVE_CANCELLATION_STATES = (
+    "REQUESTED",
+    "WAITING_FOR_CHECKOUT",
+    "CANCELLING_PRODUCTION",
+    "REFUNDING",
+)
 
 
 class Base(DeclarativeBase):

@@ -61,6 +61,7 @@ from psycopg.rows import dict_row
 
 from infra import metrics
 from infra.db.migrate import libpq_url
+from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
 from infra.db.session import connect_kwargs
 from infra.health import serving_health
 from infra.logging import configure_logging
@@ -453,7 +454,9 @@ SAMPLE_OUTBOX = """
            coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
     FROM outbox
 """
-# Served by the partial unique index on active checkouts: cheap at any table size.
+# Served by the partial unique index on active checkouts: cheap at any table size. (The
+# states are written out as the index's predicate is; the gauges are set for each of
+# infra.db.models' ACTIVE_CHECKOUT_STATES and ACTIVE_CANCELLATION_STATES.)
 SAMPLE_ACTIVE = """
     SELECT state, count(*) AS n FROM checkouts
     WHERE state IN ('STARTED', 'PAYMENT_PENDING') GROUP BY state
@@ -463,12 +466,6 @@ SAMPLE_CANCELLATIONS = """
     SELECT state, count(*) AS n FROM cancellations
     WHERE state NOT IN ('CANCELLED', 'REJECTED') GROUP BY state
 """
-ACTIVE_CANCELLATION_STATES = (
-    "REQUESTED",
-    "WAITING_FOR_CHECKOUT",
-    "CANCELLING_PRODUCTION",
-    "REFUNDING",
-)
 
 
 async def sample_gauges(
@@ -496,7 +493,7 @@ async def sample_gauges(
                         r["state"]: r["n"]
                         for r in await (await conn.execute(SAMPLE_ACTIVE)).fetchall()
                     }
-                    for state in ("STARTED", "PAYMENT_PENDING"):
+                    for state in ACTIVE_CHECKOUT_STATES:
                         metrics.ACTIVE_CHECKOUTS.labels(state).set(active.get(state, 0))
                     cancelling = {
                         r["state"]: r["n"]
