@@ -54,6 +54,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from infra.messaging.connect import connect
+from infra.messaging.copies import copy_of
 from infra.messaging.event_log import declare_event_log, retire_journal
 from infra.settings import Settings
 
@@ -292,20 +293,7 @@ async def _move_on(channel: AbstractChannel, source: str, target: str) -> int:
     while (message := await from_queue.get(no_ack=False, fail=False)) is not None:
         # A quorum queue counts deliveries in a header of its own: not the message's.
         headers = {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = copy_of(message, headers, aio_pika.DeliveryMode.PERSISTENT)
         await channel.default_exchange.publish(copy, routing_key=target, mandatory=True)
         await message.ack()
         moved += 1
