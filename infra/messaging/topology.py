@@ -50,7 +50,7 @@ from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from infra.messaging.connect import connect
@@ -198,19 +198,36 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     consumes. A queue declared before with other arguments (a classic queue of an older
     deployment) fails with PRECONDITION_FAILED: `migrate_topology` moves it over.
     """
-    exchanges = {
-        name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
-        for name in (topology.orders_exchange, topology.internal_exchange)
-    }
+    exchanges = await _declare_exchanges(channel, topology)
     await declare_event_log(
         channel, exchanges[topology.orders_exchange], topology.event_log, topology.event_log_days
     )
-
     bound = bindings(topology)
     for name, arguments in queue_arguments(topology):
-        declared = await channel.declare_queue(name, durable=True, arguments=arguments)
-        for exchange, key in bound.get(name, []):
-            await declared.bind(exchanges[exchange], routing_key=key)
+        await _declare_queue(channel, name, arguments, bound.get(name, []), exchanges)
+
+
+async def _declare_exchanges(
+    channel: AbstractChannel, topology: Topology
+) -> dict[str, AbstractExchange]:
+    """Both topic exchanges, by name."""
+    return {
+        name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        for name in (topology.orders_exchange, topology.internal_exchange)
+    }
+
+
+async def _declare_queue(
+    channel: AbstractChannel,
+    name: str,
+    arguments: dict[str, Any],
+    bound: list[tuple[str, str]],
+    exchanges: dict[str, AbstractExchange],
+) -> None:
+    """Declare queue `name` and bind it: `bound` is its (exchange, routing key) pairs."""
+    declared = await channel.declare_queue(name, durable=True, arguments=arguments)
+    for exchange, key in bound:
+        await declared.bind(exchanges[exchange], routing_key=key)
 
 
 async def declare_apart(url: str, topology: Topology) -> None:
@@ -226,11 +243,7 @@ async def declare_apart(url: str, topology: Topology) -> None:
 
 async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Remove a namespace's exchanges and queues (test clean-up)."""
-    names = [topology.event_log]
-    for queue in topology.queues.values():
-        names += [queue.name, queue.dlq]
-        names += [f"{queue.name}.wait.{d}" for d in sorted(set(queue.retry_delays_ms))]
-    for name in names:
+    for name in [topology.event_log, *(name for name, _ in queue_arguments(topology))]:
         await channel.queue_delete(name)
     for exchange in (topology.orders_exchange, topology.internal_exchange):
         await channel.exchange_delete(exchange)
@@ -239,10 +252,11 @@ async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
 async def declare_from_settings(settings: Settings) -> Topology:
     """Connect, declare, disconnect: what `checkout up` does before starting the parts."""
     topology = Topology.from_settings(settings)
-    url = settings.rabbit_url.get_secret_value()
-    await declare_apart(url, topology)
-    connection = await connect(url, name=f"{topology.namespace}.declare")
+    connection = await connect(
+        settings.rabbit_url.get_secret_value(), name=f"{topology.namespace}.declare"
+    )
     async with connection:
+        await declare_topology(await connection.channel(), topology)
         await retire_journal(connection, topology.journal_queue, topology.orders_exchange)
     return topology
 
@@ -318,10 +332,7 @@ async def migrate_topology(settings: Settings) -> dict[str, int]:
     moved: dict[str, int] = {}
     async with connection:
         channel = await connection.channel()
-        exchanges = {
-            name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
-            for name in (topology.orders_exchange, topology.internal_exchange)
-        }
+        exchanges = await _declare_exchanges(channel, topology)
         bound = bindings(topology)
         for name, arguments in queue_arguments(topology):
             holding = name + MIGRATING_SUFFIX
@@ -336,11 +347,11 @@ async def migrate_topology(settings: Settings) -> dict[str, int]:
             await _matches(connection, holding, QUORUM)  # declares it
             await _move(connection, name, holding)
             await channel.queue_delete(name)
-            declared = await channel.declare_queue(name, durable=True, arguments=arguments)
-            for exchange, key in bound.get(name, []):
-                await declared.bind(exchanges[exchange], routing_key=key)
+            await _declare_queue(channel, name, arguments, bound.get(name, []), exchanges)
             moved[name] = await _move(connection, holding, name)
             await channel.queue_delete(holding)
             log.info("queue migrated", queue=name, messages=moved[name])
+        # The rest: the event log, and the bindings of the queues that were right
+        # already or created just now by `_matches`.
         await declare_topology(channel, topology)
     return moved
