@@ -44,6 +44,7 @@ retires.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -259,6 +260,25 @@ async def declare_from_settings(settings: Settings) -> Topology:
         await declare_topology(await connection.channel(), topology)
         await retire_journal(connection, topology.journal_queue, topology.orders_exchange)
     return topology
+
+
+async def dlq_depths(connection: AbstractConnection, topology: Topology) -> dict[str, int]:
+    """Messages ready in each consumed queue's dead-letter queue, by the consumed queue's
+    name (the relay's `checkout_dead_letter_messages` gauge).
+
+    Looked up on a channel opened for it and closed after: on a robust connection, a
+    passive declaration on a lasting channel would be repeated on every reconnect.
+    """
+    channel = await connection.channel()
+    try:
+        depths = {}
+        for queue in topology.queues.values():
+            declared = await channel.declare_queue(queue.dlq, passive=True)
+            depths[queue.name] = declared.declaration_result.message_count or 0
+        return depths
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 MIGRATING_SUFFIX = ".migrating"
