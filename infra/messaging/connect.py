@@ -205,11 +205,8 @@ class ConnectionWatch:
         self._gauge.set(1 if connected and not connection.is_closed else 0)
 
     def on_close(self, connection: object, exc: BaseException | None = None) -> None:
-        if not connection_lost(exc):
-            self._gauge.set(0)
-            return
         self._gauge.set(0)
-        if not self.lost:
+        if connection_lost(exc) and not self.lost:
             self.lost = True
             log.warning(
                 "broker connection lost; reconnecting",

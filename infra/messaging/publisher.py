@@ -323,17 +323,11 @@ class Publisher:
     cluster is degraded, which would keep the channel from coming back at all.
     """
 
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        channel: AbstractChannel,
-        *,
-        nack_streak_limit: int = NACK_STREAK_LIMIT,
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
         self._connection = connection
         self._channel = channel
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._nacks = NackStreak(nack_streak_limit)
+        self._nacks = NackStreak()
         self._renewing = asyncio.Lock()
         self.channels_renewed = 0
 
