@@ -27,6 +27,7 @@ import aio_pika
 import httpx
 import psycopg
 
+from bench import db
 from bench.load import Checkout
 from infra.messaging.topology import Topology
 from infra.settings import Settings
@@ -52,9 +53,7 @@ async def exactly_once(
     metrics_urls: Iterable[str] = (),
 ) -> dict[str, Any]:
     problems: list[str] = []
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as conn:
+    async with await db.connect(conninfo, autocommit=True) as conn:
         checkouts = await _rows(
             conn, "SELECT checkout_id::text, order_id::text, state FROM checkouts"
         )

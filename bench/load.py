@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-import psycopg
+
+from bench import db
 
 PER_HTTPX_CLIENT = 8
 TIMEOUT = 30.0
@@ -166,7 +167,7 @@ async def copy_orders(
     """The same orders as POST /orders makes (PENDING, now), with COPY: seconds, not minutes."""
     made = [(str(uuid.uuid4()), amount) for amount in amounts]
     async with (
-        await psycopg.AsyncConnection.connect(conninfo, prepare_threshold=None) as conn,
+        await db.connect(conninfo) as conn,
         conn.cursor() as cursor,
         cursor.copy(
             "COPY orders (order_id, order_name, amount, currency, customer_email, "

@@ -23,6 +23,8 @@ from typing import Any
 
 import psycopg
 
+from bench import db
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Processes of the machine's services, by their name in /proc/<pid>/stat.
 SERVICE_NAMES: Mapping[str, tuple[str, ...]] = {
@@ -148,9 +150,7 @@ DB_COUNTERS = """
 
 async def db_counters(conninfo: str) -> dict[str, int]:
     """The run database's transaction and row counters (PostgreSQL updates them within ~1 s)."""
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as conn:
+    async with await db.connect(conninfo, autocommit=True) as conn:
         cursor = await conn.execute(DB_COUNTERS)
         row: Any = await cursor.fetchone()
         names = [c.name for c in cursor.description or ()]
@@ -191,9 +191,7 @@ class Progress:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Progress:
-        self._conn = await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, prepare_threshold=None
-        )
+        self._conn = await db.connect(self.conninfo, autocommit=True)
         self._task = asyncio.create_task(self._run())
         return self
 

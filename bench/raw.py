@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from bench import db
 from bench.observe import cpu_delta, cpu_snapshot
 
 
@@ -33,9 +33,7 @@ async def tx_rate(conninfo: str, seconds: float, tasks: int = 10) -> dict[str, A
     """Two-insert transactions per second with psycopg (see the module docstring)."""
     tag = uuid.uuid4().hex[:8]
     orders, outbox = f"bench_raw_orders_{tag}", f"bench_raw_outbox_{tag}"
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as admin:
+    async with await db.connect(conninfo, autocommit=True) as admin:
         await admin.execute(
             f"CREATE TABLE {orders} (id uuid PRIMARY KEY, name text NOT NULL, "
             "amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL)"
@@ -74,9 +72,7 @@ async def tx_rate(conninfo: str, seconds: float, tasks: int = 10) -> dict[str, A
             await asyncio.gather(*(worker() for _ in range(tasks)))
             elapsed = time.monotonic() - started
     finally:
-        async with await psycopg.AsyncConnection.connect(
-            conninfo, autocommit=True, prepare_threshold=None
-        ) as admin:
+        async with await db.connect(conninfo, autocommit=True) as admin:
             await admin.execute(f"DROP TABLE IF EXISTS {orders}, {outbox}")
     return {
         "what": f"psycopg async, pool {tasks}, {tasks} tasks: INSERT order + INSERT outbox, COMMIT",
@@ -158,9 +154,7 @@ async def relay_drain_rate(
         try:
             body = json.dumps({"order_id": str(uuid.uuid4()), "amount": "10.00", "pad": "x" * 300})
             headers = json.dumps({"x-schema-version": 1})
-            async with await psycopg.AsyncConnection.connect(
-                conninfo, prepare_threshold=None
-            ) as conn:
+            async with await db.connect(conninfo) as conn:
                 async with (
                     conn.cursor() as cursor,
                     cursor.copy(

@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import psycopg
 
-from bench import raw
+from bench import db, raw
 from bench import report as reporting
 from bench.check import exactly_once
 from bench.load import (
@@ -202,9 +201,7 @@ OUTCOMES = """
 
 async def fetch_outcomes(conninfo: str) -> dict[str, tuple[str, float | None, float | None]]:
     """checkout_id -> (state, PAID at, last effect at; None while an effect is missing)."""
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as conn:
+    async with await db.connect(conninfo, autocommit=True) as conn:
         cursor = await conn.execute(OUTCOMES)
         rows = await cursor.fetchall()
     outcomes = {}
@@ -347,7 +344,7 @@ async def drain(
 async def versions(system: BenchSystem) -> dict[str, str]:
     found = {}
     with contextlib.suppress(Exception):
-        async with await psycopg.AsyncConnection.connect(system.conninfo) as conn:
+        async with await db.connect(system.conninfo) as conn:
             row = await (await conn.execute("SHOW server_version")).fetchone()
             found["postgresql"] = str(row[0]).split()[0] if row else "?"
     with contextlib.suppress(Exception):

@@ -29,8 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
-
+from bench import db
 from bench import report as reporting
 from bench.load import make_client
 from bench.stats import summary
@@ -167,9 +166,7 @@ def queries(rng: random.Random, count: int) -> list[tuple[str, str]]:
 async def load_orders(conninfo: str, count: int) -> dict[str, Any]:
     """COPY `count` orders in (indexes dropped, then rebuilt); the seconds each step took."""
     steps: dict[str, float] = {}
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as conn:
+    async with await db.connect(conninfo, autocommit=True) as conn:
         started = time.monotonic()
         await conn.execute("TRUNCATE orders CASCADE")
         await conn.execute("DROP INDEX IF EXISTS orders_name_trgm_idx")
@@ -202,9 +199,7 @@ async def load_orders(conninfo: str, count: int) -> dict[str, Any]:
 
 
 async def order_count(conninfo: str) -> int:
-    async with await psycopg.AsyncConnection.connect(
-        conninfo, autocommit=True, prepare_threshold=None
-    ) as conn:
+    async with await db.connect(conninfo, autocommit=True) as conn:
         row = await (await conn.execute("SELECT count(*) FROM orders")).fetchone()
         return int(row[0]) if row else 0
 

@@ -31,6 +31,7 @@ from typing import IO
 
 import aio_pika
 import httpx
+from sqlalchemy.engine import make_url
 
 from infra.auth.keys import Role, create_key
 from infra.db.migrate import drop_database, libpq_url, migrate
@@ -62,8 +63,8 @@ def listen_env(database_url: str) -> dict[str, str]:
     listen = os.environ.get("CHECKOUT_DATABASE_LISTEN_URL")
     if not listen:
         return {}
-    server, database = listen.rsplit("/", 1)[0], database_url.rsplit("/", 1)[1]
-    return {"CHECKOUT_DATABASE_LISTEN_URL": f"{server}/{database}"}
+    url = make_url(listen).set(database=make_url(database_url).database)
+    return {"CHECKOUT_DATABASE_LISTEN_URL": url.render_as_string(hide_password=False)}
 
 
 def amqp_url() -> str:

@@ -16,10 +16,8 @@ import contextlib
 
 import structlog
 from aio_pika.abc import AbstractConnection
-from yarl import URL
 
-from infra.messaging.connect import ConnectionWatch, failover_class
-from infra.settings import split_urls
+from infra.messaging.connect import failover_connection
 
 log = structlog.get_logger(__name__)
 
@@ -31,29 +29,18 @@ class BrokerLink:
     """A robust connection that is connecting, connected, or reconnecting."""
 
     def __init__(self, url: str, *, name: str = "checkout-api") -> None:
-        urls = split_urls(url)  # one URL, or a cluster's nodes: failover across them
-        self._connection = failover_class(urls)(
-            URL(urls[0]),
-            fail_fast=False,
-            reconnect_interval=RECONNECT_INTERVAL,
-            client_properties={"connection_name": name},
+        # One URL, or a cluster's nodes: failover across them. Watched: one warning per
+        # outage, and checkout_broker_connected{connection=name}.
+        self._connection = failover_connection(
+            url, name=name, reconnect_interval=RECONNECT_INTERVAL, fail_fast=False
         )
         self._connecting: asyncio.Task[None] | None = None
-        # One warning per outage, and checkout_broker_connected{connection=name}.
-        self._watch = ConnectionWatch(name)
-        self._watch.attach(self._connection, connected=False)
 
     def start(self) -> None:
         """Begin connecting; returns at once."""
         self._connecting = asyncio.create_task(
             self._connection.connect(timeout=CONNECT_TIMEOUT), name="broker-connect"
         )
-        self._connecting.add_done_callback(self._first_connect)
-
-    def _first_connect(self, task: asyncio.Task[None]) -> None:
-        # aio-pika calls its reconnect callbacks from the second connection on.
-        if not task.cancelled() and task.exception() is None:
-            self._watch.on_reconnect(self._connection)
 
     @property
     def is_connected(self) -> bool:

@@ -116,13 +116,7 @@ class ServiceClient:
         self, path: str, payload: dict[str, Any], *, idempotency_key: str
     ) -> tuple[Any, int]:
         """Like `post`, and also say how many attempts it took."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
-            retry=retry_if_exception_type(TransientFailure),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 body = await self._guarded(path, payload, idempotency_key)
                 return body, attempt.retry_state.attempt_number
@@ -131,19 +125,22 @@ class ServiceClient:
     async def get_or_none(self, path: str) -> Any:
         """GET; the decoded 2xx body, None on 404 (nothing there), else a classified
         failure. Retried like a POST; a GET changes nothing, so it needs no key."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
-            retry=retry_if_exception_type(TransientFailure),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 try:
                     return await self._guarded(path, None, None, method="GET")
                 except _NotFound:
                     return None
         raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _retrying(self) -> AsyncRetrying:
+        """A call's attempts: transient failures retried with jittered backoff."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.1),
+            retry=retry_if_exception_type(TransientFailure),
+            reraise=True,
+        )
 
     async def _guarded(
         self, path: str, payload: dict[str, Any] | None, key: str | None, *, method: str = "POST"
@@ -170,11 +167,14 @@ class ServiceClient:
             kind=trace.SpanKind.CLIENT,
             attributes={"http.request.method": method, "url.full": url, "peer.service": self.name},
         ) as span:
-            headers = {"Content-Type": "application/json"}
+            headers: dict[str, str] = {}
+            data: str | None = None
+            if payload is not None:  # a GET sends no body, so says no type for one
+                headers["Content-Type"] = "application/json"
+                data = json.dumps(payload)
             if key is not None:
                 headers["Idempotency-Key"] = key
             inject(headers)
-            data = json.dumps(payload) if payload is not None else None
             try:
                 async with self._client.request(
                     method, url, data=data, headers=headers

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psycopg
 
+from bench import db
 from deploy.drill.cluster import Cluster, Node
 from deploy.drill.nack_probe import probe
 from infra.db.migrate import libpq_url
@@ -118,7 +118,7 @@ def choose(role: str, cluster: Cluster, leaders: Counter[str], conns: Counter[st
 
 async def finish_times(conninfo: str, checkout_ids: list[str]) -> list[tuple[float, float]]:
     """(created, finished) epoch seconds of the final checkouts among `checkout_ids`."""
-    async with await psycopg.AsyncConnection.connect(conninfo, prepare_threshold=None) as conn:
+    async with await db.connect(conninfo) as conn:
         cursor = await conn.execute(
             "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8"
             " FROM checkouts WHERE checkout_id = ANY(%s::uuid[]) AND state IN ('PAID','FAILED')",

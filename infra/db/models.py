@@ -2,7 +2,9 @@
 
 Each consumer owns its own tables (invoices; email_notifications;
 production_submissions) and shares only the inbox mechanism. The migration in
-`infra/db/migrations` is the source of the schema; these models mirror it.
+`infra/db/migrations` is the source of the schema; these models mirror it, every
+table, including those the code reaches by SQL only (`tests/integration/test_schema.py`
+finds no difference between the two).
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE_CHECKOUT_STATES = ("STARTED", "PAYMENT_PENDING")
-FINAL_CANCELLATION_STATES = ("CANCELLED", "REJECTED")
+# Every state of a cancellation but the final CANCELLED and REJECTED.
+ACTIVE_CANCELLATION_STATES = (
+    "REQUESTED",
+    "WAITING_FOR_CHECKOUT",
+    "CANCELLING_PRODUCTION",
+    "REFUNDING",
+)
 
 
 class Base(DeclarativeBase):
@@ -391,6 +401,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class ConsoleSession(Base):
+    """An operator signed in to /console with an API key (migration 0010); only the
+    hash of the browser's token is kept, and the key's revocation ends the session."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("console_sessions_expires_idx", "expires_at"),)
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.key_id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+
+
 # The timeline finds the replays and purges of one checkout's messages by id (migration 0003).
 Index(
     "dlq_audit_message_ids_idx",
@@ -406,7 +430,7 @@ class Deadline(Base):
     __table_args__ = (
         CheckConstraint("saga IN ('checkout', 'cancellation')", name="deadlines_saga"),
         CheckConstraint("attempts >= 0", name="deadlines_attempts"),
-        Index("deadlines_one_per_kind", "saga", "saga_id", "kind", unique=True),
+        UniqueConstraint("saga", "saga_id", "kind", name="deadlines_one_per_kind"),
         Index("deadlines_due_at", "due_at"),
     )
 

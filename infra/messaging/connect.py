@@ -5,10 +5,12 @@ leaves such a connection to the garbage collector, whose `close()` then runs out
 any event loop (in a test suite: against whichever test happens to be running).
 
 `CHECKOUT_RABBIT_URL` may list several URLs, comma-separated (a cluster's nodes).
-`connect` tries them in turn. `connect_robust` makes a `FailoverConnection`: aio-pika's
-robust connection, which reconnects by itself, but to the next URL of the list when the
-current one fails, trying each once per attempt, so a part whose node dies is back on
-another node within one reconnect rather than waiting for the dead node's return.
+`connect` tries them in turn. `failover_connection` builds a part's long-lived
+connection (`connect_robust` opens one; so does the API's broker link), a
+`FailoverConnection`: aio-pika's robust connection, which reconnects by itself, but to
+the next URL of the list when the current one fails, trying each once per attempt, so a
+part whose node dies is back on another node within one reconnect rather than waiting
+for the dead node's return. (FastStream builds its own: `infra.messaging.worker`.)
 
 `ConnectionWatch` is what a part's long-lived connection reports: one warning when it
 is lost, one info line when it is back, whatever happens in between, and the
@@ -32,7 +34,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import structlog
 from aio_pika import RobustConnection
-from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection, TimeoutType
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ProbableAuthenticationError
 from pamqp.common import FieldTable
 from yarl import URL
@@ -70,6 +72,22 @@ async def connect(url: str, *, name: str | None = None) -> AbstractConnection:
     raise ValueError("no broker URL given")
 
 
+# The private attributes of aio-pika's RobustConnection that `FailoverConnection`
+# overrides, as checked against aio-pika 10.2 (pyproject.toml pins that minor series).
+# Should a release rename one, the override would be dead code and failover silently
+# off: fail at import instead, naming the version found.
+HOOKED_ATTRIBUTES = ("_RobustConnection__connect_transport", "_on_connection_close")
+_missing = [
+    name for name in HOOKED_ATTRIBUTES if not callable(getattr(RobustConnection, name, None))
+]
+if _missing:
+    raise ImportError(
+        f"aio-pika {aio_pika.__version__}: RobustConnection has no {', '.join(_missing)}, "
+        "which infra.messaging.connect.FailoverConnection overrides to fail over across "
+        "broker URLs (checked against aio-pika 10.2): install aio-pika 10.2.x or update the hook"
+    )
+
+
 class FailoverConnection(RobustConnection):
     """aio-pika's robust connection over a list of URLs (`URLS`, set by `failover_class`).
 
@@ -80,7 +98,8 @@ class FailoverConnection(RobustConnection):
 
     The hook is aio-pika's private per-attempt coroutine (`__connect_transport`, which
     connects to `self.url`): aio-pika has no public one, its reconnect loop being
-    private too. `tests/integration/test_broker_failover.py` pins that it is called.
+    private too. `HOOKED_ATTRIBUTES` are checked at import;
+    `tests/integration/test_broker_failover.py` pins that the hook is called.
     """
 
     URLS: ClassVar[tuple[URL, ...]] = ()
@@ -88,27 +107,38 @@ class FailoverConnection(RobustConnection):
     def __init__(self, url: URL, loop: Any = None, **kwargs: Any) -> None:
         super().__init__(url, loop=loop, **kwargs)
         self._urls = self.URLS or (self.url,)
-        self._current = 0  # the URL of the connection made last
-        self._next = 0  # where the next attempt starts
+        # Where the next attempt starts: the URL connected last, or the one after it
+        # once that connection is lost.
+        self._start = 0
+        self.watch: ConnectionWatch | None = None  # set by `failover_connection`
+
+    async def connect(self, timeout: TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's)
+        await super().connect(timeout)
+        if self.watch is not None:
+            # aio-pika calls its reconnect callbacks from the second connection on.
+            self.watch.on_reconnect(self)
 
     async def _on_connection_close(self, closing: Any) -> None:
-        # The node went away, most likely: start the next attempt at the next URL.
-        self._next = (self._current + 1) % len(self._urls)
+        # A connection made is lost (its node went away, most likely): the next attempt
+        # starts at the next URL. Once per loss: aio-pika clears `connected` below.
+        if self.connected.is_set():
+            self._start = (self._start + 1) % len(self._urls)
         await super()._on_connection_close(closing)
 
     async def _RobustConnection__connect_transport(self) -> None:
         failure: BaseException | None = None
+        start = self._start
         for step in range(len(self._urls)):
             # aio-pika read its parameters (reconnect_interval...) once, at __init__;
             # only the address changes here.
-            index = (self._next + step) % len(self._urls)
+            index = (start + step) % len(self._urls)
             self.url = self._urls[index]
             try:
                 await super()._RobustConnection__connect_transport()  # type: ignore[misc]
             except CONNECTION_EXCEPTIONS as exc:
                 failure = exc
                 continue
-            self._current = self._next = index
+            self._start = index
             return
         assert failure is not None
         raise failure
@@ -175,11 +205,8 @@ class ConnectionWatch:
         self._gauge.set(1 if connected and not connection.is_closed else 0)
 
     def on_close(self, connection: object, exc: BaseException | None = None) -> None:
-        if not connection_lost(exc):
-            self._gauge.set(0)
-            return
         self._gauge.set(0)
-        if not self.lost:
+        if connection_lost(exc) and not self.lost:
             self.lost = True
             log.warning(
                 "broker connection lost; reconnecting",
@@ -213,20 +240,41 @@ node was restarting): a fraction of a stall measured in seconds, and one cheap
 connection attempt per URL per second while the broker is away."""
 
 
+def failover_connection(
+    url: str,
+    *,
+    name: str,
+    reconnect_interval: float = RECONNECT_INTERVAL_S,
+    fail_fast: bool = True,
+) -> FailoverConnection:
+    """A long-lived connection across the URLs of `url`, not connected yet: call its
+    `connect()`, which returns once it is open.
+
+    Named `name` (it shows in `rabbitmqctl list_connections`) and watched by a
+    `ConnectionWatch` of that name from the start: the gauge says 0 until the first
+    connection is made. `fail_fast`: whether `connect()` fails when no URL answers
+    (else aio-pika keeps trying every `reconnect_interval` s).
+    """
+    urls = split_urls(url)
+    connection = failover_class(urls)(
+        URL(urls[0]),
+        fail_fast=fail_fast,
+        reconnect_interval=reconnect_interval,
+        client_properties={"connection_name": name},
+    )
+    connection.watch = ConnectionWatch(name)
+    connection.watch.attach(connection, connected=False)
+    return connection
+
+
 async def connect_robust(url: str, *, name: str) -> AbstractRobustConnection:
     """A part's long-lived connection: reconnects by itself, across the URLs of `url`.
 
     Fails (like `aio_pika.connect_robust`) if no URL answers now. Watched by a
     `ConnectionWatch` named `name`, which also shows in `rabbitmqctl list_connections`.
     """
-    urls = split_urls(url)
-    connection = await aio_pika.connect_robust(
-        urls[0],
-        client_properties={"connection_name": name},
-        connection_class=failover_class(urls),
-        reconnect_interval=RECONNECT_INTERVAL_S,
-    )
-    ConnectionWatch(name).attach(connection)
+    connection = failover_connection(url, name=name)
+    await connection.connect()
     return connection
 
 

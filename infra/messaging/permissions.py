@@ -17,9 +17,10 @@ Who does what (names from ``infra.messaging.topology``, ``{ns}`` the namespace):
 =========  =====================================================================
 api        connects for its readiness check only; never publishes or reads
 relay      publishes outbox rows to ``{ns}.orders`` and ``{ns}.internal``
-saga       consumes ``{ns}.payment`` (the payment step applies each outcome itself, in
-           the database); retry and dead-letter copies go to
-           ``{ns}.<q>.wait.<ms>`` / ``{ns}.<q>.dlq`` through the default exchange
+saga       consumes ``{ns}.payment``, ``{ns}.refund`` and ``{ns}.production-cancel``
+           (each step applies its outcome itself, in the database); retry and
+           dead-letter copies go to ``{ns}.<q>.wait.<ms>`` / ``{ns}.<q>.dlq`` through
+           the default exchange
 invoice,   each consumes ``{ns}.<name>``; retry and dead-letter copies through the
 email,     default exchange
 production
@@ -33,7 +34,7 @@ setup      declares the whole topology on a fresh broker (``checkout up``, compo
 =========  =====================================================================
 
 **Parts still declare the topology at start.** Every part runs ``declare_topology``
-when it starts (and aio-pika re-declares it after a reconnect), so with
+when it starts (on a connection of its own, ``declare_apart``), so with
 ``parts_declare=True`` (the default, what compose uses) each of relay, saga and the
 consumers gets configure on the namespace's own exchanges and queues, write on the
 queues it binds and read on the two exchanges. Creating a missing queue is left to the
@@ -139,7 +140,7 @@ def broker_users(namespace: str, *, parts_declare: bool = True) -> tuple[BrokerU
     `queue.bind` takes; the setup user still creates the queues first.
     """
     topology = Topology(namespace, ())
-    keys = list(topology.queues)  # payment, invoice, email, production
+    keys = list(topology.queues)  # payment, refund, production-cancel, invoice, email, ...
     exchanges = ["orders", "internal"]
     event_log = r"orders\.log"
     everything = [*exchanges, event_log, _group(keys) + r"(\.dlq|\.wait\.[0-9]+)?"]

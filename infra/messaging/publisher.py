@@ -323,17 +323,11 @@ class Publisher:
     cluster is degraded, which would keep the channel from coming back at all.
     """
 
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        channel: AbstractChannel,
-        *,
-        nack_streak_limit: int = NACK_STREAK_LIMIT,
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
         self._connection = connection
         self._channel = channel
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._nacks = NackStreak(nack_streak_limit)
+        self._nacks = NackStreak()
         self._renewing = asyncio.Lock()
         self.channels_renewed = 0
 
@@ -415,26 +409,14 @@ class Publisher:
             raise TypeError(f"not an aiormq channel with publisher confirms: {channel!r}")
         return await _send_batch(channel, batch, self._nacks.record)
 
-    async def queue_depths(self, queues: dict[str, str]) -> dict[str, int]:
-        """Messages ready in each queue of `queues` (key: any label, value: queue name).
-
-        Looked up on a channel opened for it and closed after: a passive declaration on
-        the publishing channel would be repeated by aio-pika on every reconnect.
-        """
-        channel = await self._connection.channel()
-        try:
-            depths = {}
-            for label, name in queues.items():
-                declared = await channel.declare_queue(name, passive=True)
-                depths[label] = declared.declaration_result.message_count or 0
-            return depths
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
     @property
     def channel(self) -> AbstractChannel:
         return self._channel
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The publisher's connection: other channels may be opened on it."""
+        return self._connection
 
     @property
     def is_connected(self) -> bool:

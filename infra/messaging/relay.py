@@ -61,11 +61,12 @@ from psycopg.rows import dict_row
 
 from infra import metrics
 from infra.db.migrate import libpq_url
+from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
 from infra.db.session import connect_kwargs
 from infra.health import serving_health
 from infra.logging import configure_logging
 from infra.messaging.publisher import Outgoing, Publisher, SentBatch
-from infra.messaging.topology import Topology, declare_apart
+from infra.messaging.topology import Topology, declare_apart, dlq_depths
 from infra.settings import Settings
 from infra.timeline.record import OUTBOX_PUBLISHED
 from infra.tracing import configure_tracing, extract, inject, tracer
@@ -453,7 +454,9 @@ SAMPLE_OUTBOX = """
            coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest
     FROM outbox
 """
-# Served by the partial unique index on active checkouts: cheap at any table size.
+# Served by the partial unique index on active checkouts: cheap at any table size. (The
+# states are written out as the index's predicate is; the gauges are set for each of
+# infra.db.models' ACTIVE_CHECKOUT_STATES and ACTIVE_CANCELLATION_STATES.)
 SAMPLE_ACTIVE = """
     SELECT state, count(*) AS n FROM checkouts
     WHERE state IN ('STARTED', 'PAYMENT_PENDING') GROUP BY state
@@ -463,12 +466,23 @@ SAMPLE_CANCELLATIONS = """
     SELECT state, count(*) AS n FROM cancellations
     WHERE state NOT IN ('CANCELLED', 'REJECTED') GROUP BY state
 """
-ACTIVE_CANCELLATION_STATES = (
-    "REQUESTED",
-    "WAITING_FOR_CHECKOUT",
-    "CANCELLING_PRODUCTION",
-    "REFUNDING",
-)
+
+
+class _FailureSpell:
+    """A run of failures of one kind: the first logged at warning, the rest at debug,
+    until a success ends it (as `OutboxRelay._failed` does)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        level = log.debug if self.failing else log.warning
+        self.failing = True
+        level(self.what, error=repr(exc))
+
+    def ended(self) -> None:
+        self.failing = False
 
 
 async def sample_gauges(
@@ -480,8 +494,15 @@ async def sample_gauges(
     connect_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Every `interval` s: outbox backlog, active checkouts and cancellations by state,
-    dead-letter depths."""
-    dlqs = {queue.name: queue.dlq for queue in topology.queues.values()}
+    dead-letter depths.
+
+    Metrics must never stop the relay: a failure is logged, at warning the first time
+    in a row (a missing queue, a permission refused, an outage), and sampling goes on.
+    The dead-letter depths are read apart, so that failing to read them does not
+    reopen the database connection.
+    """
+    database = _FailureSpell("could not sample the database gauges")
+    dead_letters = _FailureSpell("could not read the dead-letter queues' depths")
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -496,7 +517,7 @@ async def sample_gauges(
                         r["state"]: r["n"]
                         for r in await (await conn.execute(SAMPLE_ACTIVE)).fetchall()
                     }
-                    for state in ("STARTED", "PAYMENT_PENDING"):
+                    for state in ACTIVE_CHECKOUT_STATES:
                         metrics.ACTIVE_CHECKOUTS.labels(state).set(active.get(state, 0))
                     cancelling = {
                         r["state"]: r["n"]
@@ -504,12 +525,19 @@ async def sample_gauges(
                     }
                     for state in ACTIVE_CANCELLATION_STATES:
                         metrics.ACTIVE_CANCELLATIONS.labels(state).set(cancelling.get(state, 0))
-                    for queue, depth in (await publisher.queue_depths(dlqs)).items():
-                        metrics.DLQ_DEPTH.labels(queue).set(depth)
+                    database.ended()
+                    try:
+                        depths = await dlq_depths(publisher.connection, topology)
+                    except Exception as exc:
+                        dead_letters.failed(exc)
+                    else:
+                        dead_letters.ended()
+                        for queue, depth in depths.items():
+                            metrics.DLQ_DEPTH.labels(queue).set(depth)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), interval)
-        except Exception as exc:  # metrics must never stop the relay
-            log.debug("could not sample gauges", error=repr(exc))  # the outage is logged once
+        except Exception as exc:
+            database.failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

@@ -44,16 +44,18 @@ retires.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from infra.messaging.connect import connect
+from infra.messaging.copies import copy_of
 from infra.messaging.event_log import declare_event_log, retire_journal
 from infra.settings import Settings
 
@@ -197,19 +199,36 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     consumes. A queue declared before with other arguments (a classic queue of an older
     deployment) fails with PRECONDITION_FAILED: `migrate_topology` moves it over.
     """
-    exchanges = {
-        name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
-        for name in (topology.orders_exchange, topology.internal_exchange)
-    }
+    exchanges = await _declare_exchanges(channel, topology)
     await declare_event_log(
         channel, exchanges[topology.orders_exchange], topology.event_log, topology.event_log_days
     )
-
     bound = bindings(topology)
     for name, arguments in queue_arguments(topology):
-        declared = await channel.declare_queue(name, durable=True, arguments=arguments)
-        for exchange, key in bound.get(name, []):
-            await declared.bind(exchanges[exchange], routing_key=key)
+        await _declare_queue(channel, name, arguments, bound.get(name, []), exchanges)
+
+
+async def _declare_exchanges(
+    channel: AbstractChannel, topology: Topology
+) -> dict[str, AbstractExchange]:
+    """Both topic exchanges, by name."""
+    return {
+        name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        for name in (topology.orders_exchange, topology.internal_exchange)
+    }
+
+
+async def _declare_queue(
+    channel: AbstractChannel,
+    name: str,
+    arguments: dict[str, Any],
+    bound: list[tuple[str, str]],
+    exchanges: dict[str, AbstractExchange],
+) -> None:
+    """Declare queue `name` and bind it: `bound` is its (exchange, routing key) pairs."""
+    declared = await channel.declare_queue(name, durable=True, arguments=arguments)
+    for exchange, key in bound:
+        await declared.bind(exchanges[exchange], routing_key=key)
 
 
 async def declare_apart(url: str, topology: Topology) -> None:
@@ -225,11 +244,7 @@ async def declare_apart(url: str, topology: Topology) -> None:
 
 async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Remove a namespace's exchanges and queues (test clean-up)."""
-    names = [topology.event_log]
-    for queue in topology.queues.values():
-        names += [queue.name, queue.dlq]
-        names += [f"{queue.name}.wait.{d}" for d in sorted(set(queue.retry_delays_ms))]
-    for name in names:
+    for name in [topology.event_log, *(name for name, _ in queue_arguments(topology))]:
         await channel.queue_delete(name)
     for exchange in (topology.orders_exchange, topology.internal_exchange):
         await channel.exchange_delete(exchange)
@@ -238,12 +253,32 @@ async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:
 async def declare_from_settings(settings: Settings) -> Topology:
     """Connect, declare, disconnect: what `checkout up` does before starting the parts."""
     topology = Topology.from_settings(settings)
-    url = settings.rabbit_url.get_secret_value()
-    await declare_apart(url, topology)
-    connection = await connect(url, name=f"{topology.namespace}.declare")
+    connection = await connect(
+        settings.rabbit_url.get_secret_value(), name=f"{topology.namespace}.declare"
+    )
     async with connection:
+        await declare_topology(await connection.channel(), topology)
         await retire_journal(connection, topology.journal_queue, topology.orders_exchange)
     return topology
+
+
+async def dlq_depths(connection: AbstractConnection, topology: Topology) -> dict[str, int]:
+    """Messages ready in each consumed queue's dead-letter queue, by the consumed queue's
+    name (the relay's `checkout_dead_letter_messages` gauge).
+
+    Looked up on a channel opened for it and closed after: on a robust connection, a
+    passive declaration on a lasting channel would be repeated on every reconnect.
+    """
+    channel = await connection.channel()
+    try:
+        depths = {}
+        for queue in topology.queues.values():
+            declared = await channel.declare_queue(queue.dlq, passive=True)
+            depths[queue.name] = declared.declaration_result.message_count or 0
+        return depths
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 MIGRATING_SUFFIX = ".migrating"
@@ -292,20 +327,7 @@ async def _move_on(channel: AbstractChannel, source: str, target: str) -> int:
     while (message := await from_queue.get(no_ack=False, fail=False)) is not None:
         # A quorum queue counts deliveries in a header of its own: not the message's.
         headers = {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=message.priority,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = copy_of(message, headers, aio_pika.DeliveryMode.PERSISTENT)
         await channel.default_exchange.publish(copy, routing_key=target, mandatory=True)
         await message.ack()
         moved += 1
@@ -330,10 +352,7 @@ async def migrate_topology(settings: Settings) -> dict[str, int]:
     moved: dict[str, int] = {}
     async with connection:
         channel = await connection.channel()
-        exchanges = {
-            name: await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
-            for name in (topology.orders_exchange, topology.internal_exchange)
-        }
+        exchanges = await _declare_exchanges(channel, topology)
         bound = bindings(topology)
         for name, arguments in queue_arguments(topology):
             holding = name + MIGRATING_SUFFIX
@@ -348,11 +367,11 @@ async def migrate_topology(settings: Settings) -> dict[str, int]:
             await _matches(connection, holding, QUORUM)  # declares it
             await _move(connection, name, holding)
             await channel.queue_delete(name)
-            declared = await channel.declare_queue(name, durable=True, arguments=arguments)
-            for exchange, key in bound.get(name, []):
-                await declared.bind(exchanges[exchange], routing_key=key)
+            await _declare_queue(channel, name, arguments, bound.get(name, []), exchanges)
             moved[name] = await _move(connection, holding, name)
             await channel.queue_delete(holding)
             log.info("queue migrated", queue=name, messages=moved[name])
+        # The rest: the event log, and the bindings of the queues that were right
+        # already or created just now by `_matches`.
         await declare_topology(channel, topology)
     return moved

@@ -90,9 +90,9 @@ class FailoverBroker(RabbitBroker):
     """
 
     def __init__(self, urls: list[str], name: str, **kwargs: Any) -> None:
-        super().__init__(urls[0], **kwargs)
+        super().__init__(urls[0], reconnect_interval=RECONNECT_INTERVAL_S, **kwargs)
+        # RabbitBroker has no parameter for it: added to what it passes on.
         self._connection_kwargs["connection_class"] = failover_class(urls)
-        self._connection_kwargs["reconnect_interval"] = RECONNECT_INTERVAL_S
         self._watch = ConnectionWatch(name)
 
     async def _connect(self) -> RobustConnection:

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
 
 from infra.messaging import failures
+from infra.messaging.copies import copy_of
 from infra.messaging.topology import ConsumedQueue
 from operations.channels import close_quietly
 from operations.dlq.errors import Interrupted
@@ -49,19 +50,10 @@ def replay_copy(message: AbstractIncomingMessage, now: datetime) -> aio_pika.Mes
     Left out: `expiration` (a replayed message must not vanish before it is handled)
     and `user_id` (the broker requires it to name whoever publishes, now the operator).
     """
-    return aio_pika.Message(
-        message.body,
-        headers=replay_headers(message.headers or {}, now),
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
+    return copy_of(
+        message,
+        replay_headers(message.headers or {}, now),
+        message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
     )
 
 

@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from contracts import ChargePayment, OrderPaid
 from infra.db.migrate import libpq_url
@@ -18,14 +19,16 @@ from infra.db.models import OutboxMessage
 from infra.db.session import UnitOfWork
 from infra.messaging.outbox import add_to_outbox
 from infra.messaging.publisher import Publisher
-from infra.messaging.relay import OutboxRelay
-from infra.messaging.topology import Topology
+from infra.messaging.relay import OutboxRelay, sample_gauges
+from infra.messaging.topology import Topology, dlq_depths
 from infra.settings import Settings
 from tests.support.amqp import private_queue, take
 from tests.support.polling import eventually
 from tests.support.seed import order_paid_event
 
 pytestmark = pytest.mark.integration
+
+DEPTHS_UNREAD = "could not read the dead-letter queues' depths"
 
 
 @pytest.fixture
@@ -184,3 +187,36 @@ async def _listening(engine: AsyncEngine) -> bool:
     )
     async with engine.connect() as conn:
         return bool((await conn.execute(query)).scalar_one())
+
+
+async def test_the_gauges_say_once_that_the_dead_letter_depths_cannot_be_read(
+    settings: Settings, topology: Topology, publisher: Publisher
+) -> None:
+    """A dead-letter queue that is not there (never declared, or not readable) is a
+    warning, once, not a debug line every few seconds; the other gauges go on."""
+    undeclared = Topology(f"gauges_{uuid.uuid4().hex[:8]}", topology.retry_delays_ms)
+    stop = asyncio.Event()
+    url = libpq_url(settings.database_url.get_secret_value())
+    with capture_logs() as logs:
+        sampling = asyncio.create_task(
+            sample_gauges(url, publisher, undeclared, stop, interval=0.05)
+        )
+
+        async def unread() -> list[str]:
+            return [line["log_level"] for line in logs if line["event"] == DEPTHS_UNREAD]
+
+        await eventually(unread, timeout=10, what="the dead-letter depths' warning")
+        await asyncio.sleep(0.5)  # ten more rounds
+        stop.set()
+        await sampling
+    levels = await unread()
+    assert levels[0] == "warning"
+    assert "warning" not in levels[1:]
+    assert not [line for line in logs if line["event"].startswith("could not sample")]
+
+
+async def test_the_gauges_read_every_dead_letter_depth(
+    settings: Settings, topology: Topology, publisher: Publisher
+) -> None:
+    depths = await dlq_depths(publisher.connection, topology)
+    assert set(depths) == {queue.name for queue in topology.queues.values()}

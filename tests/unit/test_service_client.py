@@ -72,6 +72,7 @@ async def service() -> AsyncIterator[Factory]:
             script = Script(*answers)
             app = web.Application()
             app.router.add_post("/{tail:.*}", script.handle)
+            app.router.add_get("/{tail:.*}", script.handle)
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
             stack.push_async_callback(server.close)
@@ -88,6 +89,14 @@ async def test_success_returns_the_body_and_sends_the_key(service: Factory) -> N
     path, headers, body = script.requests[0]
     assert (path, headers["Idempotency-Key"], json.loads(body)) == ("/payments", "k-1", {"a": 1})
     assert headers["Content-Type"] == "application/json"
+
+
+async def test_a_get_sends_no_body_and_so_no_content_type(service: Factory) -> None:
+    client, script = await service(200)
+    assert await client.get_or_none("/payments/p-1") == {"status": "ok"}
+    path, headers, body = script.requests[0]
+    assert (path, body) == ("/payments/p-1", b"")
+    assert "Content-Type" not in headers
 
 
 async def test_the_call_carries_the_trace_context(service: Factory) -> None:

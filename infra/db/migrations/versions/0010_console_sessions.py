@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
 revision = "0010"
-down_revision = "0011"  # re-chained after the cancellations, deadlines and invoice VOIDED
+down_revision = "0011"  # re-chained after the cancellations, deadlines and cancellation e-mails
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,9 @@
-"""Invoices can be VOIDED, orders CANCELLED; the cancellation e-mails' record.
+"""The cancellation e-mails' record: `cancellation_emails`.
 
-- `invoices.status` gains VOIDED (the invoice consumer voids a cancelled order's
-  invoice), `orders.status` CANCELLED (what an `OrderCancelled` is checked against).
-  Migration 0007 (the cancellations) makes the same two changes; this revision makes
-  them too so that the consumers' side stands, and is tested, on its own. Once 0007
-  precedes it, its `_statuses_up`/`_statuses_down` are redundant (re-creating the same
-  constraints is harmless; their downgrade must then be left to 0007).
-- `cancellation_emails`: one row per cancellation whose e-mail was sent (the e-mail
-  consumer's record, like `email_notifications` for the confirmation, which allows
-  one row per order and so cannot hold a second e-mail of the same order).
+One row per cancellation whose e-mail was sent: the e-mail consumer's record, like
+`email_notifications` for the confirmation, which allows one row per order and so
+cannot hold a second e-mail of the same order. (The statuses the cancellations need,
+orders CANCELLED and invoices VOIDED, are migration 0007's.)
 
 Revision ID: 0011
 Revises: 0008
@@ -28,7 +23,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # 0007 precedes this revision now and made the status changes: nothing to redo.
     op.create_table(
         "cancellation_emails",
         sa.Column("cancellation_id", UUID(as_uuid=True), primary_key=True),
@@ -43,4 +37,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("cancellation_emails")  # the statuses are 0007's to undo
+    op.drop_table("cancellation_emails")
