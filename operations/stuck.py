@@ -47,7 +47,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from infra.db.models import ACTIVE_CHECKOUT_STATES, FINAL_CANCELLATION_STATES
+from infra.db.models import (
+    ACTIVE_CANCELLATION_STATES,
+    ACTIVE_CHECKOUT_STATES,
+    FINAL_CANCELLATION_STATES,
+)
 from infra.health_ports import known_health_ports
 from infra.messaging.topology import Topology
 from infra.metrics import STUCK
@@ -58,12 +62,6 @@ log = structlog.get_logger()
 
 DEFAULT_OLDER_THAN = timedelta(minutes=5)
 GAUGE_INTERVAL = 30.0
-ACTIVE_CANCELLATION_STATES = (
-    "REQUESTED",
-    "WAITING_FOR_CHECKOUT",
-    "CANCELLING_PRODUCTION",
-    "REFUNDING",
-)
 # The states not final, each a label pair of the gauge.
 KINDS_STATES = {"checkout": ACTIVE_CHECKOUT_STATES, "cancellation": ACTIVE_CANCELLATION_STATES}
 
