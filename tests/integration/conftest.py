@@ -12,6 +12,7 @@ a queue) is removed after it, so no later module's relay or saga acts on it.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -100,3 +101,32 @@ async def hot_uow(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Unit
         yield UnitOfWork(engine, pool)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def channel(
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A channel (publisher confirms on) on the session's connection, closed after the test."""
+    channel = await rabbit.channel()
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture
+async def relay(settings: Settings, topology: Topology) -> AsyncIterator[OutboxRelay]:
+    """An outbox relay that runs only when the test calls `relay.drain()`."""
+    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
+    relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
+    yield relay
+    await relay.close()
+    await publisher.close()
+
+
+@pytest.fixture
+async def team_queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
+    """A new subscriber's durable queue, not bound to anything yet; deleted after the test."""
+    name = f"team-{uuid.uuid4().hex[:8]}.order-paid"
+    await channel.declare_queue(name, durable=True)
+    yield name
+    await channel.queue_delete(name)

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import aio_pika
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,7 +26,6 @@ from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.publisher import Outgoing
 from infra.messaging.topology import Topology
-from infra.settings import Settings
 from tests.support.amqp import depth
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
@@ -114,13 +112,6 @@ async def _inboxed(p: Pipeline, consumer: str, message_id: uuid.UUID) -> bool:
 async def _emails_to(p: Pipeline, address: str) -> list[dict[str, Any]]:
     entries = (await p.mocks.get("/mock/emails", params={"include": "status_code"})).json()
     return [e for e in entries if e["request"].get("to") == address]
-
-
-@pytest.fixture
-async def channel(settings: Settings) -> Any:
-    connection = await aio_pika.connect(settings.rabbit_url.get_secret_value())
-    yield await connection.channel()
-    await connection.close()
 
 
 def _address() -> str:

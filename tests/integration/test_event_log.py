@@ -21,11 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import OrderPaymentFailed
 from contracts.envelope import Message
 from examples.order_paid_subscriber import Delivery, Stats, SubscriberConfig, subscribe
-from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
 from infra.messaging.connect import connect
-from infra.messaging.outbox import add_to_outbox
-from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
@@ -38,7 +35,7 @@ from operations.events.reading import Patience
 from operations.events.selection import EventSelection
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
-from tests.support.seed import order_paid_event
+from tests.support.seed import order_paid_event, through_outbox
 
 pytestmark = pytest.mark.integration
 
@@ -55,41 +52,11 @@ class Sent:
 
 
 @pytest.fixture
-async def relay(
-    settings: Settings, topology: Topology, engine: AsyncEngine
-) -> AsyncIterator[OutboxRelay]:
-    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
-    url = libpq_url(settings.database_url.get_secret_value())
-    relay = OutboxRelay(url, publisher, topology)
-    yield relay
-    await relay.close()
-    await publisher.close()
-
-
-@pytest.fixture
 async def connection(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
     connection = await connect(settings.rabbit_url.get_secret_value())
     yield connection
     if not connection.is_closed:
         await connection.close()
-
-
-@pytest.fixture
-async def channel(
-    rabbit: aio_pika.abc.AbstractRobustConnection,
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    channel = await rabbit.channel()
-    yield channel
-    await channel.close()
-
-
-@pytest.fixture
-async def team_queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
-    """A new subscriber's durable queue, not bound to anything yet."""
-    name = f"team-{uuid.uuid4().hex[:8]}.order-paid"
-    await channel.declare_queue(name, durable=True)
-    yield name
-    await channel.queue_delete(name)
 
 
 def failed_event(order_id: uuid.UUID | None = None) -> OrderPaymentFailed:
@@ -105,16 +72,11 @@ async def publish(
     uow: UnitOfWork, relay: OutboxRelay, events: Sequence[Message], *, at: datetime | None = None
 ) -> list[Sent]:
     """Write `events` to the outbox (stamped `at`, default now) and let the relay publish them."""
-    sent = []
-    async with uow() as session:
-        for event in events:
-            row = add_to_outbox(session, event, correlation_id=uuid.uuid4())
-            if at is not None:
-                row.created_at = at
-            sent.append(Sent(str(row.message_id), str(event.order_id), event))  # type: ignore[attr-defined]
-        await session.commit()
-    await relay.drain()
-    return sent
+    message_ids = await through_outbox(uow, relay, events, at=at)
+    return [
+        Sent(message_id, str(event.order_id), event)  # type: ignore[attr-defined]
+        for message_id, event in zip(message_ids, events, strict=True)
+    ]
 
 
 async def logged(

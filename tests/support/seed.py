@@ -9,6 +9,7 @@ payment, as the saga would have.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,8 +18,11 @@ from sqlalchemy import select
 
 from checkout_api.usecases.checkout_order import checkout_order
 from contracts import ChargePayment, Customer, OrderPaid
+from contracts.envelope import Message
 from infra.db.models import Checkout, Order, OutboxMessage, Payment
 from infra.db.session import UnitOfWork
+from infra.messaging.outbox import add_to_outbox
+from infra.messaging.relay import OutboxRelay
 
 
 def _times(now: datetime) -> dict[str, datetime]:
@@ -99,6 +103,31 @@ def order_paid_event(**changes: object) -> OrderPaid:
         "paid_at": datetime.now(UTC),
     }
     return OrderPaid.model_validate({**fields, **changes})
+
+
+async def through_outbox(
+    uow: UnitOfWork, relay: OutboxRelay, events: Sequence[Message], *, at: datetime | None = None
+) -> list[str]:
+    """Write `events` to the outbox (stamped `at`, default now) and let the relay publish
+    them; their message ids."""
+    async with uow() as session:
+        rows = []
+        for event in events:
+            row = add_to_outbox(session, event, correlation_id=uuid.uuid4())
+            if at is not None:
+                row.created_at = at
+            rows.append(row)
+        await session.commit()
+    await relay.drain()
+    return [str(row.message_id) for row in rows]
+
+
+async def publish_paid(uow: UnitOfWork, relay: OutboxRelay, count: int) -> list[tuple[str, str]]:
+    """`count` OrderPaid (see `order_paid_event`) through the outbox and the relay;
+    (message id, order id) each."""
+    events = [order_paid_event() for _ in range(count)]
+    sent = await through_outbox(uow, relay, events)
+    return [(message_id, str(e.order_id)) for message_id, e in zip(sent, events, strict=True)]
 
 
 async def pending_checkout(
