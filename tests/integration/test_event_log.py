@@ -33,7 +33,7 @@ from operations.events.listing import list_events
 from operations.events.operations import backfill_recorded
 from operations.events.reading import Patience
 from operations.events.selection import EventSelection
-from tests.support.amqp import depth, take
+from tests.support.amqp import depth, private_queue, take
 from tests.support.polling import eventually
 from tests.support.seed import order_paid_event, through_outbox
 
@@ -236,14 +236,16 @@ async def test_backfill_copies_the_range_and_types_into_the_named_queue_only(
     channel: aio_pika.abc.AbstractChannel,
     team_queue: str,
 ) -> None:
-    other_team = await channel.declare_queue(f"other-{uuid.uuid4().hex[:8]}", durable=True)
-    await other_team.bind(topology.orders_exchange, "order.#")
+    # Another team's queue, on this test's connection: gone with it, whatever the outcome.
+    own = await connection.channel()
+    other_team = await private_queue(own, topology.orders_exchange, "order.#")
     before = await publish(uow, relay, [order_paid_event()])
     wanted = await publish(uow, relay, [order_paid_event(), failed_event(), order_paid_event()])
     [start] = await logged(connection, topology, wanted[:1])
     consumers = [q.name for q in topology.queues.values() if q.exchange == topology.orders_exchange]
     # Live delivery happened; empty every queue so that only the backfill can add to them.
-    for name in [other_team.name, *consumers]:
+    await other_team.purge()
+    for name in consumers:
         await (await channel.get_queue(name)).purge()
 
     outcome = await run_backfill(
@@ -259,10 +261,9 @@ async def test_backfill_copies_the_range_and_types_into_the_named_queue_only(
     assert [m.message_id for m in copies] == paid_ids
     assert await depth(channel, team_queue) == 0
     assert before[0].message_id not in [m.message_id for m in copies]
-    assert await depth(channel, other_team.name) == 0
+    assert await depth(own, other_team.name) == 0
     for name in consumers:
         assert await depth(channel, name) == 0, name
-    await channel.queue_delete(other_team.name)
 
 
 async def test_backfill_keeps_the_ids_and_properties(
