@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from infra.db.session import create_engine
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import System, cli, outage
 
 pytestmark = pytest.mark.e2e
 
@@ -34,25 +34,6 @@ def system_env(system_env: dict[str, str]) -> dict[str, str]:
     longer than the simulated slow charge (10 s), so that a charge can outlive its
     checkout's deadline."""
     return {**system_env, "CHECKOUT_PAYMENT_DEADLINE": DEADLINE, "CHECKOUT_HTTP_TIMEOUT": "15"}
-
-
-async def cli(system: System, *args: str) -> tuple[int, Any]:
-    """Run `checkout ARGS` as an operator would; stdout is a pipe, so it prints JSON."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        *args,
-        env={**system.env, "CHECKOUT_ACTOR": "ops-e2e"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    try:
-        return process.returncode, json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        raise AssertionError(f"not JSON: {stdout!r} {stderr!r}") from None
 
 
 async def start(client: httpx.AsyncClient, system: System, amount: str) -> tuple[str, str]:
@@ -105,17 +86,11 @@ def step_names(checkout: Any) -> list[str]:
     return [s["name"] for s in checkout["steps"]]
 
 
-async def outage(client: httpx.AsyncClient, system: System, down: bool) -> None:
-    response = await client.post(f"{system.mocks}/mock/payments/outage", json={"down": down})
-    assert response.status_code < 300
-
-
 async def test_an_outage_past_the_deadline_ends_in_payment_timeout_and_a_replay_charges_nothing(
     system: System,
 ) -> None:
     async with httpx.AsyncClient(headers=system.auth) as client:
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             order_id, checkout_id = await start(client, system, "40.00")
             # The charge gives up into the dead-letter queue; the deadline fires and its
             # reconciliation gets no answer either: the checkout waits, PAYMENT_PENDING.
@@ -145,8 +120,6 @@ async def test_an_outage_past_the_deadline_ends_in_payment_timeout_and_a_replay_
             )
             assert waits["dead_letter"]["repair"].startswith("checkout dlq replay payment")
             assert "payment deadline at" in waits["deadline"]["detail"]
-        finally:
-            await outage(client, system, False)
 
         # The service answers again: the next reconciliation finds no charge.
         failed = await eventually(
@@ -229,8 +202,7 @@ async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_r
     system: System,
 ) -> None:
     async with httpx.AsyncClient(headers=system.auth) as client:
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             _, checkout_id = await start(client, system, "60.00")
             namespace = system.env["CHECKOUT_NAMESPACE"]
             killed = _saga_pid(namespace)
@@ -257,8 +229,6 @@ async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_r
                 timeout=60,
                 what="the charge dead-lettered",
             )
-        finally:
-            await outage(client, system, False)
         first = next(s for s in pending["steps"] if s["name"] == "deadline.fired")
         assert datetime.fromisoformat(first["at"]) > killed_at
         failed = await eventually(
@@ -287,8 +257,7 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
     )
     try:
         async with httpx.AsyncClient(headers=system.auth) as client:
-            await outage(client, system, True)
-            try:
+            async with outage(client, "payments", mocks=system.mocks):
                 started = [await start(client, system, f"7{n}.00") for n in range(6)]
                 ids = [checkout_id for _, checkout_id in started]
 
@@ -305,8 +274,6 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
                     timeout=60,
                     what="every charge dead-lettered",
                 )
-            finally:
-                await outage(client, system, False)
             for checkout_id in ids:
                 failed = await eventually(
                     lambda c=checkout_id: checkout_of(client, system, c),
@@ -334,8 +301,7 @@ async def test_a_cancellation_waits_through_an_outage_listed_as_stuck_then_follo
         async def cancellation() -> Any:
             return (await client.get(f"{system.api}/cancellations/{cancellation_id}")).json()
 
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             order_id, checkout_id = await start(client, system, "45.00")
             requested = await client.post(
                 f"{system.api}/orders/{order_id}/cancel", json={"reason": "taking too long"}
@@ -357,8 +323,6 @@ async def test_a_cancellation_waits_through_an_outage_listed_as_stuck_then_follo
             waits = {w["what"]: w for w in item["waiting_for"]}
             assert waits["deadline"]["detail"].startswith("checkout deadline at ")
             assert waits["checkout"]["detail"] == f"checkout {checkout_id} to end"
-        finally:
-            await outage(client, system, False)
 
         # The service answers again; the checkout ends, and the cancellation with it.
         final = await eventually(

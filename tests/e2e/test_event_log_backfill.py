@@ -12,7 +12,6 @@ import json
 import signal
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -20,11 +19,9 @@ import httpx
 import pytest
 
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import ROOT, System, run_cli
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _checkout(client: httpx.AsyncClient, api: str, amount: str) -> str:
@@ -47,22 +44,6 @@ async def _checkout(client: httpx.AsyncClient, api: str, amount: str) -> str:
 
     await eventually(state, until=lambda s: s in ("PAID", "FAILED"), timeout=30, what="final")
     return str(order["order_id"])
-
-
-async def _checkout_cli(system: System, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        *args,
-        env={**system.env, "CHECKOUT_ACTOR": "e2e"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
@@ -96,7 +77,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
             ]
             assert printed[0]["order_id"] == live
 
-            code, out, err = await _checkout_cli(
+            code, out, err = await run_cli(
                 system,
                 "events",
                 "backfill",
@@ -110,6 +91,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
                 "50",
                 "--reason",
                 "billing joined late",
+                actor="e2e",
             )
             assert code == 0, err
             summary = json.loads(out)
@@ -125,7 +107,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     assert declined not in [p["order_id"] for p in printed]
     assert b"stopped: 3 handled, 1 duplicates, 0 parked" in rest
 
-    code, out, err = await _checkout_cli(system, "dlq", "history", "--json")
+    code, out, err = await run_cli(system, "dlq", "history", "--json", actor="e2e")
     assert code == 0, err
     [entry] = [h for h in json.loads(out) if h["queue"] == queue]
     assert entry["action"] == "backfill"
@@ -135,7 +117,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     assert entry["outcome"] == "completed"
 
     # The order's trace shows its OrderPaid backfilled into the team's queue.
-    code, out, err = await _checkout_cli(system, "trace", early[0], "--json")
+    code, out, err = await run_cli(system, "trace", early[0], "--json", actor="e2e")
     assert code == 0, err
     assert f"backfilled from {system.env['CHECKOUT_NAMESPACE']}.orders.log to {queue}" in out
 
