@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -46,10 +47,22 @@ async def _checkout(client: httpx.AsyncClient, api: str, amount: str) -> str:
     return str(order["order_id"])
 
 
-async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
-    system: System,
-) -> None:
+@pytest.fixture
+async def billing_queue(system: System) -> AsyncIterator[str]:
+    """The late team's queue's name; it and its parking queue deleted after the test."""
     queue = f"billing-{uuid.uuid4().hex[:6]}.order-paid"
+    yield queue
+    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        for name in (queue, f"{queue}.parked"):
+            await channel.queue_delete(name)
+
+
+async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
+    system: System, billing_queue: str
+) -> None:
+    queue = billing_queue
     async with httpx.AsyncClient(headers=system.auth) as client:
         # A few checkouts before the team subscribes: two paid, one declined.
         early = [await _checkout(client, system.api, amount) for amount in ("21.00", "22.00")]
@@ -120,9 +133,3 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     code, out, err = await run_cli(system, "trace", early[0], "--json", actor="e2e")
     assert code == 0, err
     assert f"backfilled from {system.env['CHECKOUT_NAMESPACE']}.orders.log to {queue}" in out
-
-    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel()
-        for name in (queue, f"{queue}.parked"):
-            await channel.queue_delete(name)

@@ -222,19 +222,20 @@ async def test_an_order_cancelled_about_an_order_that_is_not_cancelled_is_dead_l
     )
     dlqs = [topology.queues[k].dlq for k in ("invoice", "email")]
     before = [await depth(channel, q) for q in dlqs]
+    try:
+        forged = _cancelled(paid)
+        message_id = await _publish(pipeline, topology, forged)  # the order is still PAID
 
-    forged = _cancelled(paid)
-    message_id = await _publish(pipeline, topology, forged)  # the order is still PAID
+        async def dead() -> list[int]:
+            return [await depth(channel, q) - b for q, b in zip(dlqs, before, strict=True)]
 
-    async def dead() -> list[int]:
-        return [await depth(channel, q) - b for q, b in zip(dlqs, before, strict=True)]
-
-    await eventually(dead, until=lambda d: d == [1, 1], what="dead-lettered by both")
-    assert await _invoice_status(pipeline, paid.order_id) == "CREATED"
-    assert len(await _emails_to(pipeline, email)) == 1  # the confirmation only
-    assert not await _inboxed(pipeline, "invoice", message_id)
-    for queue in dlqs:  # leave the dead-letter queues as the other tests expect them
-        await (await channel.get_queue(queue)).purge()
+        await eventually(dead, until=lambda d: d == [1, 1], what="dead-lettered by both")
+        assert await _invoice_status(pipeline, paid.order_id) == "CREATED"
+        assert len(await _emails_to(pipeline, email)) == 1  # the confirmation only
+        assert not await _inboxed(pipeline, "invoice", message_id)
+    finally:  # leave the dead-letter queues as the other tests expect them
+        for queue in dlqs:
+            await (await channel.get_queue(queue)).purge()
 
 
 async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhile(

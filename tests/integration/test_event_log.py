@@ -584,9 +584,10 @@ async def test_copies_whose_audit_entry_cannot_be_written_are_reported_as_copied
                 on_progress=after_the_first_copy,
             )
     finally:
-        await renaming[0]
-        async with engine.begin() as conn:
-            await conn.execute(text("ALTER TABLE dlq_audit_away RENAME TO dlq_audit"))
+        if renaming:  # the first copy was reported: the table was renamed, put it back
+            await renaming[0]
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE dlq_audit_away RENAME TO dlq_audit"))
     assert caught.value.outcome.message_ids == [s.message_id for s in sent]
     assert caught.value.stopped is None
     assert await depth(channel, team_queue) == 3
