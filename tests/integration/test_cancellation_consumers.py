@@ -59,9 +59,16 @@ def _cancelled(paid: OrderPaid, *, refunded: bool = True) -> OrderCancelled:
 
 
 async def _publish(
-    p: Pipeline, topology: Topology, event: OrderPaid | OrderCancelled, copies: int = 1
+    p: Pipeline,
+    topology: Topology,
+    event: OrderPaid | OrderCancelled,
+    copies: int = 1,
+    *,
+    message_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    message_id = uuid.uuid4()
+    """Publish `event` (`copies` times) with a new message id, or `message_id` for a
+    redelivery of an earlier one; the id."""
+    message_id = message_id or uuid.uuid4()
     outgoing = Outgoing.of(
         event,
         exchange=topology.orders_exchange,
@@ -264,7 +271,7 @@ async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhil
     assert (refused["status_code"], refused["attempts"]) == (409, 1)
 
     # A redelivery is a duplicate like any other: no second call.
-    await _publish_again(pipeline, topology, paid, message_id)
+    await _publish(pipeline, topology, paid, message_id=message_id)
     await eventually(
         lambda: _lines(pipeline, paid.checkout_id, "production"),
         until=lambda lines: len(lines) == 2,
@@ -272,19 +279,6 @@ async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhil
     )
     [refused] = await pipeline.effects("/mock/production/orders", str(paid.order_id))
     assert refused["attempts"] == 1
-
-
-async def _publish_again(
-    p: Pipeline, topology: Topology, event: OrderPaid, message_id: uuid.UUID
-) -> None:
-    await p.publisher.publish(
-        Outgoing.of(
-            event,
-            exchange=topology.orders_exchange,
-            message_id=message_id,
-            correlation_id=event.checkout_id,
-        )
-    )
 
 
 async def _waiting_on_a_lock(engine: AsyncEngine) -> int:
