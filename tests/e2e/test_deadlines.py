@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +287,7 @@ async def test_two_saga_instances_fire_each_deadline_once(
                 )
             for checkout_id in ids:
                 failed = await eventually(
-                    lambda c=checkout_id: checkout_of(client, system, c),
+                    partial(checkout_of, client, system, checkout_id),
                     until=lambda c: c["state"] == "FAILED",
                     timeout=90,
                     what="FAILED by a reconciliation",
