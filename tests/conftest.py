@@ -29,6 +29,7 @@ from infra.db.migrate import drop_database, migrate
 from infra.db.session import UnitOfWork, create_engine
 from infra.messaging.topology import Topology, declare_topology, delete_topology
 from infra.settings import Settings, load_settings
+from tests.support.amqp import purge_all
 
 RUN_ID = uuid.uuid4().hex[:10]
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -175,10 +176,6 @@ async def purge_queues(
 ) -> Topology:
     """Empty every queue of the run's namespace before the test."""
     channel = await rabbit.channel()
-    names: list[str] = []  # not the event log: a stream cannot be purged
-    for q in topology.queues.values():
-        names += [q.name, q.dlq] + [f"{q.name}.wait.{d}" for d in set(q.retry_delays_ms)]
-    for name in names:
-        await (await channel.get_queue(name)).purge()
+    await purge_all(channel, topology)
     await channel.close()
     return topology

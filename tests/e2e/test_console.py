@@ -31,7 +31,7 @@ from infra.db.session import create_engine
 from infra.messaging.topology import Topology
 from tests.support.amqp import depth
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import System, outage
 
 pytestmark = pytest.mark.e2e
 
@@ -211,8 +211,10 @@ async def test_find_an_order_and_open_its_timeline(
 async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
     browser: Browser, system: System, tmp_path: Path
 ) -> None:
-    async with httpx.AsyncClient(headers=system.auth) as client:
-        await client.post(f"{system.mocks}/mock/production/outage", json={"down": True})
+    async with (
+        httpx.AsyncClient(headers=system.auth) as client,
+        outage(client, "production", mocks=system.mocks),
+    ):
         order_id = await paid_order(system, name="Replayed poster")
         # A declined card too: the overview of the README's screenshot shows a FAILED one.
         await paid_order(system, name="Declined poster", amount="30.01", outcome="FAILED")
@@ -222,7 +224,6 @@ async def test_a_dead_letter_is_shown_and_replayed_once_with_a_reason(
             timeout=60,
             what="the production message dead-lettered",
         )
-        await client.post(f"{system.mocks}/mock/production/outage", json={"down": False})
     dlq = Topology.from_settings(system.settings).queues["production"]
     async with watched(browser, system, tmp_path) as w:
         await w.sign_in(system)
@@ -283,8 +284,7 @@ async def test_a_checkout_stuck_in_a_payment_outage_is_repaired_from_the_stuck_p
     browser: Browser, system: System, tmp_path: Path
 ) -> None:
     async with httpx.AsyncClient(headers=system.auth) as client:
-        await client.post(f"{system.mocks}/mock/payments/outage", json={"down": True})
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             order = (
                 await client.post(
                     f"{system.api}/orders",
@@ -304,8 +304,6 @@ async def test_a_checkout_stuck_in_a_payment_outage_is_repaired_from_the_stuck_p
                 timeout=60,
                 what="the charge dead-lettered",
             )
-        finally:
-            await client.post(f"{system.mocks}/mock/payments/outage", json={"down": False})
 
         async def state() -> str:
             found = await client.get(f"{system.api}/checkouts/{checkout_id}")

@@ -11,7 +11,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from sqlalchemy import text
 
 from infra.db.session import create_engine
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import System, cli, outage
 
 pytestmark = pytest.mark.e2e
 
@@ -34,25 +36,6 @@ def system_env(system_env: dict[str, str]) -> dict[str, str]:
     longer than the simulated slow charge (10 s), so that a charge can outlive its
     checkout's deadline."""
     return {**system_env, "CHECKOUT_PAYMENT_DEADLINE": DEADLINE, "CHECKOUT_HTTP_TIMEOUT": "15"}
-
-
-async def cli(system: System, *args: str) -> tuple[int, Any]:
-    """Run `checkout ARGS` as an operator would; stdout is a pipe, so it prints JSON."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        *args,
-        env={**system.env, "CHECKOUT_ACTOR": "ops-e2e"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    try:
-        return process.returncode, json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        raise AssertionError(f"not JSON: {stdout!r} {stderr!r}") from None
 
 
 async def start(client: httpx.AsyncClient, system: System, amount: str) -> tuple[str, str]:
@@ -101,21 +84,23 @@ async def events(system: System, checkout_id: str, kind: str) -> int:
         await engine.dispose()
 
 
+@pytest.fixture
+async def payment_dlq_purged_after(system: System) -> AsyncIterator[None]:
+    """The payment dead-letter queue emptied after the test, whatever its outcome: the
+    charges it parked are left for no later test."""
+    yield
+    await cli(system, "dlq", "purge", "payment", "--all", "--yes", "--reason", "test over")
+
+
 def step_names(checkout: Any) -> list[str]:
     return [s["name"] for s in checkout["steps"]]
-
-
-async def outage(client: httpx.AsyncClient, system: System, down: bool) -> None:
-    response = await client.post(f"{system.mocks}/mock/payments/outage", json={"down": down})
-    assert response.status_code < 300
 
 
 async def test_an_outage_past_the_deadline_ends_in_payment_timeout_and_a_replay_charges_nothing(
     system: System,
 ) -> None:
     async with httpx.AsyncClient(headers=system.auth) as client:
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             order_id, checkout_id = await start(client, system, "40.00")
             # The charge gives up into the dead-letter queue; the deadline fires and its
             # reconciliation gets no answer either: the checkout waits, PAYMENT_PENDING.
@@ -145,8 +130,6 @@ async def test_an_outage_past_the_deadline_ends_in_payment_timeout_and_a_replay_
             )
             assert waits["dead_letter"]["repair"].startswith("checkout dlq replay payment")
             assert "payment deadline at" in waits["deadline"]["detail"]
-        finally:
-            await outage(client, system, False)
 
         # The service answers again: the next reconciliation finds no charge.
         failed = await eventually(
@@ -226,11 +209,10 @@ def _saga_pid(namespace: str) -> int | None:
 
 
 async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_restart(
-    system: System,
+    system: System, payment_dlq_purged_after: None
 ) -> None:
     async with httpx.AsyncClient(headers=system.auth) as client:
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             _, checkout_id = await start(client, system, "60.00")
             namespace = system.env["CHECKOUT_NAMESPACE"]
             killed = _saga_pid(namespace)
@@ -257,8 +239,6 @@ async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_r
                 timeout=60,
                 what="the charge dead-lettered",
             )
-        finally:
-            await outage(client, system, False)
         first = next(s for s in pending["steps"] if s["name"] == "deadline.fired")
         assert datetime.fromisoformat(first["at"]) > killed_at
         failed = await eventually(
@@ -271,10 +251,11 @@ async def test_a_deadline_pending_when_the_saga_is_killed_fires_once_after_its_r
         fired = [s["detail"] for s in failed["steps"] if s["name"] == "deadline.fired"]
         # Each firing once: time 1, time 2, ... without a repeat.
         assert len(fired) == len(set(fired)), fired
-        await cli(system, "dlq", "purge", "payment", "--all", "--yes", "--reason", "test over")
 
 
-async def test_two_saga_instances_fire_each_deadline_once(system: System) -> None:
+async def test_two_saga_instances_fire_each_deadline_once(
+    system: System, payment_dlq_purged_after: None
+) -> None:
     """A second `checkout saga` beside the one `checkout up` runs: both claim deadlines."""
     second = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -287,8 +268,7 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
     )
     try:
         async with httpx.AsyncClient(headers=system.auth) as client:
-            await outage(client, system, True)
-            try:
+            async with outage(client, "payments", mocks=system.mocks):
                 started = [await start(client, system, f"7{n}.00") for n in range(6)]
                 ids = [checkout_id for _, checkout_id in started]
 
@@ -305,11 +285,9 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
                     timeout=60,
                     what="every charge dead-lettered",
                 )
-            finally:
-                await outage(client, system, False)
             for checkout_id in ids:
                 failed = await eventually(
-                    lambda c=checkout_id: checkout_of(client, system, c),
+                    partial(checkout_of, client, system, checkout_id),
                     until=lambda c: c["state"] == "FAILED",
                     timeout=90,
                     what="FAILED by a reconciliation",
@@ -320,7 +298,6 @@ async def test_two_saga_instances_fire_each_deadline_once(system: System) -> Non
                 assert len(fired) == len(set(fired)), fired  # no firing twice
                 done = [s for s in failed["steps"] if s["name"] == "payment.timed_out"]
                 assert len(done) == 1
-        await cli(system, "dlq", "purge", "payment", "--all", "--yes", "--reason", "test over")
     finally:
         second.kill()
         await second.wait()
@@ -334,8 +311,7 @@ async def test_a_cancellation_waits_through_an_outage_listed_as_stuck_then_follo
         async def cancellation() -> Any:
             return (await client.get(f"{system.api}/cancellations/{cancellation_id}")).json()
 
-        await outage(client, system, True)
-        try:
+        async with outage(client, "payments", mocks=system.mocks):
             order_id, checkout_id = await start(client, system, "45.00")
             requested = await client.post(
                 f"{system.api}/orders/{order_id}/cancel", json={"reason": "taking too long"}
@@ -357,8 +333,6 @@ async def test_a_cancellation_waits_through_an_outage_listed_as_stuck_then_follo
             waits = {w["what"]: w for w in item["waiting_for"]}
             assert waits["deadline"]["detail"].startswith("checkout deadline at ")
             assert waits["checkout"]["detail"] == f"checkout {checkout_id} to end"
-        finally:
-            await outage(client, system, False)
 
         # The service answers again; the checkout ends, and the cancellation with it.
         final = await eventually(

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -20,11 +20,9 @@ import httpx
 import pytest
 
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import ROOT, System, run_cli
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _checkout(client: httpx.AsyncClient, api: str, amount: str) -> str:
@@ -49,26 +47,22 @@ async def _checkout(client: httpx.AsyncClient, api: str, amount: str) -> str:
     return str(order["order_id"])
 
 
-async def _checkout_cli(system: System, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        *args,
-        env={**system.env, "CHECKOUT_ACTOR": "e2e"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+@pytest.fixture
+async def billing_queue(system: System) -> AsyncIterator[str]:
+    """The late team's queue's name; it and its parking queue deleted after the test."""
+    queue = f"billing-{uuid.uuid4().hex[:6]}.order-paid"
+    yield queue
+    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        for name in (queue, f"{queue}.parked"):
+            await channel.queue_delete(name)
 
 
 async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
-    system: System,
+    system: System, billing_queue: str
 ) -> None:
-    queue = f"billing-{uuid.uuid4().hex[:6]}.order-paid"
+    queue = billing_queue
     async with httpx.AsyncClient(headers=system.auth) as client:
         # A few checkouts before the team subscribes: two paid, one declined.
         early = [await _checkout(client, system.api, amount) for amount in ("21.00", "22.00")]
@@ -96,7 +90,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
             ]
             assert printed[0]["order_id"] == live
 
-            code, out, err = await _checkout_cli(
+            code, out, err = await run_cli(
                 system,
                 "events",
                 "backfill",
@@ -110,6 +104,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
                 "50",
                 "--reason",
                 "billing joined late",
+                actor="e2e",
             )
             assert code == 0, err
             summary = json.loads(out)
@@ -125,7 +120,7 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     assert declined not in [p["order_id"] for p in printed]
     assert b"stopped: 3 handled, 1 duplicates, 0 parked" in rest
 
-    code, out, err = await _checkout_cli(system, "dlq", "history", "--json")
+    code, out, err = await run_cli(system, "dlq", "history", "--json", actor="e2e")
     assert code == 0, err
     [entry] = [h for h in json.loads(out) if h["queue"] == queue]
     assert entry["action"] == "backfill"
@@ -135,12 +130,6 @@ async def test_a_late_subscriber_gets_earlier_events_from_a_backfill_once_each(
     assert entry["outcome"] == "completed"
 
     # The order's trace shows its OrderPaid backfilled into the team's queue.
-    code, out, err = await _checkout_cli(system, "trace", early[0], "--json")
+    code, out, err = await run_cli(system, "trace", early[0], "--json", actor="e2e")
     assert code == 0, err
     assert f"backfilled from {system.env['CHECKOUT_NAMESPACE']}.orders.log to {queue}" in out
-
-    connection = await aio_pika.connect(system.settings.rabbit_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel()
-        for name in (queue, f"{queue}.parked"):
-            await channel.queue_delete(name)

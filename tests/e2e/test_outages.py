@@ -7,41 +7,16 @@ queue in about 50 s.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.polling import eventually
-from tests.support.system import System
+from tests.support.system import System, cli
 
 pytestmark = pytest.mark.e2e
-
-
-async def cli(system: System, *args: str) -> tuple[int, Any]:
-    """Run `checkout ARGS` as an operator would; stdout is a pipe, so it prints JSON."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        *args,
-        env={**system.env, "CHECKOUT_ACTOR": "ops-e2e"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    if process.returncode != 0 and not stdout.strip():  # say why, not "None is not ..."
-        raise AssertionError(
-            f"checkout {' '.join(args)} exited {process.returncode}: {stderr.decode()[-2000:]}"
-        )
-    try:
-        return process.returncode, json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        raise AssertionError(f"not JSON: {stdout!r} {stderr!r}") from None
 
 
 async def dlq_depth(system: System, key: str) -> int:

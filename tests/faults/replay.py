@@ -9,8 +9,6 @@ was then applied exactly once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import aio_pika
@@ -21,20 +19,7 @@ from tests.faults.checker import DeadLetter, Fixable
 from tests.faults.collect import peek_dead_letters
 from tests.faults.system import FaultSystem
 from tests.support.polling import eventually
-
-
-@asynccontextmanager
-async def outage(client: httpx.AsyncClient, mocks: str, service: str) -> AsyncIterator[None]:
-    path = {
-        "payments": "/mock/payments/outage",
-        "emails": "/mock/emails/outage",
-        "production": "/mock/production/outage",
-    }[service]
-    (await client.post(f"{mocks}{path}", json={"down": True})).raise_for_status()
-    try:
-        yield
-    finally:
-        (await client.post(f"{mocks}{path}", json={"down": False})).raise_for_status()
+from tests.support.system import outage
 
 
 async def replay_ids(
@@ -104,7 +89,7 @@ async def park_and_replay(
     OrderPaid is dead-lettered there; bring the service back and replay them."""
     dlq = system.topology.queues[key].dlq
     service = {"production": "production", "email": "emails"}[key]
-    async with outage(client, system.mocks, service):
+    async with outage(client, service, mocks=system.mocks):
         plans = [await workload.place(client, "normal", tag="fixable") for _ in range(count)]
         for plan in plans:
             await workload.checkout(client, plan)

@@ -4,16 +4,22 @@ API (in-process), relay, saga with the payment step, and the three consumers run
 the test's event loop against the real PostgreSQL and RabbitMQ; the simulated
 services are served by uvicorn on a free port. The fixture is per module, and each
 test uses its own orders.
+
+Work a module leaves behind (an outbox row not yet published, a deadline, a message in
+a queue) is removed after it, so no later module's relay or saga acts on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import aio_pika
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.testing import api_client
@@ -26,10 +32,25 @@ from infra.messaging.topology import Topology
 from infra.settings import Settings, load_settings
 from mock_services.app import create_app as create_mocks
 from saga.main import build_worker as build_saga
+from tests.support.amqp import purge_all
 from tests.support.pipeline import Pipeline
 from tests.support.servers import serving
 
 SLOW_SECONDS = 2.5  # the .03 payment; the client's timeout below is shorter
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def leave_no_work_behind(
+    engine: AsyncEngine, topology: Topology, rabbit: aio_pika.abc.AbstractRobustConnection
+) -> AsyncIterator[None]:
+    """After the module (and its pipeline, set up after this): no outbox row, no deadline
+    and no queued message left for a later module's relay or saga to act on."""
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE outbox, deadlines"))
+    channel = await rabbit.channel()
+    await purge_all(channel, topology)
+    await channel.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +101,32 @@ async def hot_uow(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Unit
         yield UnitOfWork(engine, pool)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def channel(
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A channel (publisher confirms on) on the session's connection, closed after the test."""
+    channel = await rabbit.channel()
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture
+async def relay(settings: Settings, topology: Topology) -> AsyncIterator[OutboxRelay]:
+    """An outbox relay that runs only when the test calls `relay.drain()`."""
+    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
+    relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
+    yield relay
+    await relay.close()
+    await publisher.close()
+
+
+@pytest.fixture
+async def team_queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
+    """A new subscriber's durable queue, not bound to anything yet; deleted after the test."""
+    name = f"team-{uuid.uuid4().hex[:8]}.order-paid"
+    await channel.declare_queue(name, durable=True)
+    yield name
+    await channel.queue_delete(name)

@@ -34,7 +34,10 @@ async def test_the_documentation_pages_reference_no_other_host(
 
     assert response.status_code == 200
     assert URL.findall(response.text) == []
-    for asset in re.findall(r'(?:src|href)="([^"]+)"', response.text):
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    if page != "/docs/oauth2-redirect":  # a script inline, nothing to load
+        assert assets, "the page loads no script or style: the loop below checks nothing"
+    for asset in assets:
         assert asset.startswith("/"), asset
         assert (await anonymous.get(asset)).status_code == 200, asset
 

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import aio_pika
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,7 +26,6 @@ from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.publisher import Outgoing
 from infra.messaging.topology import Topology
-from infra.settings import Settings
 from tests.support.amqp import depth
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
@@ -61,9 +59,16 @@ def _cancelled(paid: OrderPaid, *, refunded: bool = True) -> OrderCancelled:
 
 
 async def _publish(
-    p: Pipeline, topology: Topology, event: OrderPaid | OrderCancelled, copies: int = 1
+    p: Pipeline,
+    topology: Topology,
+    event: OrderPaid | OrderCancelled,
+    copies: int = 1,
+    *,
+    message_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    message_id = uuid.uuid4()
+    """Publish `event` (`copies` times) with a new message id, or `message_id` for a
+    redelivery of an earlier one; the id."""
+    message_id = message_id or uuid.uuid4()
     outgoing = Outgoing.of(
         event,
         exchange=topology.orders_exchange,
@@ -114,13 +119,6 @@ async def _inboxed(p: Pipeline, consumer: str, message_id: uuid.UUID) -> bool:
 async def _emails_to(p: Pipeline, address: str) -> list[dict[str, Any]]:
     entries = (await p.mocks.get("/mock/emails", params={"include": "status_code"})).json()
     return [e for e in entries if e["request"].get("to") == address]
-
-
-@pytest.fixture
-async def channel(settings: Settings) -> Any:
-    connection = await aio_pika.connect(settings.rabbit_url.get_secret_value())
-    yield await connection.channel()
-    await connection.close()
 
 
 def _address() -> str:
@@ -231,19 +229,20 @@ async def test_an_order_cancelled_about_an_order_that_is_not_cancelled_is_dead_l
     )
     dlqs = [topology.queues[k].dlq for k in ("invoice", "email")]
     before = [await depth(channel, q) for q in dlqs]
+    try:
+        forged = _cancelled(paid)
+        message_id = await _publish(pipeline, topology, forged)  # the order is still PAID
 
-    forged = _cancelled(paid)
-    message_id = await _publish(pipeline, topology, forged)  # the order is still PAID
+        async def dead() -> list[int]:
+            return [await depth(channel, q) - b for q, b in zip(dlqs, before, strict=True)]
 
-    async def dead() -> list[int]:
-        return [await depth(channel, q) - b for q, b in zip(dlqs, before, strict=True)]
-
-    await eventually(dead, until=lambda d: d == [1, 1], what="dead-lettered by both")
-    assert await _invoice_status(pipeline, paid.order_id) == "CREATED"
-    assert len(await _emails_to(pipeline, email)) == 1  # the confirmation only
-    assert not await _inboxed(pipeline, "invoice", message_id)
-    for queue in dlqs:  # leave the dead-letter queues as the other tests expect them
-        await (await channel.get_queue(queue)).purge()
+        await eventually(dead, until=lambda d: d == [1, 1], what="dead-lettered by both")
+        assert await _invoice_status(pipeline, paid.order_id) == "CREATED"
+        assert len(await _emails_to(pipeline, email)) == 1  # the confirmation only
+        assert not await _inboxed(pipeline, "invoice", message_id)
+    finally:  # leave the dead-letter queues as the other tests expect them
+        for queue in dlqs:
+            await (await channel.get_queue(queue)).purge()
 
 
 async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhile(
@@ -272,7 +271,7 @@ async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhil
     assert (refused["status_code"], refused["attempts"]) == (409, 1)
 
     # A redelivery is a duplicate like any other: no second call.
-    await _publish_again(pipeline, topology, paid, message_id)
+    await _publish(pipeline, topology, paid, message_id=message_id)
     await eventually(
         lambda: _lines(pipeline, paid.checkout_id, "production"),
         until=lambda lines: len(lines) == 2,
@@ -280,19 +279,6 @@ async def test_an_order_cancelled_before_production_saw_it_is_cancelled_meanwhil
     )
     [refused] = await pipeline.effects("/mock/production/orders", str(paid.order_id))
     assert refused["attempts"] == 1
-
-
-async def _publish_again(
-    p: Pipeline, topology: Topology, event: OrderPaid, message_id: uuid.UUID
-) -> None:
-    await p.publisher.publish(
-        Outgoing.of(
-            event,
-            exchange=topology.orders_exchange,
-            message_id=message_id,
-            correlation_id=event.checkout_id,
-        )
-    )
 
 
 async def _waiting_on_a_lock(engine: AsyncEngine) -> int:

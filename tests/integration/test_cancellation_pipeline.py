@@ -33,6 +33,7 @@ from operations.timeline.render import trace_json
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 from tests.support.seed import paid_order as seed_paid_order
+from tests.support.system import outage
 
 pytestmark = pytest.mark.integration
 
@@ -70,11 +71,6 @@ async def paid(p: Pipeline, amount: str) -> tuple[str, str]:
 async def scalar(p: Pipeline, sql: str, **params: Any) -> Any:
     async with p.engine.connect() as conn:
         return (await conn.execute(text(sql), params)).scalar()
-
-
-async def outage(p: Pipeline, service: str, down: bool) -> None:
-    response = await p.mocks.post(f"/mock/{service}/outage", json={"down": down})
-    assert response.status_code < 300, response.text
 
 
 async def test_a_pending_order_is_cancelled_without_refund(pipeline: Pipeline) -> None:
@@ -156,14 +152,11 @@ async def test_a_refund_that_fails_twice_is_retried_to_success(pipeline: Pipelin
 async def test_a_cancellation_waits_for_a_charge_in_flight_then_refunds_it(
     pipeline: Pipeline,
 ) -> None:
-    await outage(pipeline, "payments", True)
-    try:
+    async with outage(pipeline.mocks, "payments"):
         order = await pipeline.order("50.00")
         checkout = await pipeline.checkout(order["order_id"])
         started = await cancel(pipeline, order["order_id"])
         assert started["state"] == "WAITING_FOR_CHECKOUT"
-    finally:
-        await outage(pipeline, "payments", False)
     assert (await pipeline.final(checkout["checkout_id"]))["state"] == "PAID"
     final = await settled(pipeline, started["cancellation_id"])
     assert final["state"] == "CANCELLED"
@@ -175,14 +168,11 @@ async def test_a_cancellation_waits_for_a_charge_in_flight_then_refunds_it(
 async def test_a_cancellation_waiting_for_a_declined_charge_refunds_nothing(
     pipeline: Pipeline,
 ) -> None:
-    await outage(pipeline, "payments", True)
-    try:
+    async with outage(pipeline.mocks, "payments"):
         order = await pipeline.order("50.01")
         checkout = await pipeline.checkout(order["order_id"])
         started = await cancel(pipeline, order["order_id"])
         assert started["state"] == "WAITING_FOR_CHECKOUT"
-    finally:
-        await outage(pipeline, "payments", False)
     assert (await pipeline.final(checkout["checkout_id"]))["state"] == "FAILED"
     final = await settled(pipeline, started["cancellation_id"])
     assert final["state"] == "CANCELLED"
@@ -322,8 +312,7 @@ async def test_a_refund_past_its_retries_waits_in_its_dead_letter_queue_for_a_re
     """Never dropped: the refund's command is parked, the cancellation stays REFUNDING,
     and a replay (same key) refunds once."""
     order_id, _ = await paid(pipeline, "90.00")
-    await outage(pipeline, "payments", True)
-    try:
+    async with outage(pipeline.mocks, "payments"):
         started = await cancel(pipeline, order_id)
 
         async def parked() -> Any:
@@ -339,8 +328,6 @@ async def test_a_refund_past_its_retries_waits_in_its_dead_letter_queue_for_a_re
             interval=0.3,
             what="the refund in its dead-letter queue",
         )
-    finally:
-        await outage(pipeline, "payments", False)
     [letter] = found.dead_letters
     assert letter.dlq == topology.queues["refund"].dlq
     assert letter.message_type == "RefundPayment"

@@ -19,17 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from checkout_api.app import create_app
 from checkout_api.testing import running
 from infra.auth.keys import Role, create_key
-from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
-from infra.messaging.outbox import add_to_outbox
-from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.dlq import audit
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
-from tests.support.seed import order_paid_event
+from tests.support.seed import publish_paid
 
 pytestmark = pytest.mark.integration
 
@@ -47,45 +44,6 @@ async def operator(
         found = CSRF.search((await client.get("/console/events")).text)
         assert found is not None
         yield client, name, found.group(1)
-
-
-@pytest.fixture
-async def relay(settings: Settings, topology: Topology) -> AsyncIterator[OutboxRelay]:
-    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
-    relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
-    yield relay
-    await relay.close()
-    await publisher.close()
-
-
-@pytest.fixture
-async def channel(
-    rabbit: aio_pika.abc.AbstractRobustConnection,
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    channel = await rabbit.channel()
-    yield channel
-    await channel.close()
-
-
-@pytest.fixture
-async def team_queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
-    name = f"console-team-{uuid.uuid4().hex[:8]}"
-    await channel.declare_queue(name, durable=True)
-    yield name
-    await channel.queue_delete(name)
-
-
-async def publish_paid(uow: UnitOfWork, relay: OutboxRelay, count: int) -> list[tuple[str, str]]:
-    """`count` OrderPaid through the outbox and the relay; (message id, order id) each."""
-    async with uow() as session:
-        rows = []
-        for _ in range(count):
-            event = order_paid_event()
-            row = add_to_outbox(session, event, correlation_id=event.checkout_id)
-            rows.append((str(row.message_id), str(event.order_id)))
-        await session.commit()
-    await relay.drain()
-    return rows
 
 
 async def test_the_page_lists_recent_events_and_an_orders_events_consuming_nothing(

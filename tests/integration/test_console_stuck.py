@@ -16,21 +16,18 @@ import aio_pika
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.app import create_app
 from checkout_api.testing import running
-from contracts import ChargePayment
 from infra.auth.keys import Role, create_key
 from infra.db.session import UnitOfWork
-from infra.messaging import failures
 from infra.messaging.topology import Topology
 from infra.settings import Settings
 from operations.dlq import audit
 from operations.stuck import stuck_report
 from tests.support.amqp import depth
-from tests.support.seed import pending_checkout
+from tests.support.seed import aged, park_charge, pending_checkout
 
 pytestmark = pytest.mark.integration
 
@@ -56,38 +53,6 @@ async def operator(
         yield client, name, csrf
 
 
-async def _aged(engine: AsyncEngine, checkout_id: uuid.UUID, minutes: int) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE checkouts SET created_at = now() - make_interval(mins => :m)"
-                " WHERE checkout_id = :c"
-            ),
-            {"m": minutes, "c": checkout_id},
-        )
-
-
-async def _park(channel: aio_pika.abc.AbstractChannel, queue: str, charge: ChargePayment) -> str:
-    """A dead-lettered copy of the charge, as the consumer shell leaves one."""
-    message_id = str(uuid.uuid4())
-    await channel.default_exchange.publish(
-        aio_pika.Message(
-            charge.model_dump_json().encode(),
-            message_id=message_id,
-            correlation_id=str(charge.checkout_id),
-            type="ChargePayment",
-            headers={
-                failures.ATTEMPTS: 4,
-                failures.ERROR_TYPE: "TransientFailure",
-                failures.ERROR_MESSAGE: "payment service answered 503: down",
-                failures.ORIGINAL_QUEUE: queue,
-            },
-        ),
-        routing_key=f"{queue}.dlq",
-    )
-    return message_id
-
-
 def _item(html: str, saga_id: uuid.UUID) -> str:
     found = re.search(rf'<tbody class="stuck-item" id="stuck-{saga_id}">(.*?)</tbody>', html, re.S)
     assert found is not None, f"{saga_id} is not listed"
@@ -104,9 +69,9 @@ async def test_a_stuck_checkout_is_listed_and_its_parked_charge_replayed_from_th
     client, name, csrf = operator
     queue = purge_queues.queues["payment"]
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 10)
+    await aged(engine, charge.checkout_id, 10)
     channel = await rabbit.channel(publisher_confirms=True)
-    parked = await _park(channel, queue.name, charge)
+    parked = await park_charge(channel, queue.name, charge)
 
     listed = await client.get("/console/stuck", params={"older_than": "5m"})
 
@@ -163,7 +128,7 @@ async def test_the_older_than_filter_and_a_bad_duration(
 ) -> None:
     client, _, _ = operator
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 30)
+    await aged(engine, charge.checkout_id, 30)
 
     shown = await client.get("/console/stuck", params={"older_than": "20m"})
     assert f'id="stuck-{charge.checkout_id}"' in shown.text
@@ -182,7 +147,7 @@ async def test_the_overview_counts_stuck_work_and_links_the_stuck_page(
 ) -> None:
     client, _, _ = operator
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 10)
+    await aged(engine, charge.checkout_id, 10)
 
     overview = await client.get("/console/")
 
@@ -198,7 +163,7 @@ async def test_without_the_broker_the_stuck_page_says_the_queues_were_not_read(
     settings: Settings, engine: AsyncEngine, hot_uow: UnitOfWork
 ) -> None:
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 10)
+    await aged(engine, charge.checkout_id, 10)
     with socket.socket() as sock:  # a port that was free a moment ago, now closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -217,7 +182,7 @@ async def test_a_broker_lost_while_the_queues_are_read_leaves_the_rest_of_the_re
     settings: Settings, engine: AsyncEngine, hot_uow: UnitOfWork, topology: Topology
 ) -> None:
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 10)
+    await aged(engine, charge.checkout_id, 10)
     lost = await aio_pika.connect(settings.rabbit_url.get_secret_value())
     await lost.close()
 

@@ -106,8 +106,12 @@ async def test_two_claimers_fire_each_due_deadline_once(
 
     ours = [a for batch in fired for a in batch if a.checkout_id in ids]
     assert len(ours) == len({a.checkout_id for a in ours})  # none fired twice
-    while len(await _fired(engine, ids)) < len(ids):  # the rest, a round at a time
+
+    async def fire_a_round() -> dict[uuid.UUID, int]:  # the rest, a round at a time
         await first.fire_due()
+        return await _fired(engine, ids)
+
+    await eventually(fire_a_round, until=lambda f: len(f) == len(ids), what="each one fired")
     assert await _fired(engine, ids) == dict.fromkeys(ids, 1)
     assert await _reconciles(engine, ids) == dict.fromkeys(ids, 1)
     for checkout_id in ids:

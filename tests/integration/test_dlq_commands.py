@@ -49,15 +49,6 @@ async def publisher(settings: Settings, purge_queues: Topology) -> AsyncIterator
     await publisher.close()
 
 
-@pytest.fixture
-async def channel(
-    rabbit: aio_pika.abc.AbstractRobustConnection,
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    channel = await rabbit.channel()
-    yield channel
-    await channel.close()
-
-
 async def dead_letter(publisher: Publisher, queue: ConsumedQueue, count: int) -> list[Outgoing]:
     """Put `count` messages into `queue.dlq` as the consumer shell would have."""
     sent = []

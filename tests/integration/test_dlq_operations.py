@@ -28,15 +28,6 @@ async def connection(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractC
     await connection.close()
 
 
-@pytest.fixture
-async def channel(
-    connection: aio_pika.abc.AbstractConnection,
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    channel = await connection.channel(publisher_confirms=True)
-    yield channel
-    await channel.close()
-
-
 async def put(channel: aio_pika.abc.AbstractChannel, queue: str, message: aio_pika.Message) -> None:
     await channel.default_exchange.publish(message, queue, mandatory=True)
 

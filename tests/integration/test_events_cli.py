@@ -10,17 +10,13 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aio_pika
 import pytest
 from typer.testing import CliRunner, Result
 
-from infra.db.migrate import libpq_url
 from infra.db.session import UnitOfWork
-from infra.messaging.outbox import add_to_outbox
-from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
@@ -28,7 +24,7 @@ from operations.cli.dlq import dlq_app
 from operations.cli.events import events_app
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
-from tests.support.seed import order_paid_event
+from tests.support.seed import publish_paid
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -42,42 +38,9 @@ async def cli(app: object, *args: str) -> Result:
     return await asyncio.to_thread(lambda: runner.invoke(app, list(args), env=env))  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def relay(settings: Settings, topology: Topology) -> AsyncIterator[OutboxRelay]:
-    publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
-    relay = OutboxRelay(libpq_url(settings.database_url.get_secret_value()), publisher, topology)
-    yield relay
-    await relay.close()
-    await publisher.close()
-
-
-@pytest.fixture
-async def channel(
-    rabbit: aio_pika.abc.AbstractRobustConnection,
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    channel = await rabbit.channel()
-    yield channel
-    await channel.close()
-
-
-@pytest.fixture
-async def team_queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
-    name = f"cli-team-{uuid.uuid4().hex[:8]}"
-    await channel.declare_queue(name, durable=True)
-    yield name
-    await channel.queue_delete(name)
-
-
-async def publish_paid(uow: UnitOfWork, relay: OutboxRelay, count: int) -> list[str]:
+async def paid_ids(uow: UnitOfWork, relay: OutboxRelay, count: int) -> list[str]:
     """`count` OrderPaid through the outbox and the relay; their message ids."""
-    async with uow() as session:
-        rows = []
-        for _ in range(count):
-            event = order_paid_event()
-            rows.append(add_to_outbox(session, event, correlation_id=event.checkout_id))
-        await session.commit()
-    await relay.drain()
-    return [str(r.message_id) for r in rows]
+    return [message_id for message_id, _ in await publish_paid(uow, relay, count)]
 
 
 async def offset_of(message_id: str) -> int:
@@ -97,7 +60,7 @@ async def offset_of(message_id: str) -> int:
 async def test_list_prints_one_json_document_with_every_field(
     uow: UnitOfWork, relay: OutboxRelay, topology: Topology
 ) -> None:
-    [message_id] = await publish_paid(uow, relay, 1)
+    [message_id] = await paid_ids(uow, relay, 1)
 
     offset = await offset_of(message_id)
 
@@ -164,7 +127,7 @@ async def test_backfill_prints_what_it_copied_and_the_audit_log_shows_it(
     channel: aio_pika.abc.AbstractChannel,
     team_queue: str,
 ) -> None:
-    ids = await publish_paid(uow, relay, 2)
+    ids = await paid_ids(uow, relay, 2)
     start = await offset_of(ids[0])
     args = ["--to-queue", team_queue, "--since-offset", str(start), "--reason", "late team"]
 
@@ -204,7 +167,7 @@ async def test_ctrl_c_stops_a_backfill_which_says_how_to_resume(
     channel: aio_pika.abc.AbstractChannel,
     team_queue: str,
 ) -> None:
-    ids = await publish_paid(uow, relay, 8)
+    ids = await paid_ids(uow, relay, 8)
     start = await offset_of(ids[0])
     command = [
         sys.executable,

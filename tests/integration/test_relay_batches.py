@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,13 +41,6 @@ async def publisher(settings: Settings) -> AsyncIterator[Publisher]:
     publisher = await Publisher.connect(settings.rabbit_url.get_secret_value())
     yield publisher
     await publisher.close()
-
-
-@pytest.fixture
-async def channel(rabbit: AbstractRobustConnection) -> AsyncIterator[AbstractChannel]:
-    channel = await rabbit.channel()
-    yield channel
-    await channel.close()
 
 
 async def full_queue(channel: AbstractChannel) -> AbstractQueue:

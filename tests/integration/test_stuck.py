@@ -16,15 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
-from contracts import ChargePayment
 from infra.cli.main import app
 from infra.db.session import UnitOfWork
-from infra.messaging import failures
 from infra.messaging.topology import Topology
 from infra.metrics import registry_for
 from infra.settings import Settings
 from operations.stuck import count_stuck, parse_duration
-from tests.support.seed import pending_checkout
+from tests.support.seed import aged, park_charge, pending_checkout
 
 pytestmark = pytest.mark.integration
 
@@ -36,42 +34,6 @@ async def cli(*args: str) -> Result:
     return await asyncio.to_thread(lambda: runner.invoke(app, ["stuck", *args]))
 
 
-async def _aged(engine: AsyncEngine, checkout_id: uuid.UUID, minutes: int) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE checkouts SET created_at = now() - make_interval(mins => :m)"
-                " WHERE checkout_id = :c"
-            ),
-            {"m": minutes, "c": checkout_id},
-        )
-
-
-async def _park(
-    rabbit: aio_pika.abc.AbstractRobustConnection, queue: str, charge: ChargePayment
-) -> str:
-    """A dead-lettered copy of the charge, as the consumer shell leaves one."""
-    message_id = str(uuid.uuid4())
-    channel = await rabbit.channel()
-    await channel.default_exchange.publish(
-        aio_pika.Message(
-            charge.model_dump_json().encode(),
-            message_id=message_id,
-            correlation_id=str(charge.checkout_id),
-            type="ChargePayment",
-            headers={
-                failures.ATTEMPTS: 4,
-                failures.ERROR_TYPE: "TransientFailure",
-                failures.ERROR_MESSAGE: "payment service answered 503: down",
-                failures.ORIGINAL_QUEUE: queue,
-            },
-        ),
-        routing_key=f"{queue}.dlq",
-    )
-    await channel.close()
-    return message_id
-
-
 def _mine(document: dict[str, Any], checkout_id: uuid.UUID) -> dict[str, Any]:
     [item] = [s for s in document["stuck"] if s["id"] == str(checkout_id)]
     return item
@@ -81,11 +43,11 @@ async def test_a_stuck_checkout_is_listed_with_what_it_waits_for_and_the_repair(
     hot_uow: UnitOfWork,
     engine: AsyncEngine,
     purge_queues: Topology,
-    rabbit: aio_pika.abc.AbstractRobustConnection,
+    channel: aio_pika.abc.AbstractChannel,
 ) -> None:
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 10)
-    parked = await _park(rabbit, purge_queues.queues["payment"].name, charge)
+    await aged(engine, charge.checkout_id, 10)
+    parked = await park_charge(channel, purge_queues.queues["payment"].name, charge)
 
     result = await cli("--older-than", "5m", "--json")
 
@@ -105,10 +67,8 @@ async def test_a_stuck_checkout_is_listed_with_what_it_waits_for_and_the_repair(
     assert "payment service answered 503: down" in letter["detail"]
     assert letter["repair"].startswith(f"checkout dlq replay payment --message-id {parked}")
     # Read, not consumed: the dead letter is still there.
-    channel = await rabbit.channel()
     dlq = await channel.declare_queue(purge_queues.queues["payment"].dlq, passive=True)
     assert dlq.declaration_result.message_count == 1
-    await channel.close()
 
 
 async def test_young_checkouts_are_not_stuck_and_nothing_stuck_exits_0(
@@ -126,7 +86,7 @@ async def test_the_gauge_counts_them_by_kind_and_state(
     hot_uow: UnitOfWork, engine: AsyncEngine, settings: Settings
 ) -> None:
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 30)
+    await aged(engine, charge.checkout_id, 30)
     async with engine.connect() as conn:
         counts = await count_stuck(conn, datetime.now(UTC), timedelta(minutes=5))
     assert counts[("checkout", "PAYMENT_PENDING")] >= 1
@@ -156,7 +116,7 @@ async def test_a_cancellation_waiting_for_a_stuck_checkout_is_listed_with_it(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
     charge = await pending_checkout(hot_uow)
-    await _aged(engine, charge.checkout_id, 20)
+    await aged(engine, charge.checkout_id, 20)
     cancellation_id = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(

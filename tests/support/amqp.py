@@ -8,6 +8,8 @@ import time
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from infra.messaging.topology import Topology
+
 
 async def take(
     channel: AbstractChannel, queue: str, count: int, *, timeout: float = 10.0
@@ -45,3 +47,13 @@ async def private_queue(
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind(exchange, routing_key)
     return queue
+
+
+async def purge_all(channel: AbstractChannel, topology: Topology) -> None:
+    """Empty every queue of the run's namespace: each consumed queue, its dead-letter
+    queue and its wait queues (not the event log: a stream cannot be purged)."""
+    names: list[str] = []
+    for q in topology.queues.values():
+        names += [q.name, q.dlq] + [f"{q.name}.wait.{d}" for d in set(q.retry_delays_ms)]
+    for name in names:
+        await (await channel.get_queue(name)).purge()

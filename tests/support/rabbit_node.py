@@ -91,7 +91,7 @@ class RabbitNode:
                 with socket.create_connection(("127.0.0.1", self.port), 0.5):
                     break
             except OSError:
-                time.sleep(0.2)  # a process starting, not a message: nothing to poll instead
+                time.sleep(0.2)  # the interval between tries of the port, until the deadline
         else:
             raise RuntimeError(f"node {self.name} did not listen within {START_PATIENCE}s")
         # Listening is not booted: wait until the node says it has fully started (its

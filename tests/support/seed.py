@@ -4,21 +4,32 @@ The consumers and the payment step act only on what the database says was paid o
 charged (`consumers.effects.ensure_paid`, `PaymentStep._check`), so a test that
 publishes an `OrderPaid` by hand first writes the order, its PAID checkout and its
 payment, as the saga would have.
+
+Also: events put through the outbox and a relay (`through_outbox`, `publish_paid`), a
+checkout made to look old (`aged`) and a charge parked in a dead-letter queue
+(`park_charge`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+import aio_pika
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout_api.usecases.checkout_order import checkout_order
 from contracts import ChargePayment, Customer, OrderPaid
+from contracts.envelope import Message
 from infra.db.models import Checkout, Order, OutboxMessage, Payment
 from infra.db.session import UnitOfWork
+from infra.messaging import failures
+from infra.messaging.outbox import add_to_outbox
+from infra.messaging.relay import OutboxRelay
 
 
 def _times(now: datetime) -> dict[str, datetime]:
@@ -101,6 +112,31 @@ def order_paid_event(**changes: object) -> OrderPaid:
     return OrderPaid.model_validate({**fields, **changes})
 
 
+async def through_outbox(
+    uow: UnitOfWork, relay: OutboxRelay, events: Sequence[Message], *, at: datetime | None = None
+) -> list[str]:
+    """Write `events` to the outbox (stamped `at`, default now) and let the relay publish
+    them; their message ids."""
+    async with uow() as session:
+        rows = []
+        for event in events:
+            row = add_to_outbox(session, event, correlation_id=uuid.uuid4())
+            if at is not None:
+                row.created_at = at
+            rows.append(row)
+        await session.commit()
+    await relay.drain()
+    return [str(row.message_id) for row in rows]
+
+
+async def publish_paid(uow: UnitOfWork, relay: OutboxRelay, count: int) -> list[tuple[str, str]]:
+    """`count` OrderPaid (see `order_paid_event`) through the outbox and the relay;
+    (message id, order id) each."""
+    events = [order_paid_event() for _ in range(count)]
+    sent = await through_outbox(uow, relay, events)
+    return [(message_id, str(e.order_id)) for message_id, e in zip(sent, events, strict=True)]
+
+
 async def pending_checkout(
     uow: UnitOfWork, amount: Decimal = Decimal("12.50"), *, payment_deadline: float = 120.0
 ) -> ChargePayment:
@@ -132,3 +168,39 @@ async def pending_checkout(
         )
     assert body is not None, "the checkout wrote no ChargePayment"
     return ChargePayment.model_validate_json(body)
+
+
+async def aged(engine: AsyncEngine, checkout_id: uuid.UUID, minutes: int) -> None:
+    """Make the checkout look `minutes` old (as `checkout stuck` measures age)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE checkouts SET created_at = now() - make_interval(mins => :m)"
+                " WHERE checkout_id = :c"
+            ),
+            {"m": minutes, "c": checkout_id},
+        )
+
+
+async def park_charge(
+    channel: aio_pika.abc.AbstractChannel, queue: str, charge: ChargePayment
+) -> str:
+    """Put a dead-lettered copy of the charge in `queue`'s dead-letter queue, as the
+    consumer shell leaves one after a payment outage; its message id."""
+    message_id = str(uuid.uuid4())
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            charge.model_dump_json().encode(),
+            message_id=message_id,
+            correlation_id=str(charge.checkout_id),
+            type="ChargePayment",
+            headers={
+                failures.ATTEMPTS: 4,
+                failures.ERROR_TYPE: "TransientFailure",
+                failures.ERROR_MESSAGE: "payment service answered 503: down",
+                failures.ORIGINAL_QUEUE: queue,
+            },
+        ),
+        routing_key=f"{queue}.dlq",
+    )
+    return message_id

@@ -1,4 +1,5 @@
-"""Serve an ASGI app on a free loopback port inside the test's event loop."""
+"""Serve an ASGI app on a free loopback port inside the test's event loop, or call it in
+process."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
 from tests.support.polling import eventually
+
+
+def in_process(app: ASGIApp) -> httpx.AsyncClient:
+    """A client calling `app` in process (no socket), its base URL http://mocks."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mocks")
 
 
 def free_port() -> int:

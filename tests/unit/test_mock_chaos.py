@@ -12,6 +12,7 @@ import pytest
 
 from infra.settings import load_settings
 from mock_services.app import create_app
+from tests.support.servers import in_process
 
 SERVICES = [
     ("/payments", {"order_id": "o-1", "amount": "19.99", "currency": "USD"}, 201),
@@ -43,7 +44,7 @@ def _client(random: Random | None = None, **settings: Any) -> httpx.AsyncClient:
         load_settings(**{"mock_failure_rate": 0.0, "mock_latency_ms": 0, **settings}),
         random=random,
     )
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mocks")
+    return in_process(app)
 
 
 @pytest.mark.parametrize(("path", "body", "status"), SERVICES)

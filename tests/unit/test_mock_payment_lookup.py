@@ -4,29 +4,20 @@ once its answer has been sent, never while it is still in flight."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 
-from infra.settings import load_settings
-from mock_services.app import create_app
 from tests.support.polling import eventually
 
 SLOW = 0.5
 
 
 @pytest.fixture
-async def mocks() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        load_settings(mock_failure_rate=0.0, mock_latency_ms=0), slow_response_seconds=SLOW
-    )
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://mocks"
-    ) as client:
-        yield client
+def slow_response_seconds() -> float:
+    return SLOW
 
 
 def _payment(amount: str) -> dict[str, Any]:

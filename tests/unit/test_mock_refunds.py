@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 
-from infra.settings import load_settings
-from mock_services.app import create_app
-
 CONTRACT_FIELDS = {"idempotency_key", "attempts", "request", "response"}
-
-
-@pytest.fixture
-async def mocks() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(load_settings(mock_failure_rate=0.0, mock_latency_ms=0))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://mocks"
-    ) as client:
-        yield client
 
 
 def _refund(amount: Any = "19.99") -> dict[str, Any]:

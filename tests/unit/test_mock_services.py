@@ -13,10 +13,7 @@ import pytest
 
 from infra.settings import load_settings
 from mock_services.app import create_app
-
-
-def _client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mocks")
+from tests.support.servers import in_process
 
 
 def _app() -> Any:
@@ -25,7 +22,7 @@ def _app() -> Any:
 
 @pytest.fixture
 async def mocks() -> AsyncIterator[httpx.AsyncClient]:
-    async with _client(_app()) as client:
+    async with in_process(_app()) as client:
         yield client
 
 
@@ -319,7 +316,7 @@ async def test_health(mocks: httpx.AsyncClient, path: str) -> None:
 
 
 async def test_two_apps_do_not_share_records_or_switches() -> None:
-    async with _client(_app()) as one, _client(_app()) as two:
+    async with in_process(_app()) as one, in_process(_app()) as two:
         await one.post(PAYMENTS.path, json=PAYMENTS.valid(), headers=_key())
         await one.post(EMAILS.outage_path, json={"down": True})
 
