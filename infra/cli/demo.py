@@ -375,7 +375,11 @@ def _where_next(
 ) -> list[tuple[str, str]]:
     one = next((t for t in tracked if t.order_id), None)
     curl = f'curl -H "Authorization: Bearer {creds.shell}"'
-    rows = [("API docs", f"{api}/docs")]
+    key = creds.shell if creds.source == "CHECKOUT_API_KEY" else f"`{creds.shell[2:-1]}`"
+    rows = [
+        ("the console", f"{api}/console (sign in with an operator key: {key})"),
+        ("API docs", f"{api}/docs"),
+    ]
     if one is not None:
         rows.append(("one order", f"{curl} {api}/orders/{one.order_id}"))
         rows.append(("its checkout", f"{curl} {api}/checkouts/{one.checkout_id}"))

@@ -180,7 +180,7 @@ async def test_ctrl_c_stops_a_backfill_which_says_how_to_resume(
         "--since-offset",
         str(start),
         "--rate",
-        "4",
+        "1",  # 8 s for the 8: room to interrupt it after the second on a loaded machine
         "--reason",
         "slow copy",
     ]

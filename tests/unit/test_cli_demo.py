@@ -253,3 +253,16 @@ def test_a_refused_key_is_one_line_saying_what_to_do(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "The API refused the key (401 Unauthenticated: bad key)" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_where_to_look_next_leads_with_the_console(tmp_path: Path) -> None:
+    from infra.cli.demo import Credentials, _where_next
+
+    from_file = Credentials("ck_x", f"$(cat {tmp_path}/dev-api-key)", str(tmp_path))
+    rows = dict(_where_next([], "http://127.0.0.1:8000", "http://127.0.0.1:8001", from_file))
+    key = f"`cat {tmp_path}/dev-api-key`"
+    expected = f"http://127.0.0.1:8000/console (sign in with an operator key: {key})"
+    assert rows["the console"] == expected
+    from_env = Credentials("ck_x", "$CHECKOUT_API_KEY", "CHECKOUT_API_KEY")
+    rows = dict(_where_next([], "http://h:1", "http://h:2", from_env))
+    assert rows["the console"].endswith("operator key: $CHECKOUT_API_KEY)")
