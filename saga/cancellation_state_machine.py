@@ -49,6 +49,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Re-exported: the cancellation's deadline effects and history lines are the shared ones.
+# A `SetDeadline` without `after` is due `CHECKOUT_WAIT_MARGIN` after the awaited
+# checkout's payment deadline.
+from saga.transitions import CancelDeadline as CancelDeadline
+from saga.transitions import SetDeadline as SetDeadline
+from saga.transitions import Step as Step
+from saga.transitions import after_attempts, doubling_backoff, ignored
+
 
 class CancellationState(StrEnum):
     REQUESTED = "REQUESTED"
@@ -174,22 +182,6 @@ class Reject:
     reason: str
 
 
-@dataclass(frozen=True)
-class SetDeadline:
-    """(Re)set the cancellation's deadline of `kind`: due after `after` seconds, or (None)
-    `CHECKOUT_WAIT_MARGIN` after the awaited checkout's payment deadline."""
-
-    kind: str
-    after: float | None = None
-
-
-@dataclass(frozen=True)
-class CancelDeadline:
-    """Delete the cancellation's deadline of `kind`: what it waited for has happened."""
-
-    kind: str
-
-
 Effect = (
     CancelOrder
     | CancelProduction
@@ -200,15 +192,6 @@ Effect = (
     | SetDeadline
     | CancelDeadline
 )
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of the cancellation's history."""
-
-    name: str
-    status: str
-    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +221,7 @@ WAIT_BACKOFF_CAP = 300.0
 def wait_backoff(fired: int) -> float:
     """Seconds until the `fired`-th look at a still-active checkout (1-based) is followed
     by the next: doubling from the margin, at most the cap."""
-    return float(min(CHECKOUT_WAIT_MARGIN * 2 ** max(fired - 1, 0), WAIT_BACKOFF_CAP))
+    return doubling_backoff(fired, CHECKOUT_WAIT_MARGIN, WAIT_BACKOFF_CAP)
 
 
 def decide(state: CancellationState, message: CancellationInput) -> Transition:
@@ -295,7 +278,7 @@ def decide(state: CancellationState, message: CancellationInput) -> Transition:
                 rejection_reason=reason,
             )
         case S.REFUNDING, RefundSucceeded(provider_refund_id=ref, attempts=attempts):
-            after = f" after {attempts} attempts" if attempts > 1 else ""
+            after = after_attempts(attempts)
             return Transition(
                 S.CANCELLED,
                 Step("order.cancelled", S.CANCELLED, f"refunded (provider refund {ref}){after}"),
@@ -316,15 +299,7 @@ def decide(state: CancellationState, message: CancellationInput) -> Transition:
                 moved=False,
             )
         case _:
-            return Transition(
-                state,
-                Step(
-                    f"{message.name}.ignored",
-                    state,
-                    f"{message.name} does not apply to a {state} cancellation",
-                ),
-                moved=False,
-            )
+            return Transition(state, ignored(message.name, state, "cancellation"), moved=False)
 
 
 def _checkout_ended(paid: bool, *effects: Effect) -> Transition:

@@ -53,6 +53,14 @@ from saga.inputs import (
     SagaInput,
 )
 
+# Re-exported: the checkout's deadline effects and history lines are the shared ones.
+# A `SetDeadline` without `after` is due after the configured time for its kind
+# (`CHECKOUT_PAYMENT_DEADLINE`).
+from saga.transitions import CancelDeadline as CancelDeadline
+from saga.transitions import SetDeadline as SetDeadline
+from saga.transitions import Step as Step
+from saga.transitions import after_attempts, doubling_backoff, ignored
+
 PAYMENT_DEADLINE = "payment"
 PAYMENT_TIMEOUT = "payment_timeout"
 LATE_CHARGE_DEADLINE = "late_charge"
@@ -95,22 +103,6 @@ class FailPayment:
 
 
 @dataclass(frozen=True)
-class SetDeadline:
-    """(Re)set the checkout's deadline of `kind`: due after `after` seconds, or after the
-    configured time for that kind (`CHECKOUT_PAYMENT_DEADLINE`) when None."""
-
-    kind: str
-    after: float | None = None
-
-
-@dataclass(frozen=True)
-class CancelDeadline:
-    """Delete the checkout's deadline of `kind`: what it waited for has happened."""
-
-    kind: str
-
-
-@dataclass(frozen=True)
 class ReconcilePayment:
     """Send `ReconcilePayment`: ask the Payment Service for the charge made with the key."""
 
@@ -134,15 +126,6 @@ Effect = (
 
 
 @dataclass(frozen=True)
-class Step:
-    """One line of the checkout's history."""
-
-    name: str
-    status: str
-    detail: str | None = None
-
-
-@dataclass(frozen=True)
 class Transition:
     """What applying an input means: the new state, its history line and its effects."""
 
@@ -158,7 +141,7 @@ class Transition:
 
 def reconcile_backoff(fired: int) -> float:
     """Seconds until the `fired`-th reconciliation (1-based) is followed by the next."""
-    return float(min(RECONCILE_BACKOFF_FIRST * 2 ** max(fired - 1, 0), RECONCILE_BACKOFF_CAP))
+    return doubling_backoff(fired, RECONCILE_BACKOFF_FIRST, RECONCILE_BACKOFF_CAP)
 
 
 def late_charge_window(http_timeout: float, http_attempts: int, max_backoff: float) -> float:
@@ -194,7 +177,7 @@ def decide(
                 Step(
                     "payment.succeeded",
                     CheckoutState.PAID,
-                    f"provider payment {ref}{_after(message.attempts)}{_found(message)}",
+                    f"provider payment {ref}{after_attempts(message.attempts)}{_found(message)}",
                 ),
                 (CompletePayment(ref), stop_waiting),
             )
@@ -204,7 +187,7 @@ def decide(
                 Step(
                     "payment.declined",
                     failed,
-                    f"{reason}{_after(message.attempts)}{_found(message)}",
+                    f"{reason}{after_attempts(message.attempts)}{_found(message)}",
                 ),
                 (FailPayment(reason), stop_waiting),
                 failure_reason=reason,
@@ -287,18 +270,7 @@ def decide(
                 (SetDeadline(LATE_CHARGE_DEADLINE, RECONCILE_BACKOFF_FIRST),),
             )
         case _:
-            return Transition(
-                state,
-                Step(
-                    f"{message.message_type}.ignored",
-                    state,
-                    f"{message.message_type} does not apply to a {state} checkout",
-                ),
-            )
-
-
-def _after(attempts: int) -> str:
-    return f" after {attempts} attempts" if attempts > 1 else ""
+            return Transition(state, ignored(message.message_type, state, "checkout"))
 
 
 def _found(message: PaymentSucceeded | PaymentDeclined) -> str:
