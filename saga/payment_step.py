@@ -51,7 +51,13 @@ from infra.db.session import UnitOfWork
 from infra.messaging.consumer import Delivery, Handled
 from infra.messaging.failures import PermanentFailure, TransientFailure
 from saga import orchestrator
-from saga.inputs import PaymentDeclined, PaymentNotFound, PaymentSucceeded, PaymentUnanswered
+from saga.inputs import (
+    PaymentDeclined,
+    PaymentNotFound,
+    PaymentSucceeded,
+    PaymentUnanswered,
+    SagaInput,
+)
 from saga.orchestrator import CheckoutSaga
 from saga.payment_client import Charged, Declined, PaymentClient
 from saga.state_machine import CheckoutState
@@ -197,8 +203,7 @@ class PaymentStep:
             attempts=outcome.attempts,
             delivery_attempt=delivery.attempt,
         )
-        applied = await self._saga.apply(result, reply)
-        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+        return await self._apply(result, reply)
 
     async def _look_instead(self, command: ChargePayment, delivery: Delivery) -> Handled:
         """A charge command of a FAILED checkout: look its charge up, apply what is found."""
@@ -210,8 +215,7 @@ class PaymentStep:
             message_id=str(lookup), command_id=str(delivery.message_id)
         ):
             log.info("payment looked up", answer=found.message_type)
-            applied = await self._saga.apply(found, lookup)
-        return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
+            return await self._apply(found, lookup)
 
     async def reconcile(self, command: ReconcilePayment, delivery: Delivery) -> Handled:
         """Ask the Payment Service what became of the checkout's charge; apply the answer."""
@@ -233,7 +237,12 @@ class PaymentStep:
         # call already on its way) is a late success, which the saga refunds.
         result = await self._lookup(command.checkout_id)
         log.info("payment reconciled", answer=result.message_type)
-        applied = await self._saga.apply(result, reply)
+        return await self._apply(result, reply)
+
+    async def _apply(self, outcome: SagaInput, key: uuid.UUID) -> Handled:
+        """Apply an outcome to its checkout under inbox key `key` (committed on return):
+        DONE, or DUPLICATE when that key was applied before."""
+        applied = await self._saga.apply(outcome, key)
         return Handled.DONE if applied.transition is not None else Handled.DUPLICATE
 
     async def _lookup(
