@@ -168,6 +168,8 @@ def refund_command(
     reason: str,
     idempotency_key: str,
 ) -> RefundPayment:
+    """The command refunding `payment`: a cancellation's refund, or (no cancellation) the
+    refund of a charge that landed after its checkout failed (`saga.orchestrator`)."""
     if payment.provider_payment_id is None:
         raise PermanentFailure(f"payment {payment.payment_id} has no provider payment to refund")
     return RefundPayment(

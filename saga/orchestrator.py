@@ -29,7 +29,7 @@ from decimal import Decimal
 
 import structlog
 
-from contracts import Customer, OrderPaid, OrderPaymentFailed, ReconcilePayment, RefundPayment
+from contracts import Customer, OrderPaid, OrderPaymentFailed, ReconcilePayment
 from infra import metrics
 from infra.db.batching import Batcher
 from infra.db.session import UnitOfWork
@@ -39,6 +39,7 @@ from infra.messaging.failures import PermanentFailure
 from infra.messaging.outbox import outbox_row
 from saga import cancellation
 from saga import state_machine as sm
+from saga.cancellation_writes import Payment, refund_command
 from saga.inputs import DeadlineReached, SagaInput
 from saga.state_machine import (
     CancelDeadline,
@@ -383,17 +384,11 @@ class CheckoutSaga:
                 # One refund per late charge whatever is redelivered: its id (and so its
                 # idempotency key at the Payment Service) is derived from the payment.
                 refund_id = uuid.uuid5(payment_id, "late-charge-refund")
-                refund = RefundPayment(
-                    refund_id=refund_id,
-                    payment_id=payment_id,
-                    provider_payment_id=reference,
-                    order_id=checkout.order_id,
-                    checkout_id=checkout.checkout_id,
-                    cancellation_id=None,
-                    amount=checkout.amount,
-                    currency=checkout.currency,
-                    reason=LATE_CHARGE_REASON,
-                    idempotency_key=str(refund_id),
+                charge = Payment(
+                    payment_id, checkout.checkout_id, reference, checkout.amount, checkout.currency
+                )
+                refund = refund_command(
+                    refund_id, charge, checkout.order_id, None, LATE_CHARGE_REASON, str(refund_id)
                 )
                 return [
                     (_RECORD_LATE_CHARGE, (reference, now, payment_id)),
