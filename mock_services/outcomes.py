@@ -47,6 +47,11 @@ def unavailable(detail: str, label: str) -> Outcome:
     return Outcome(503, problem(503, "service-unavailable", "Service unavailable", detail), label)
 
 
+def flaky_failure(attempt: int, failures: int) -> Outcome:
+    """The 503 of a flaky amount's `attempt`-th request, of the `failures` it gets."""
+    return unavailable(f"simulated transient failure ({attempt} of {failures})", "flaky_failure")
+
+
 def validation_errors(exc: ValidationError) -> list[JsonObject]:
     """Pydantic's errors as `{"field", "message", "type"}`, without the offending input."""
     return [

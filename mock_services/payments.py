@@ -8,11 +8,12 @@ takes the payment answer only after the app's slow delay (10 s by default).
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mock_services.outcomes import Outcome, unavailable
+from mock_services.outcomes import Outcome, flaky_failure
 from mock_services.service import ServiceSpec
 from mock_services.store import JsonObject
 
@@ -21,6 +22,10 @@ FLAKY_CENTS = 2
 SLOW_CENTS = 3
 FLAKY_FAILURES = 2
 
+# A charge's or a refund's money, as the checkout system sends it.
+Amount = Annotated[Decimal, Field(gt=0, decimal_places=2)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
 
 class PaymentRequest(BaseModel):
     """A charge; the amount may be a string or a number. Extra fields are kept, unchecked."""
@@ -28,8 +33,8 @@ class PaymentRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     order_id: str = Field(min_length=1, max_length=200)
-    amount: Decimal = Field(gt=0, decimal_places=2)
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    amount: Amount
+    currency: Currency
 
 
 def cents(amount: Decimal) -> int:
@@ -41,9 +46,7 @@ def decide(payment: PaymentRequest, attempts: int) -> Outcome:
     """Take the payment, decline it, or fail transiently, by the amount's cents."""
     behaviour = cents(payment.amount)
     if behaviour == FLAKY_CENTS and attempts <= FLAKY_FAILURES:
-        return unavailable(
-            f"simulated transient failure ({attempts} of {FLAKY_FAILURES})", "flaky_failure"
-        )
+        return flaky_failure(attempts, FLAKY_FAILURES)
     if behaviour == DECLINED_CENTS:
         body = {"payment_id": str(uuid4()), "status": "FAILED", "reason": "card_declined"}
         return Outcome(201, body, "declined")

@@ -11,13 +11,12 @@ Refunds belong to the payment system: the payments' outage switch covers them.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mock_services.outcomes import Outcome, unavailable
-from mock_services.payments import cents
+from mock_services.outcomes import Outcome, flaky_failure
+from mock_services.payments import Amount, Currency, cents
 from mock_services.service import ServiceSpec
 from mock_services.store import JsonObject
 
@@ -31,17 +30,15 @@ class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     payment_id: str = Field(min_length=1, max_length=200)
-    amount: Decimal = Field(gt=0, decimal_places=2)
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    amount: Amount
+    currency: Currency
     reason: str = Field(min_length=1, max_length=1000)
 
 
 def decide(refund: RefundRequest, attempts: int) -> Outcome:
     """Refund, or fail transiently for a `.05` amount's first two requests."""
     if cents(refund.amount) == FLAKY_CENTS and attempts <= FLAKY_FAILURES:
-        return unavailable(
-            f"simulated transient failure ({attempts} of {FLAKY_FAILURES})", "flaky_failure"
-        )
+        return flaky_failure(attempts, FLAKY_FAILURES)
     return Outcome(201, {"refund_id": str(uuid4()), "status": "SUCCEEDED"}, "refunded")
 
 

@@ -10,7 +10,7 @@ from structlog.contextvars import bind_contextvars
 
 from checkout_api.deps import MetricsDep, SettingsDep, UowDep
 from checkout_api.routes.checkouts import IdempotencyKeyHeader
-from checkout_api.routes.docs import problems
+from checkout_api.routes.docs import located, problems
 from checkout_api.schemas.cancellations import CancellationOut, CancelOrder
 from checkout_api.usecases import queries
 from checkout_api.usecases.cancel_order import cancel_order
@@ -22,17 +22,7 @@ router = APIRouter(tags=["cancellations"])
     "/orders/{order_id}/cancel",
     status_code=202,
     response_model=CancellationOut,
-    responses={
-        202: {
-            "headers": {
-                "Location": {
-                    "description": "/cancellations/{cancellation_id}",
-                    "schema": {"type": "string"},
-                }
-            }
-        },
-        **problems(404, 409, 422),
-    },
+    responses={**located(202, "/cancellations/{cancellation_id}"), **problems(404, 409, 422)},
 )
 async def post_cancel(
     order_id: uuid.UUID,

@@ -11,7 +11,7 @@ from structlog.contextvars import bind_contextvars
 
 from checkout_api.deps import MetricsDep, SettingsDep, UowDep
 from checkout_api.errors import IDEMPOTENCY_HEADER
-from checkout_api.routes.docs import problems
+from checkout_api.routes.docs import located, problems
 from checkout_api.schemas.checkouts import CheckoutOut
 from checkout_api.usecases import queries
 from checkout_api.usecases.checkout_order import checkout_order
@@ -33,17 +33,7 @@ IdempotencyKeyHeader = Annotated[
     "/orders/{order_id}/checkout",
     status_code=202,
     response_model=CheckoutOut,
-    responses={
-        202: {
-            "headers": {
-                "Location": {
-                    "description": "/checkouts/{checkout_id}",
-                    "schema": {"type": "string"},
-                }
-            }
-        },
-        **problems(404, 409, 422),
-    },
+    responses={**located(202, "/checkouts/{checkout_id}"), **problems(404, 409, 422)},
 )
 async def post_checkout(
     order_id: uuid.UUID,

@@ -45,6 +45,13 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def located(status: int, location: str) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry of a success that names the resource in `Location`."""
+    return {
+        status: {"headers": {"Location": {"description": location, "schema": {"type": "string"}}}}
+    }
+
+
 @lru_cache(maxsize=8)
 def _asyncapi(namespace: str, media_type: str) -> str:
     document = asyncapi_document(namespace)

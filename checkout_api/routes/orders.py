@@ -12,7 +12,7 @@ from structlog.contextvars import bind_contextvars
 from checkout_api.cursor import InvalidCursor, PageCursor, decode_cursor
 from checkout_api.deps import UowDep
 from checkout_api.exact_json import ExactNumbersRoute
-from checkout_api.routes.docs import problems
+from checkout_api.routes.docs import located, problems
 from checkout_api.schemas.orders import CreateOrder, OrderOut, OrderPage
 from checkout_api.usecases import queries
 from checkout_api.usecases.create_order import create_order
@@ -49,14 +49,7 @@ def _page_cursor(cursor: str | None) -> PageCursor | None:
 @router.post(
     "",
     status_code=201,
-    responses={
-        201: {
-            "headers": {
-                "Location": {"description": "/orders/{order_id}", "schema": {"type": "string"}}
-            }
-        },
-        **problems(422),
-    },
+    responses={**located(201, "/orders/{order_id}"), **problems(422)},
 )
 async def post_order(body: CreateOrder, uow: UowDep, response: Response) -> OrderOut:
     """Create an order; it is PENDING until a checkout pays it."""

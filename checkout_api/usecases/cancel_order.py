@@ -38,6 +38,7 @@ from psycopg.types.json import Jsonb
 from checkout_api.schemas.cancellations import CancellationOut
 from checkout_api.schemas.checkouts import StepOut
 from checkout_api.usecases.cancellation_views import load_cancellation
+from checkout_api.usecases.checkout_order import request_detail
 from checkout_api.usecases.errors import (
     IdempotencyKeyReused,
     OrderAlreadyCancelled,
@@ -184,7 +185,7 @@ async def _attempt(
             name=REQUESTED_STEP,
             status=CancellationState.REQUESTED,
             at=now,
-            detail=_request_detail(key, current_trace_id()),
+            detail=request_detail(key, current_trace_id()),
         )
         writes = [
             (
@@ -260,10 +261,3 @@ async def _respond(
             raise _Raced()
     await conn.commit()
     return CancelOutcome(cancellation.cancellation_id, ACCEPTED, body, created, cancellation.state)
-
-
-def _request_detail(key: str | None, trace_id: str | None) -> str | None:
-    parts = [f"Idempotency-Key: {key}"] if key is not None else []
-    if trace_id is not None:
-        parts.append(f"trace {trace_id}")
-    return "; ".join(parts) or None

@@ -289,7 +289,7 @@ def _new_checkout(
         name=REQUESTED_STEP,
         status=str(CheckoutState.STARTED),
         at=now,
-        detail=_request_detail(key, trace_id),
+        detail=request_detail(key, trace_id),
     )
     moved = StepOut(
         name=transition.step.name,
@@ -334,8 +334,10 @@ def _new_checkout(
     return checkout, params
 
 
-def _request_detail(key: str | None, trace_id: str | None) -> str | None:
-    """The first step's detail: what identifies the request (its key, its trace)."""
+def request_detail(key: str | None, trace_id: str | None) -> str | None:
+    """The first step's detail: what identifies the request (its key, its trace).
+
+    A cancellation's first step says the same of its request (`cancel_order`)."""
     parts = [f"Idempotency-Key: {key}"] if key is not None else []
     if trace_id is not None:
         parts.append(f"trace {trace_id}")

@@ -39,6 +39,7 @@ __all__ = [
     "database_or_exit",
     "run",
     "tolerant_broker",
+    "undeclared",
     "when",
 ]
 
@@ -137,6 +138,12 @@ def run(
         if on_error is not None:
             on_error(exc)
         raise
+
+
+def undeclared(settings: Settings, exc: Exception, remedy: str) -> str:
+    """The line for a queue the broker does not have: the namespace's topology was never
+    declared; `remedy` says how to declare it."""
+    return f"{exc}: the topology of namespace {settings.namespace!r} is not declared; {remedy}"
 
 
 def audit_problem(settings: Settings, exc: AuditUnavailable) -> str:

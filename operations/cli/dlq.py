@@ -31,6 +31,7 @@ from operations.cli.common import (
     broker,
     current_actor,
     run,
+    undeclared,
     when,
 )
 from operations.dlq import audit, inspect, operations
@@ -251,10 +252,7 @@ def _errors(settings: Settings) -> Callable[[Exception], None]:
 
     def on_error(exc: Exception) -> None:
         if isinstance(exc, QueueNotDeclared):
-            fail(
-                f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
-                "start the system once (checkout up) to declare it"
-            )
+            fail(undeclared(settings, exc, "start the system once (checkout up) to declare it"))
         if isinstance(exc, AuditUnavailable):
             fail(_audit_failure(settings, exc))
         if isinstance(exc, Interrupted):

@@ -40,6 +40,7 @@ from operations.cli.common import (
     broker,
     current_actor,
     run,
+    undeclared,
     when,
 )
 from operations.dlq.errors import AuditUnavailable
@@ -69,21 +70,20 @@ events_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _time_option(help: str) -> Any:
+    """An optional `TIME` (`parse_time`'s: RFC 3339, or a duration ago)."""
+    return typer.Option(metavar="TIME", help=help, show_default=False)
+
+
 SinceOpt = Annotated[
     str | None,
-    typer.Option(
-        metavar="TIME",
-        help="From this time: RFC 3339 (2026-12-04T10:00:00Z) or a duration ago (2h, 30m, 7d).",
-        show_default=False,
+    _time_option(
+        "From this time: RFC 3339 (2026-12-04T10:00:00Z) or a duration ago (2h, 30m, 7d)."
     ),
 ]
 UntilOpt = Annotated[
-    str | None,
-    typer.Option(
-        metavar="TIME",
-        help="Up to this time (default: the log's end when the command starts).",
-        show_default=False,
-    ),
+    str | None, _time_option("Up to this time (default: the log's end when the command starts).")
 ]
 TypeOpt = Annotated[
     list[str] | None,
@@ -261,8 +261,11 @@ def _errors(settings: Settings) -> Callable[[Exception], None]:
     def on_error(exc: Exception) -> None:
         if isinstance(exc, LogNotDeclared):
             fail(
-                f"{exc}: the topology of namespace {settings.namespace!r} is not declared; "
-                "run `checkout declare` (or start the system once with `checkout up`)"
+                undeclared(
+                    settings,
+                    exc,
+                    "run `checkout declare` (or start the system once with `checkout up`)",
+                )
             )
         if isinstance(exc, QueueMissing):
             fail(str(exc))

@@ -7,13 +7,15 @@ signed-in key's name as the actor.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from infra.db.session import UnitOfWork
 from infra.messaging import failures
 from infra.messaging.topology import ConsumedQueue
 from operations.console.guard import action, signed_in
@@ -96,16 +98,12 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
         rate = read_rate(form.get("rate"), "messages")
     except Refusal as exc:
         return problem(request, session, str(exc), status=400)
-    ctx = context(request)
-    connection = ctx.broker.connection
-    if connection is None:
-        return _broker_down(request, session)
     return await _done(
         request,
         session,
-        replay_recorded(
+        lambda connection, uow: replay_recorded(
             connection,
-            ctx.uow,
+            uow,
             target,
             selection,
             actor=session.key_name,
@@ -131,15 +129,11 @@ async def purge(request: Request, session: Session, form: Form) -> Response:
             f"purging drops messages from {target.dlq} for good: tick the confirmation",
             status=400,
         )
-    ctx = context(request)
-    connection = ctx.broker.connection
-    if connection is None:
-        return _broker_down(request, session)
     return await _done(
         request,
         session,
-        purge_recorded(
-            connection, ctx.uow, target, selection, actor=session.key_name, reason=reason
+        lambda connection, uow: purge_recorded(
+            connection, uow, target, selection, actor=session.key_name, reason=reason
         ),
     )
 
@@ -162,12 +156,17 @@ def _asked(request: Request, form: Form) -> tuple[ConsumedQueue, Selection, str]
 async def _done(
     request: Request,
     session: Session,
-    operation: Awaitable[Outcome],
+    operation: Callable[[AbstractConnection, UnitOfWork], Awaitable[Outcome]],
     *,
     back: str | None = None,
 ) -> Response:
+    """Run a replay or purge on the console's broker connection and show its outcome."""
+    ctx = context(request)
+    connection = ctx.broker.connection
+    if connection is None:
+        return _broker_down(request, session)
     try:
-        outcome = await operation
+        outcome = await operation(connection, ctx.uow)
     except QueueNotDeclared as exc:
         return problem(request, session, f"{exc} is not declared: start the system once")
     except AuditUnavailable as exc:

@@ -42,17 +42,26 @@ def refused(request: Request, session: Session | None, why: str) -> Response:
     return page(request, "refused.html", session, {"why": why}, status=403)
 
 
+async def _session_or_answer(request: Request) -> Session | Response:
+    """The operator's session; else the answer instead of the page: the sign-in page, or
+    503 when the database cannot tell who is signed in."""
+    try:
+        session = await current_session(request)
+    except DATABASE_DOWN as exc:
+        return database_down(request, exc)
+    if session is None:
+        return _to_sign_in(request)
+    return session
+
+
 def signed_in(view: View) -> Callable[[Request], Awaitable[Response]]:
     """A page for a signed-in operator; anyone else goes to the sign-in page."""
 
     @wraps(view)
     async def guarded(request: Request) -> Response:
-        try:
-            session = await current_session(request)
-        except DATABASE_DOWN as exc:
-            return database_down(request, exc)
-        if session is None:
-            return _to_sign_in(request)
+        session = await _session_or_answer(request)
+        if isinstance(session, Response):
+            return session
         with structlog.contextvars.bound_contextvars(api_key=session.key_name):
             return await view(request, session)
 
@@ -66,12 +75,9 @@ def action(handler: Action) -> Callable[[Request], Awaitable[Response]]:
     async def guarded(request: Request) -> Response:
         if cross_site(request):
             return refused(request, None, "a form posted from another site is not accepted")
-        try:
-            session = await current_session(request)
-        except DATABASE_DOWN as exc:
-            return database_down(request, exc)
-        if session is None:
-            return _to_sign_in(request)
+        session = await _session_or_answer(request)
+        if isinstance(session, Response):
+            return session
         form = await read_form(request)
         if not csrf_ok(session, form):
             return refused(

@@ -120,13 +120,22 @@ async def record(
         reason=reason,
         outcome=outcome_of(outcome, completed=completed),
     )
+    return await write(uow, row, outcome)
+
+
+async def write(uow: UnitOfWork, row: DlqAuditEntry, moved: Outcome | None = None) -> AuditRecord:
+    """Add `row` to the log in a transaction of its own.
+
+    Raises `AuditUnavailable` (with `moved`: what the messages' operation already did)
+    when the database refuses it.
+    """
     try:
         async with uow() as session:
             session.add(row)
             await session.commit()
             return AuditRecord.of(row)
     except SQLAlchemyError as exc:
-        raise AuditUnavailable(exc, outcome) from exc
+        raise AuditUnavailable(exc, moved) from exc
 
 
 def outcome_of(outcome: Outcome, *, completed: bool) -> str:

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from infra.db.models import DlqAuditEntry
 from infra.db.session import UnitOfWork
-from operations.dlq.audit import COMPLETED, INTERRUPTED, AuditRecord
-from operations.dlq.errors import AuditUnavailable
+from operations.dlq.audit import COMPLETED, INTERRUPTED, AuditRecord, write
 from operations.events.backfill import BackfillOutcome
 
 ACTION = "backfill"
@@ -46,10 +43,4 @@ async def record_backfill(
         outcome=COMPLETED if completed else INTERRUPTED,
         details=outcome.details(),
     )
-    try:
-        async with uow() as session:
-            session.add(row)
-            await session.commit()
-            return AuditRecord.of(row)
-    except SQLAlchemyError as exc:
-        raise AuditUnavailable(exc) from exc
+    return await write(uow, row)
