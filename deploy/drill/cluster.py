@@ -242,7 +242,12 @@ class Cluster:
         (pooler / "pgbouncer.ini").write_text(
             render_pgbouncer(self.pgbouncer_port, pooler, self.pg_host, self.pg_port)
         )
-        # PgBouncer refuses to run as root: it runs as `postgres`, and writes here.
+        # PgBouncer refuses to run as root: it runs as `postgres`, and writes here. The
+        # folders above must let that user through: the drill's own temporary folder is
+        # private (0700, from mkdtemp), so it and this one get search permission only
+        # (nothing in them can be listed).
+        for folder in (self.workdir, self.workdir.parent):
+            folder.chmod(folder.stat().st_mode | 0o111)
         with contextlib.suppress(LookupError):  # no such user: the start will say so
             for path in (pooler, *pooler.iterdir()):
                 shutil.chown(path, "postgres")
@@ -252,22 +257,28 @@ class Cluster:
         for node in self.nodes:
             node.start()
         await self.wait_clustered(timeout=180)
-        log = (self.workdir / "haproxy.log").open("ab")
-        self._haproxy = subprocess.Popen(
-            ["haproxy", "-f", str(self.workdir / "haproxy.cfg"), "-db"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (self.workdir / "haproxy.log").open("ab") as log:
+            self._haproxy = subprocess.Popen(
+                ["haproxy", "-f", str(self.workdir / "haproxy.cfg"), "-db"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        await _started(self.haproxy_port, "haproxy", self.workdir / "haproxy.log")
+        await self.start_pooler()
+
+    async def start_pooler(self) -> None:
+        """PgBouncer, as `postgres` (it refuses root), once `prepare()` wrote its files."""
         ini = self.workdir / "pgbouncer" / "pgbouncer.ini"
-        self._pgbouncer = subprocess.Popen(
-            ["pgbouncer", "-u", "postgres", str(ini)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "pgbouncer-stderr.log").open("ab"),
-            start_new_session=True,
-        )
-        for port in (self.haproxy_port, self.pgbouncer_port):
-            await _wait_port(port, timeout=30)
+        said = self.workdir / "pgbouncer-stderr.log"
+        with said.open("ab") as stderr:
+            self._pgbouncer = subprocess.Popen(
+                ["pgbouncer", "-u", "postgres", str(ini)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        await _started(self.pgbouncer_port, "PgBouncer", said)
 
     async def running_nodes(self, via: Node | None = None) -> list[str]:
         for node in [via] if via else [n for n in self.nodes if n.alive]:
@@ -322,6 +333,19 @@ class Cluster:
                 proc.wait(10)
         for node in self.nodes:
             node.kill()
+
+
+async def _started(port: int, name: str, output: Path) -> None:
+    """Until `name` listens on `port`; if it does not within 30 s, what it said."""
+    try:
+        await _wait_port(port, timeout=30)
+    except TimeoutError as exc:
+        said = _tail(output)
+        raise RuntimeError(f"{name} did not start ({exc}); it said:\n{said}") from None
+
+
+def _tail(output: Path) -> str:
+    return output.read_text(errors="replace")[-2000:] if output.exists() else ""
 
 
 async def _wait_port(port: int, timeout: float) -> None:

@@ -7,11 +7,14 @@ minutes and is run by hand (`make drill`), not by the suite.
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from deploy.drill import run
@@ -93,3 +96,23 @@ def test_a_stall_is_the_longest_stretch_with_no_checkout_finishing() -> None:
     assert phase.longest_gap_s == pytest.approx(4.0)
     assert phase.slowest_after_kill_s == pytest.approx(3.5)
     assert phase.typical_s == pytest.approx(0.2)
+
+
+async def test_pgbouncer_starts_from_a_private_work_directory() -> None:
+    """The drill's folder comes from mkdtemp (0700) and PgBouncer runs as `postgres`: it
+    must still reach its files (it once stopped at 'Cannot open logfile')."""
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("pgbouncer is not installed (apt-get install -y pgbouncer)")
+    if os.geteuid() != 0:
+        pytest.skip("the drill starts PgBouncer as postgres, which needs root")
+    private = Path(tempfile.mkdtemp(prefix="checkout-drill-test-"))  # as the drill makes it
+    cluster = Cluster(private / "cluster")
+    cluster.prepare()
+    try:
+        await cluster.start_pooler()
+        url = cluster.pgbouncer_url("postgres").replace("+psycopg", "")
+        async with await psycopg.AsyncConnection.connect(url, prepare_threshold=None) as conn:
+            assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+    finally:
+        cluster.stop()
+        shutil.rmtree(private)
