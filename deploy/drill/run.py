@@ -198,10 +198,13 @@ async def drill(args: argparse.Namespace) -> Report:
     cluster = Cluster(workdir / "cluster")
     began = time.monotonic()
     print(f"drill: work directory {workdir}", flush=True)
-    await cluster.start()
-    print(f"cluster of 3 up in {time.monotonic() - began:.0f}s: {cluster.node_urls}", flush=True)
     system: FaultSystem | None = None
     try:
+        # In the try: nodes started before a failure (haproxy or PgBouncer not starting,
+        # say) are stopped too, or the next drill finds their names taken.
+        await cluster.start()
+        up_s = time.monotonic() - began
+        print(f"cluster of 3 up in {up_s:.0f}s: {cluster.node_urls}", flush=True)
         broker = cluster.haproxy_url if args.via == "haproxy" else cluster.node_urls
         tag = uuid.uuid4().hex[:10]
         direct = f"postgresql+psycopg://postgres@127.0.0.1:5432/checkout_faults_{tag}"
