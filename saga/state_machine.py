@@ -256,6 +256,23 @@ def decide(
                 ),
                 (ReconcilePayment(), *more),
             )
+        case CheckoutState.FAILED, PaymentNotFound() | PaymentDeclined():
+            # A look for a late charge (or a replayed charge command's lookup) found none
+            # taken: nothing to refund, and the looks go on as they were.
+            found = (
+                "no charge with the checkout's key"
+                if isinstance(message, PaymentNotFound)
+                else f"the charge was declined ({message.reason})"
+            )
+            return Transition(
+                failed,
+                Step(
+                    "late_charge.none",
+                    failed,
+                    f"looked for a charge that landed after the checkout failed: {found}; "
+                    "nothing to refund",
+                ),
+            )
         case CheckoutState.FAILED, PaymentUnanswered(error=error):
             # A look for a late charge went unanswered: it may have been the last one, so
             # ask again (the deadline keeps its start: the window does not move).

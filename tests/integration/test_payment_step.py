@@ -370,7 +370,7 @@ async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_n
 
     assert (payments.calls, payments.lookups) == ([], [str(command.checkout_id)])
     assert await _state(engine, command) == ("FAILED", "FAILED", "FAILED", 1)
-    assert (await _steps(engine, command))[-1][0] == "PaymentNotFound.ignored"
+    assert (await _steps(engine, command))[-1][0] == "late_charge.none"
     assert await _refunds(engine, command) == (0, 0)
     assert await _deadlines(engine, command) == before  # the looks go on as they were
     # A copy of the same command (a duplicate, a dead-letter replay) finding nothing again

@@ -76,6 +76,10 @@ EXPECTED: dict[tuple[CheckoutState, str], tuple[CheckoutState, tuple[Effect, ...
         (RefundLateCharge("p-1"), CancelDeadline(LATE_CHARGE_DEADLINE)),
         "payment.late_success",
     ),
+    # A look for a late charge (or a replayed charge command's lookup) found none taken:
+    # recorded as such, nothing to do.
+    (S.FAILED, "PaymentNotFound"): (S.FAILED, (), "late_charge.none"),
+    (S.FAILED, "PaymentDeclined"): (S.FAILED, (), "late_charge.none"),
     # A look for a late charge (or a final checkout's charge command's lookup) went
     # unanswered: look again.
     (S.FAILED, "PaymentUnanswered"): (

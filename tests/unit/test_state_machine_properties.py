@@ -81,7 +81,12 @@ APPLIES = {
     (CheckoutState.FAILED, "PaymentUnanswered"),  # a look for one unanswered: look again
 }
 # Pairs that change nothing but are recorded as what they are (not as ignored).
-RECORDED = {(CheckoutState.PAYMENT_PENDING, "PaymentUnanswered")}
+RECORDED = {
+    (CheckoutState.PAYMENT_PENDING, "PaymentUnanswered"),
+    # a look for a late charge that found none taken
+    (CheckoutState.FAILED, "PaymentNotFound"),
+    (CheckoutState.FAILED, "PaymentDeclined"),
+}
 
 # ---- messages -----------------------------------------------------------------------
 
