@@ -261,7 +261,7 @@ async def find_stuck(conn: AsyncConnection, now: datetime, older_than: timedelta
                     "service",
                     f"Payment Service, last asked at {step[2].isoformat(timespec='seconds')}: "
                     f"{step[1]}",
-                    None,
+                    _service_back("payment", "the saga asks it again by itself"),
                 )
             )
         if item.id in waits_on and item.state == "WAITING_FOR_CHECKOUT":
@@ -344,9 +344,14 @@ def attach_breakers(found: Sequence[Stuck], open_: set[str], where: str) -> None
                         "service",
                         f"{service} circuit breaker open in the saga process ({where}): the "
                         "service has been failing; calls resume after its pause",
-                        None,
+                        _service_back(service, "the saga calls it again by itself"),
                     )
                 )
+
+
+def _service_back(service: str, then: str) -> str:
+    """A service's repair: nothing to run here; the service itself must answer again."""
+    return f"# bring the {service} service back (CHECKOUT_{service.upper()}_URL); {then}"
 
 
 def _finish(found: Sequence[Stuck]) -> None:

@@ -305,9 +305,12 @@ def _report(outcome: Outcome, live: bool) -> None:
     else:
         print_json(outcome.summary())
     if outcome.missing:
+        short = outcome.queue.name.rsplit(".", 1)[-1]
+        verb = "is" if len(outcome.missing) == 1 else "are"
         fail(
-            f"{len(outcome.missing)} of the given message ids are not in {outcome.queue.dlq}: "
-            + ", ".join(outcome.missing)
+            f"{len(outcome.missing)} of the given message ids {verb} not in "
+            f"{outcome.queue.dlq}: {', '.join(outcome.missing)} "
+            f"(`checkout dlq show {short}` lists the ids it holds)"
         )
 
 

@@ -20,7 +20,7 @@ import typer
 from infra.cli.output import console, fail, is_terminal, print_json, settings_or_exit
 from infra.db.session import create_engine
 from infra.messaging.topology import Topology
-from infra.settings import Settings
+from infra.settings import Settings, redact_url
 from operations.cli.common import JsonOpt, database_or_exit, tolerant_broker
 from operations.timeline.merge import Trace
 from operations.timeline.query import trace as load_trace
@@ -63,7 +63,11 @@ def trace(
         with database_or_exit(settings):
             found = asyncio.run(_trace(settings, target_id, broker=not no_broker))
     except _Unknown:
-        fail(f"no order, checkout or cancellation has the id {target_id}")
+        shown = redact_url(settings.database_url.get_secret_value()) or "CHECKOUT_DATABASE_URL"
+        fail(
+            f"no order, checkout or cancellation has the id {target_id} in {shown}: "
+            "check the id, and that CHECKOUT_DATABASE_URL is the system's database"
+        )
     if json_ or not is_terminal():
         print_json(trace_json(found))
     else:

@@ -339,7 +339,10 @@ async def test_replay_of_ids_not_there_replays_the_others_and_fails(
         "missing": [absent],
         "dry_run": False,
     }
-    assert absent in result.stderr
+    assert result.stderr == (
+        f"error: 1 of the given message ids is not in {queue.dlq}: {absent} "
+        "(`checkout dlq show email` lists the ids it holds)\n"
+    )
     assert await ids_in(channel, queue.name) == [str(present.message_id)]
     [entry] = output(await cli("history", "--json"))
     assert (entry["messages"], entry["missing"]) == (1, [absent])

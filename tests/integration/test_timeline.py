@@ -44,7 +44,7 @@ from infra.db.session import UnitOfWork
 from infra.messaging import failures
 from infra.messaging.publisher import Outgoing, Publisher
 from infra.messaging.topology import Topology
-from infra.settings import Settings
+from infra.settings import Settings, redact_url
 from infra.timeline.record import (
     Event,
     add_event,
@@ -468,7 +468,11 @@ async def test_an_unknown_id_fails_with_one_line(settings: Settings) -> None:
     missing = uuid.uuid4()
     result = await cli(str(missing), "--no-broker")
     assert result.exit_code == 1
-    assert result.stderr == f"error: no order, checkout or cancellation has the id {missing}\n"
+    database = redact_url(settings.database_url.get_secret_value())
+    assert result.stderr == (
+        f"error: no order, checkout or cancellation has the id {missing} in {database}: "
+        "check the id, and that CHECKOUT_DATABASE_URL is the system's database\n"
+    )
     assert result.stdout == ""
 
 

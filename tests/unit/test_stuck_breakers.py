@@ -35,4 +35,7 @@ def test_an_open_breaker_is_what_the_states_that_call_that_service_wait_for() ->
     [waiting] = pending.waiting
     assert waiting.what == "service"
     assert waiting.detail.startswith("payment circuit breaker open in the saga process")
+    assert waiting.repair == (
+        "# bring the payment service back (CHECKOUT_PAYMENT_URL); the saga calls it again by itself"
+    )
     assert refunding.waiting == []
