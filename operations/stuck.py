@@ -344,7 +344,11 @@ def attach_breakers(found: Sequence[Stuck], open_: set[str], where: str) -> None
                         "service",
                         f"{service} circuit breaker open in the saga process ({where}): the "
                         "service has been failing; calls resume after its pause",
-                        _service_back(service, "the saga calls it again by itself"),
+                        _service_back(
+                            service,
+                            "then replay what it parked in a dead-letter queue (listed here, "
+                            "if any); the breaker closes at the next call",
+                        ),
                     )
                 )
 

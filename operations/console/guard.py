@@ -81,7 +81,9 @@ def action(handler: Action) -> Callable[[Request], Awaitable[Response]]:
         form = await read_form(request)
         if not csrf_ok(session, form):
             return refused(
-                request, session, "the form's token does not match your session: reload the page"
+                request,
+                session,
+                "the form's token is missing or does not match your session: reload the page",
             )
         with structlog.contextvars.bound_contextvars(api_key=session.key_name):
             return await handler(request, session, form)

@@ -169,6 +169,7 @@ async def test_cross_site_posts_are_refused(client: httpx.AsyncClient, engine: A
     # Without the session's token (a forged form that somehow carries the cookie).
     no_token = await client.post("/console/keys/new", data={**form, "csrf_token": "x"})
     assert no_token.status_code == 403
+    assert "token is missing or does not match your session: reload the page" in no_token.text
     # Sign-in from another site too (login CSRF).
     _, token = await new_key(engine, Role.operator)
     elsewhere = await client.post(

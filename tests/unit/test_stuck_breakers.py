@@ -35,7 +35,10 @@ def test_an_open_breaker_is_what_the_states_that_call_that_service_wait_for() ->
     [waiting] = pending.waiting
     assert waiting.what == "service"
     assert waiting.detail.startswith("payment circuit breaker open in the saga process")
+    # A breaker only closes at a call, and a message parked in a dead-letter queue makes
+    # none: the repair says to replay it once the service is back.
     assert waiting.repair == (
-        "# bring the payment service back (CHECKOUT_PAYMENT_URL); the saga calls it again by itself"
+        "# bring the payment service back (CHECKOUT_PAYMENT_URL); then replay what it parked "
+        "in a dead-letter queue (listed here, if any); the breaker closes at the next call"
     )
     assert refunding.waiting == []
