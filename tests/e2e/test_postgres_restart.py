@@ -75,7 +75,10 @@ async def _paid_with_effects(client: httpx.AsyncClient, system: System, amount: 
     reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
 )
 async def test_parts_recover_from_a_postgres_restart(system: System) -> None:
-    libpq = system.env["CHECKOUT_DATABASE_URL"].replace("+psycopg", "")
+    # PostgreSQL itself, not a pooler in front of it (which may not answer at once after
+    # the restart, and was once taken for a server still down: a second start failed).
+    server = system.env.get("CHECKOUT_DATABASE_LISTEN_URL") or system.env["CHECKOUT_DATABASE_URL"]
+    libpq = server.replace("+psycopg", "")
     async with httpx.AsyncClient(timeout=10, headers=system.auth) as client:
         await _paid_with_effects(client, system, "10.00")
         try:
