@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -42,6 +43,17 @@ class DeadLetter:
     def attempts(self) -> int | None:
         value = self.headers.get(failures.ATTEMPTS)
         return value if isinstance(value, int) else None
+
+    @property
+    def order_id(self) -> str | None:
+        """The order the message is about: its body's `order_id` when that is a UUID (every
+        message of ours carries one), for an operator looking for an order's message."""
+        body = self.parsed_body()
+        value = body.get("order_id") if isinstance(body, dict) else None
+        try:
+            return str(uuid.UUID(value)) if isinstance(value, str) else None
+        except ValueError:
+            return None
 
     @property
     def error(self) -> str:

@@ -346,3 +346,30 @@ async def test_without_the_database_nobody_is_signed_in_and_the_page_says_why(
         signing_in = await client.post("/console/sign-in", data={"api_key": token})
         assert signing_in.status_code == 503
         assert "set-cookie" not in signing_in.headers
+
+
+async def test_a_dead_letter_links_to_the_order_it_is_about(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    purge_queues: Topology,
+    rabbit: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    queue = purge_queues.queues["email"]
+    order_id = str(uuid.uuid4())
+    channel = await rabbit.channel(publisher_confirms=True)
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            f'{{"order_id": "{order_id}"}}'.encode(),
+            message_id=str(uuid.uuid4()),
+            type="OrderPaid",
+        ),
+        queue.dlq,
+        mandatory=True,
+    )
+    await channel.close()
+    await sign_in(client, engine)
+
+    shown = await client.get(f"/console/dead-letters/{queue.name}")
+
+    assert shown.status_code == 200
+    assert f'<a href="/console/orders/{order_id}">order {order_id}</a>' in shown.text

@@ -212,3 +212,22 @@ async def test_the_pacer_without_a_rate_never_sleeps() -> None:
 def test_the_pacer_refuses_a_rate_that_is_not_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Pacer(0)
+
+
+@pytest.mark.parametrize(
+    ("body", "order_id"),
+    [
+        (
+            b'{"order_id": "8C6E1C0B-3C8A-4F43-9A47-1A2B3C4D5E6F", "x": 1}',
+            "8c6e1c0b-3c8a-4f43-9a47-1a2b3c4d5e6f",
+        ),
+        (b'{"order_id": "<script>"}', None),  # a hostile body names no order
+        (b'{"order_id": 12}', None),
+        (b'["order_id"]', None),
+        (b"not json", None),
+        (b"", None),
+    ],
+)
+def test_a_dead_letter_names_its_order_only_by_a_uuid(body: bytes, order_id: str | None) -> None:
+    letter = DeadLetter(message_id="m", correlation_id="c", message_type="OrderPaid", body=body)
+    assert letter.order_id == order_id
