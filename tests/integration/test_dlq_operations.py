@@ -198,3 +198,26 @@ async def test_an_operation_that_finds_every_id_it_was_asked_for_is_completed(
         (0, [], "completed"),
         (2, [], "completed"),
     ]
+
+
+async def test_what_a_read_gave_back_is_there_for_the_next_operation_at_once(
+    connection: aio_pika.abc.AbstractConnection,
+    channel: aio_pika.abc.AbstractChannel,
+    purge_queues: Topology,
+    uow: UnitOfWork,
+) -> None:
+    """A quorum queue takes back what a closed channel held a moment after the close:
+    `dlq show` then a purge (or a console page, then its button) once found nothing, on
+    a loaded machine. Hundreds of messages make that moment longer."""
+    queue = purge_queues.queues["email"]
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    for message_id in ids:
+        await put(channel, queue.dlq, message(message_id))
+    for round_ in range(3):
+        shown = await inspect.peek(connection, queue, 300)
+        assert sorted(letter.message_id for letter in shown.letters) == sorted(ids), round_
+    outcome = await purge_recorded(
+        connection, uow, queue, Selection.of(ids[:1]), actor="t", reason="right after show"
+    )
+    assert outcome.message_ids == ids[:1]
+    assert outcome.missing == []
