@@ -375,7 +375,7 @@ def _where_next(
 ) -> list[tuple[str, str]]:
     one = next((t for t in tracked if t.order_id), None)
     curl = f'curl -H "Authorization: Bearer {creds.shell}"'
-    key = creds.shell if creds.source == "CHECKOUT_API_KEY" else f"`{creds.shell[2:-1]}`"
+    key = creds.shell if creds.source == "CHECKOUT_API_KEY" else f"`cat {creds.source}`"
     rows = [
         ("the console", f"{api}/console (sign in with an operator key: {key})"),
         ("API docs", f"{api}/docs"),

@@ -206,12 +206,19 @@ async def test_an_unanswered_reconciliation_keeps_the_checkout_pending_and_says_
     assert "payments service answered 503: down" in str(detail)
 
 
-async def test_a_success_after_the_checkout_failed_is_recorded_for_its_refund(
-    hot_uow: UnitOfWork, engine: AsyncEngine
-) -> None:
+async def _timed_out(hot_uow: UnitOfWork) -> tuple[ChargePayment, CheckoutSaga]:
+    """A checkout its reconciliation failed `payment_timeout` (no charge found), and the
+    saga that failed it."""
     command = await pending_checkout(hot_uow)
     saga = CheckoutSaga(hot_uow)
     await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    return command, saga
+
+
+async def test_a_success_after_the_checkout_failed_is_recorded_for_its_refund(
+    hot_uow: UnitOfWork, engine: AsyncEngine
+) -> None:
+    command, saga = await _timed_out(hot_uow)
 
     await saga.apply(PaymentSucceeded(command.checkout_id, "p-late"), uuid.uuid4())
 
@@ -329,9 +336,7 @@ async def test_a_charge_command_of_a_failed_checkout_looks_up_its_charge_and_ref
 ) -> None:
     # The delivery that sent the charge died (or lost its answer); its command comes back
     # after the reconciliation failed the checkout, and after the charge landed.
-    command = await pending_checkout(hot_uow)
-    saga = CheckoutSaga(hot_uow)
-    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    command, saga = await _timed_out(hot_uow)
     payments = FakePayments(Charged("p-1"), found=Charged("p-landed"))
     step = PaymentStep(hot_uow, payments, saga)
     message_id = uuid.uuid4()
@@ -358,9 +363,7 @@ async def test_a_charge_command_of_a_failed_checkout_looks_up_its_charge_and_ref
 async def test_a_charge_command_of_a_failed_checkout_finding_no_charge_changes_nothing_yet(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
-    command = await pending_checkout(hot_uow)
-    saga = CheckoutSaga(hot_uow)
-    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    command, saga = await _timed_out(hot_uow)
     before = await _deadlines(engine, command)
     payments = FakePayments(Charged("p-1"), found=None)
     step = PaymentStep(hot_uow, payments, saga)
@@ -422,9 +425,7 @@ async def test_a_charge_command_of_a_paid_checkout_neither_charges_nor_looks(
 async def test_a_refunded_late_charge_heard_of_again_stays_refunded(
     hot_uow: UnitOfWork, engine: AsyncEngine
 ) -> None:
-    command = await pending_checkout(hot_uow)
-    saga = CheckoutSaga(hot_uow)
-    await saga.apply(PaymentNotFound(command.checkout_id), uuid.uuid4())
+    command, saga = await _timed_out(hot_uow)
     await saga.apply(PaymentSucceeded(command.checkout_id, "p-late"), uuid.uuid4())
     async with engine.begin() as conn:  # the refund step's work, done
         await conn.execute(

@@ -258,7 +258,7 @@ def test_a_refused_key_is_one_line_saying_what_to_do(capsys: pytest.CaptureFixtu
 def test_where_to_look_next_leads_with_the_console(tmp_path: Path) -> None:
     from infra.cli.demo import Credentials, _where_next
 
-    from_file = Credentials("ck_x", f"$(cat {tmp_path}/dev-api-key)", str(tmp_path))
+    from_file = Credentials("ck_x", f"$(cat {tmp_path}/dev-api-key)", f"{tmp_path}/dev-api-key")
     rows = dict(_where_next([], "http://127.0.0.1:8000", "http://127.0.0.1:8001", from_file))
     key = f"`cat {tmp_path}/dev-api-key`"
     expected = f"http://127.0.0.1:8000/console (sign in with an operator key: {key})"
