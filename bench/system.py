@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from sqlalchemy.engine import make_url
 from infra.auth.keys import Role, create_key
 from infra.db.migrate import drop_database, libpq_url, migrate
 from infra.db.session import create_engine
+from infra.localports import free_port
 from infra.messaging.topology import Topology, declare_topology, delete_topology
 from infra.settings import Settings, load_settings
 
@@ -43,12 +43,6 @@ DEFAULT_PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 WORKERS = ("relay", "saga", "invoice", "email", "production")
 STOP_GRACE = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pg_server() -> str:

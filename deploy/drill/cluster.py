@@ -28,22 +28,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.localports import free_port
+
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves: the /usr/sbin
 # wrappers switch to the rabbitmq user, which would lose HOME and with it the cookie.
 HOST = "localhost"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -504,12 +504,19 @@ def health_ports(settings: Settings) -> dict[str, int]:
     banner can say where each is, and kept when a part restarts."""
     if settings.health_port:
         return port_series(settings.health_port)
+    # Nor the API's or the mocks' port: free now, it is theirs once they start, and a
+    # worker's health endpoint there once answered /health/ready in the API's place.
+    taken = {settings.api_port, settings.mocks_port}
+    chosen: list[int] = []
     with contextlib.ExitStack() as held:
         # Every socket stays open until every port is known: no number twice.
-        sockets = [held.enter_context(socket.socket()) for _ in WORKERS]
-        for sock in sockets:
+        while len(chosen) < len(WORKERS):
+            sock = held.enter_context(socket.socket())
             sock.bind((settings.health_host, 0))
-        return {name: int(s.getsockname()[1]) for name, s in zip(WORKERS, sockets, strict=True)}
+            port = int(sock.getsockname()[1])
+            if port not in taken:
+                chosen.append(port)
+        return dict(zip(WORKERS, chosen, strict=True))
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

@@ -20,10 +20,10 @@ import pytest
 
 from bench.system import listen_env
 from infra.db.migrate import drop_database
+from infra.localports import free_port
 from infra.messaging.topology import Topology, delete_topology
 from infra.settings import Settings, load_settings
 from tests.support.polling import eventually
-from tests.support.servers import free_port
 from tests.support.system import System
 
 

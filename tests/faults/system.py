@@ -32,12 +32,12 @@ from infra.auth.keys import Role, create_key
 from infra.db.migrate import drop_database, migrate
 from infra.db.session import create_engine
 from infra.http import MAX_BACKOFF
+from infra.localports import free_port
 from infra.messaging.topology import Topology, declare_topology, delete_topology
 from infra.settings import Settings, load_settings
 from saga.state_machine import late_charge_window
 from tests.faults.proxy import FaultProxy
 from tests.support.polling import eventually
-from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

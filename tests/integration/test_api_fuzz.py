@@ -28,8 +28,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import CheckFunction, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from infra.localports import free_port
 from infra.settings import Settings
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ from checkout_api.broker import BrokerLink
 from consumers.main import build_worker as build_consumer
 from contracts import ChargePayment
 from infra.db.session import UnitOfWork
+from infra.localports import free_port
 from infra.messaging import failures
 from infra.messaging.event_log import retire_journal
 from infra.messaging.permissions import BrokerUser, broker_users, render_definitions
@@ -58,7 +59,6 @@ from saga.main import build_worker as build_saga
 from tests.support.amqp import take
 from tests.support.polling import eventually
 from tests.support.seed import order_paid_event, paid_order
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from infra.db.session import UnitOfWork
+from infra.localports import free_port
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
@@ -25,7 +26,6 @@ from operations.cli.events import events_app
 from tests.support.amqp import depth, take
 from tests.support.polling import eventually
 from tests.support.seed import publish_paid
-from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import free_port
+from infra.localports import free_port
 
 SERVER_ENV = "CHECKOUT_TEST_RABBITMQ_SERVER"
 CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)

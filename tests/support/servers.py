@@ -4,7 +4,6 @@ process."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,18 +11,13 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from infra.localports import free_port
 from tests.support.polling import eventually
 
 
 def in_process(app: ASGIApp) -> httpx.AsyncClient:
     """A client calling `app` in process (no socket), its base URL http://mocks."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mocks")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

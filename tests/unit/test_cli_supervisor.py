@@ -123,6 +123,39 @@ def test_workers_get_distinct_free_health_ports_by_default() -> None:
     assert set(first.values()) != set(second.values())
 
 
+class _Handed:
+    """A socket whose bind(0) is given, in turn, the ports of a script."""
+
+    script: list[int] = []
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    def __enter__(self) -> _Handed:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def bind(self, _: tuple[str, int]) -> None:
+        self.port = self.script.pop(0)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+def test_a_worker_never_gets_the_api_or_mocks_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Free at the moment the supervisor chooses, they are the API's and the mocks' once
+    # those start: a worker's health endpoint there once answered in the API's place.
+    settings = load_settings(health_port=None, api_port=41000, mocks_port=41001)
+    _Handed.script = [41000, 42000, 41001, 42001, 42002, 42003, 42004]
+    monkeypatch.setattr("infra.cli.supervisor.socket.socket", _Handed)
+
+    ports = health_ports(settings)
+
+    assert sorted(ports.values()) == [42000, 42001, 42002, 42003, 42004]
+
+
 def test_a_health_port_setting_is_the_first_of_consecutive_ports() -> None:
     ports = health_ports(load_settings(health_port=9100))
 
