@@ -99,6 +99,7 @@ _INSERT_LATE_REFUND = (
 """The late charge's refund, which the refund step (`saga.refund_step`) carries out: payment
 REFUNDED, `OrderPaymentRefunded`, the order left FAILED. A second late success of the
 same payment finds it recorded."""
+_REFUND_EXISTS = "SELECT 1 FROM refunds WHERE refund_id = %s"
 LATE_CHARGE_REASON = "charged after its checkout had failed"
 _SET_ORDER_STATUS = "UPDATE orders SET status = %s, updated_at = %s WHERE order_id = %s"
 _SET_STATE = (
@@ -406,7 +407,13 @@ class CheckoutSaga:
                             now,
                         ),
                     ),
-                    outbox_row(refund, correlation_id=checkout.checkout_id),
+                    # Heard of twice (a look found it, then the call's own answer came),
+                    # the refund is asked for once: not again once its row exists.
+                    outbox_row(
+                        refund,
+                        correlation_id=checkout.checkout_id,
+                        unless=(_REFUND_EXISTS, (refund_id,)),
+                    ),
                 ]
             case RequestPayment():
                 # Only STARTED requests a payment, and no checkout is STARTED outside

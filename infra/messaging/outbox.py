@@ -113,14 +113,21 @@ def outbox_row(
     *,
     correlation_id: uuid.UUID,
     headers: dict[str, Any] | None = None,
+    unless: tuple[str, tuple[Any, ...]] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of `message`'s outbox row and its parameters, to run or to combine.
 
     For a caller that folds several writes into one statement (every saga transition:
-    `infra.db.statements.as_one`).
+    `infra.db.statements.as_one`). `unless`: a query (SQL, parameters) that, when it
+    finds a row committed before the statement began, leaves the message unwritten; the
+    statement's other writes are not visible to it.
     """
     row = outbox_message(message, correlation_id=correlation_id, headers=headers)
-    return _INSERT, row.values()
+    if unless is None:
+        return _INSERT, row.values()
+    query, params = unless
+    sql = _INSERT.replace(" VALUES (", " SELECT ", 1).removesuffix(")")
+    return f"{sql} WHERE NOT EXISTS ({query})", (*row.values(), *params)
 
 
 def add_to_outbox(

@@ -184,6 +184,23 @@ async def test_a_charge_landing_after_three_looks_is_still_found_and_refunded_on
     [charge] = await _charges(mocks, command)
     assert charge["attempts"] == 1  # one charge request, ever
 
+    # Heard of once more (another look's answer): the refund is not asked for again.
+    assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
+    assert len(await _refunds(engine, command)) == 1
+    assert await _refund_commands(engine, command) == 1
+
+
+async def _refund_commands(engine: AsyncEngine, command: ChargePayment) -> int:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT count(*) FROM outbox WHERE message_type = 'RefundPayment'"
+                " AND correlation_id = :c"
+            ),
+            {"c": command.checkout_id},
+        )
+        return int(found.scalar_one())
+
 
 async def test_a_redelivered_charge_command_finds_a_charge_that_landed_after_the_looks(
     hot_uow: UnitOfWork, engine: AsyncEngine, payments: PaymentClient, mocks: str
