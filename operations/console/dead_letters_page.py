@@ -97,10 +97,11 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
         target, selection, reason = _asked(request, form)
         rate = read_rate(form.get("rate"), "messages")
     except Refusal as exc:
-        return problem(request, session, str(exc), status=400)
+        return problem(request, session, str(exc), status=400, back=_queue_of(request))
     return await _done(
         request,
         session,
+        target,
         lambda connection, uow: replay_recorded(
             connection,
             uow,
@@ -121,17 +122,19 @@ async def purge(request: Request, session: Session, form: Form) -> Response:
     try:
         target, selection, reason = _asked(request, form)
     except Refusal as exc:
-        return problem(request, session, str(exc), status=400)
+        return problem(request, session, str(exc), status=400, back=_queue_of(request))
     if form.get("confirm") != "yes":
         return problem(
             request,
             session,
             f"purging drops messages from {target.dlq} for good: tick the confirmation",
             status=400,
+            back=_back_to(target),
         )
     return await _done(
         request,
         session,
+        target,
         lambda connection, uow: purge_recorded(
             connection, uow, target, selection, actor=session.key_name, reason=reason
         ),
@@ -156,29 +159,51 @@ def _asked(request: Request, form: Form) -> tuple[ConsumedQueue, Selection, str]
 async def _done(
     request: Request,
     session: Session,
+    target: ConsumedQueue,
     operation: Callable[[AbstractConnection, UnitOfWork], Awaitable[Outcome]],
     *,
     back: str | None = None,
 ) -> Response:
-    """Run a replay or purge on the console's broker connection and show its outcome."""
+    """Run a replay or purge on the console's broker connection and show its outcome; a
+    page that says what was not done links back to `target`'s dead letters."""
     ctx = context(request)
     connection = ctx.broker.connection
+    to_queue = _back_to(target)
     if connection is None:
-        return _broker_down(request, session)
+        return _broker_down(request, session, to_queue)
     try:
         outcome = await operation(connection, ctx.uow)
     except QueueNotDeclared as exc:
-        return problem(request, session, f"{exc} is not declared: start the system once")
+        return problem(
+            request, session, f"{exc} is not declared: start the system once", back=to_queue
+        )
     except AuditUnavailable as exc:
         moved = exc.already_moved()
         said = f"{moved}: {exc}" if moved else f"the audit log cannot be written: {exc}"
-        return problem(request, session, said)
+        return problem(request, session, said, back=to_queue)
     except Interrupted as exc:
-        return problem(request, session, exc.describe())
+        return problem(request, session, exc.describe(), back=to_queue)
     except (AMQPError, OSError) as exc:
-        return problem(request, session, f"the broker failed ({exc!r:.120})")
+        return problem(request, session, f"the broker failed ({exc!r:.120})", back=to_queue)
     return page(request, "outcome.html", session, {"outcome": outcome, "back": back})
 
 
-def _broker_down(request: Request, session: Session) -> Response:
-    return problem(request, session, "RabbitMQ is not connected: try again shortly", status=503)
+def _back_to(target: ConsumedQueue) -> tuple[str, str]:
+    """The link back to `target`'s dead letters, for a page that says what was not done."""
+    return f"/dead-letters/{target.name}", target.dlq
+
+
+def _queue_of(request: Request) -> tuple[str, str] | None:
+    """The link back to the dead letters of the queue in the path, when there is one."""
+    try:
+        return _back_to(resolve(context(request).topology, request.path_params["queue"]))
+    except UnknownQueue:
+        return None
+
+
+def _broker_down(
+    request: Request, session: Session, back: tuple[str, str] | None = None
+) -> Response:
+    return problem(
+        request, session, "RabbitMQ is not connected: try again shortly", status=503, back=back
+    )

@@ -198,4 +198,4 @@ def stopped_line(exc: BackfillStopped) -> str:
 
 
 def _problem(request: Request, session: Session, why: str, status: int = 502) -> Response:
-    return problem(request, session, why, status=status, back="events")
+    return problem(request, session, why, status=status, back=("/events", "the event log"))

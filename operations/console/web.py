@@ -154,10 +154,10 @@ def problem(
     why: str,
     *,
     status: int = 502,
-    back: str | None = None,
+    back: tuple[str, str] | None = None,
 ) -> Response:
-    """The page that says what was not done and why; `back`: "events" links the event
-    log, else the dead letters."""
+    """The page that says what was not done and why; `back`: the page to go back to (its
+    path under the console, what it is called), else the dead letters."""
     return page(request, "problem.html", session, {"why": why, "back": back}, status=status)
 
 

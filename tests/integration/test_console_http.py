@@ -220,6 +220,8 @@ async def test_a_replay_from_the_console_is_the_clis_replay_audited_with_the_key
     )
     assert no_reason.status_code == 400
     assert "reason is required" in no_reason.text
+    # Back to this queue's dead letters, where the selection was made, not the list.
+    assert f'href="/console/dead-letters/{queue.name}">Back to {queue.dlq}' in no_reason.text
 
     dry = await client.post(
         f"/console/dead-letters/{queue.name}/replay",
@@ -253,6 +255,7 @@ async def test_a_replay_from_the_console_is_the_clis_replay_audited_with_the_key
         data={"csrf_token": csrf, "scope": "selected", "message_id": ids[1], "reason": "junk"},
     )
     assert unconfirmed.status_code == 400
+    assert f"Back to {queue.dlq}" in unconfirmed.text
     purged = await client.post(
         f"/console/dead-letters/{queue.name}/purge",
         data={
@@ -313,6 +316,7 @@ async def test_an_unknown_queue_is_not_found_and_not_acted_on(
     )
     assert replay.status_code == 400
     assert "nonsense" in replay.text
+    assert 'href="/console/dead-letters">Back to the dead letters' in replay.text
     bad_rate = await client.post(
         "/console/dead-letters/production/replay",
         data={"csrf_token": csrf, "scope": "all", "reason": "try", "rate": "-1"},
