@@ -179,6 +179,7 @@ async def test_a_backfill_that_cannot_be_done_is_refused_and_copies_nothing(
 
     assert refused.status_code == 400
     assert says in unescape(refused.text)
+    assert 'href="/console/events">Back to the event log' in refused.text
     assert len(await audit.history(uow)) == before
 
 
