@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from checkout_api.app import create_app
+from infra.heap import freeze_startup
 from infra.logging import configure_logging
 from infra.settings import Settings
 from infra.tracing import configure_tracing
@@ -25,4 +26,5 @@ def run(settings: Settings) -> None:
         access_log=False,  # RequestMiddleware logs one line per request
         server_header=False,
     )
+    freeze_startup()
     uvicorn.Server(config).run()

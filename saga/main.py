@@ -13,6 +13,7 @@ from contracts import (
     ReconcilePayment,
     RefundPayment,
 )
+from infra.heap import freeze_startup
 from infra.http import MAX_BACKOFF
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
@@ -82,4 +83,6 @@ def run(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM; messages in hand are finished first."""
     configure_logging(settings, "saga")
     configure_tracing(settings, "saga")
-    uvloop.run(create_app(settings).run())
+    app = create_app(settings)
+    freeze_startup()
+    uvloop.run(app.run())

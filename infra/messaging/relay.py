@@ -64,6 +64,7 @@ from infra.db.migrate import libpq_url
 from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
 from infra.db.session import connect_kwargs
 from infra.health import serving_health
+from infra.heap import freeze_startup
 from infra.logging import configure_logging
 from infra.messaging.publisher import Outgoing, Publisher, SentBatch
 from infra.messaging.topology import Topology, declare_apart, dlq_depths
@@ -595,5 +596,6 @@ def run(settings: Settings) -> None:
         await serve(settings, stop)
         log.info("relay stopped")
 
+    freeze_startup()
     # uvloop: a faster event loop (LIMITS.md: +75% for uvicorn; the relay is I/O-bound too).
     uvloop.run(main())
