@@ -192,8 +192,19 @@ async def checkout_order(
 async def _attempt(
     uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
 ) -> CheckoutOutcome:
-    async with uow.transaction() as conn, conn.pipeline():
-        if key is not None:
+    new, params = _new_checkout(order_id, key, payment_deadline)
+    if key is None:
+        # Nothing but the one statement: in autocommit it is its own transaction, one
+        # message each way. (A transaction in a pipeline costs psycopg BEGIN with a sync
+        # of its own, the statement, COMMIT and a closing sync: six writes, three reads
+        # and two wake-ups of the server more.) Were the order PAID or its checkout
+        # active, it writes nothing; were it to fail, nothing is written either.
+        async with uow.autocommit() as conn:
+            rows = await (await conn.execute(_START, params)).fetchall()
+        checkout, started = _started(new, rows)
+        body = checkout.model_dump(mode="json")
+    else:
+        async with uow.transaction() as conn, conn.pipeline():
             stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
             if stored is not None:
                 stored_order, stored_checkout, stored_status, response = stored
@@ -202,27 +213,9 @@ async def _attempt(
                 # JSONB does not keep key order; the model restores the document's.
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
-
-        new, params = _new_checkout(order_id, key, payment_deadline)
-        result = await conn.execute(_START, params)
-        if key is None:
-            # Without a key nothing else is written: the COMMIT travels with the
-            # statement, one round trip in all. Were the order PAID or its checkout
-            # active, it commits nothing; were the statement to fail, the COMMIT is
-            # skipped and the error raised as the rows are fetched.
-            await conn.execute("COMMIT")
-        rows = await result.fetchall()
-        status, started = rows[0][:2]
-        if status is None:
-            raise OrderNotFound(order_id)
-        if status == "PAID":
-            raise OrderAlreadyPaid(order_id)
-        if status == "CANCELLED":
-            raise OrderCancelled(order_id)
-        checkout = new if started else _checkout(rows)
-        body = checkout.model_dump(mode="json")
-
-        if key is not None:
+            rows = await (await conn.execute(_START, params)).fetchall()
+            checkout, started = _started(new, rows)
+            body = checkout.model_dump(mode="json")
             stored_now = await conn.execute(
                 _STORE_KEY,
                 (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
@@ -237,6 +230,19 @@ async def _attempt(
     if started:
         log.info("checkout started", checkout_id=str(checkout.checkout_id))
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)
+
+
+def _started(new: CheckoutOut, rows: list[tuple[Any, ...]]) -> tuple[CheckoutOut, bool]:
+    """`_START`'s answer: the checkout it started (`new`) or the active one, and whether it
+    started one; an order missing, PAID or CANCELLED raises."""
+    status, started = rows[0][:2]
+    if status is None:
+        raise OrderNotFound(new.order_id)
+    if status == "PAID":
+        raise OrderAlreadyPaid(new.order_id)
+    if status == "CANCELLED":
+        raise OrderCancelled(new.order_id)
+    return (new if started else _checkout(rows)), bool(started)
 
 
 def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
