@@ -36,7 +36,7 @@ from saga.payment_client import PaymentClient
 from saga.payment_step import PaymentStep
 from saga.state_machine import late_charge_window
 from tests.support.polling import eventually
-from tests.support.seed import pending_checkout
+from tests.support.seed import outbox_count, pending_checkout
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
@@ -187,19 +187,7 @@ async def test_a_charge_landing_after_three_looks_is_still_found_and_refunded_on
     # Heard of once more (another look's answer): the refund is not asked for again.
     assert await step.reconcile(_reconcile(command), _delivery(uuid.uuid4())) == Handled.DONE
     assert len(await _refunds(engine, command)) == 1
-    assert await _refund_commands(engine, command) == 1
-
-
-async def _refund_commands(engine: AsyncEngine, command: ChargePayment) -> int:
-    async with engine.connect() as conn:
-        found = await conn.execute(
-            text(
-                "SELECT count(*) FROM outbox WHERE message_type = 'RefundPayment'"
-                " AND correlation_id = :c"
-            ),
-            {"c": command.checkout_id},
-        )
-        return int(found.scalar_one())
+    assert await outbox_count(engine, "RefundPayment", command.checkout_id) == 1
 
 
 async def test_a_redelivered_charge_command_finds_a_charge_that_landed_after_the_looks(

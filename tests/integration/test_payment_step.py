@@ -20,7 +20,7 @@ from saga.inputs import PaymentDeclined, PaymentNotFound, PaymentSucceeded, Saga
 from saga.orchestrator import Applied, CheckoutSaga
 from saga.payment_client import Charged, Declined, PaymentClient
 from saga.payment_step import PaymentStep, reply_id
-from tests.support.seed import pending_checkout
+from tests.support.seed import outbox_count, pending_checkout
 
 pytestmark = pytest.mark.integration
 
@@ -321,14 +321,9 @@ async def _refunds(engine: AsyncEngine, command: ChargePayment) -> tuple[int, in
         refunds = await conn.execute(
             text("SELECT count(*) FROM refunds WHERE payment_id = :p"), {"p": command.payment_id}
         )
-        sent = await conn.execute(
-            text(
-                "SELECT count(*) FROM outbox WHERE message_type = 'RefundPayment'"
-                " AND correlation_id = :c"
-            ),
-            {"c": command.checkout_id},
-        )
-        return int(refunds.scalar_one()), int(sent.scalar_one())
+    return int(refunds.scalar_one()), await outbox_count(
+        engine, "RefundPayment", command.checkout_id
+    )
 
 
 async def test_a_charge_command_of_a_failed_checkout_looks_up_its_charge_and_refunds_it(
@@ -480,15 +475,7 @@ async def test_the_looks_for_a_late_charge_end_once_the_window_is_over(
     await _make_due(engine, command)
     assert "the last: no charge on its way can land any more" in await _fire(saga, command)
     assert await _deadlines(engine, command) == []
-    async with engine.connect() as conn:
-        asked = await conn.execute(
-            text(
-                "SELECT count(*) FROM outbox WHERE message_type = 'ReconcilePayment'"
-                " AND correlation_id = :c"
-            ),
-            {"c": command.checkout_id},
-        )
-        assert asked.scalar_one() == 5
+    assert await outbox_count(engine, "ReconcilePayment", command.checkout_id) == 5
 
 
 async def test_an_unanswered_last_look_for_a_late_charge_is_asked_again(

@@ -204,3 +204,14 @@ async def park_charge(
         routing_key=f"{queue}.dlq",
     )
     return message_id
+
+
+async def outbox_count(engine: AsyncEngine, message_type: str, checkout_id: uuid.UUID) -> int:
+    """How many `message_type` messages the outbox holds for the checkout (none is relayed
+    in the tests that ask: no relay runs)."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT count(*) FROM outbox WHERE message_type = :t AND correlation_id = :c"),
+            {"t": message_type, "c": checkout_id},
+        )
+        return int(found.scalar_one())
