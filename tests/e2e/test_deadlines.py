@@ -53,12 +53,25 @@ async def start(client: httpx.AsyncClient, system: System, amount: str) -> tuple
     return order["order_id"], checkout["checkout_id"]
 
 
+async def read(client: httpx.AsyncClient, url: str) -> Any:
+    """GET `url` as JSON. A 503 is the API's "retry shortly" (its database out of reach a
+    moment, its key check with it), and is asked again, as a client would."""
+    answered = await eventually(
+        lambda: client.get(url),
+        until=lambda r: r.status_code != 503,
+        timeout=30,
+        interval=0.5,
+        what=f"{url} to answer",
+    )
+    return answered.json()
+
+
 async def checkout_of(client: httpx.AsyncClient, system: System, checkout_id: str) -> Any:
-    return (await client.get(f"{system.api}/checkouts/{checkout_id}")).json()
+    return await read(client, f"{system.api}/checkouts/{checkout_id}")
 
 
 async def order_of(client: httpx.AsyncClient, system: System, order_id: str) -> Any:
-    return (await client.get(f"{system.api}/orders/{order_id}")).json()
+    return await read(client, f"{system.api}/orders/{order_id}")
 
 
 async def payments_with(client: httpx.AsyncClient, system: System, key: str) -> list[Any]:
