@@ -204,8 +204,10 @@ class OutboxRelay:
     async def _connection(self, lane: int) -> psycopg.AsyncConnection[dict[str, Any]]:
         conn = self._conns[lane]
         if conn is None or conn.closed:
+            # In autocommit, with each batch's transaction opened by hand (`_claim_and_send`):
+            # psycopg's own BEGIN waits for its answer before the next statement goes.
             conn = self._conns[lane] = await psycopg.AsyncConnection.connect(
-                self._database_url, row_factory=dict_row, **self._connect_kwargs
+                self._database_url, row_factory=dict_row, autocommit=True, **self._connect_kwargs
             )
         return conn
 
@@ -267,7 +269,12 @@ class OutboxRelay:
         conn = await self._connection(lane)
         spans: list[Span] = []
         try:
-            rows = await (await conn.execute(CLAIM, {"limit": self._batch_size})).fetchall()
+            # BEGIN and the claim in one round trip; the rows are in once the pipeline
+            # has synced, as its block ends.
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                claimed = await conn.execute(CLAIM, {"limit": self._batch_size})
+            rows = await claimed.fetchall()
             if not rows:
                 await conn.rollback()
                 return None
@@ -308,12 +315,15 @@ class OutboxRelay:
             else:
                 _end_failed(span, failure)
         try:
-            if confirmed:
-                ids = [row["id"] for row in confirmed]
-                await conn.execute(
-                    PUBLISHED, {"ids": ids, "at": confirmed_at, "kind": OUTBOX_PUBLISHED}
-                )
-            await conn.commit()
+            # The deletion and the COMMIT in one round trip. Were the deletion to fail, the
+            # pipeline skips the COMMIT and raises as its block ends.
+            async with conn.pipeline():
+                if confirmed:
+                    ids = [row["id"] for row in confirmed]
+                    await conn.execute(
+                        PUBLISHED, {"ids": ids, "at": confirmed_at, "kind": OUTBOX_PUBLISHED}
+                    )
+                await conn.execute("COMMIT")
         except BaseException:
             await _rollback(conn)
             raise
