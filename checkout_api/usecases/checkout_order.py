@@ -192,17 +192,16 @@ async def checkout_order(
 async def _attempt(
     uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
 ) -> CheckoutOutcome:
-    new, params = _new_checkout(order_id, key, payment_deadline)
     if key is None:
         # Nothing but the one statement: in autocommit it is its own transaction, one
         # message each way. (A transaction in a pipeline costs psycopg BEGIN with a sync
         # of its own, the statement, COMMIT and a closing sync: six writes, three reads
         # and two wake-ups of the server more.) Were the order PAID or its checkout
         # active, it writes nothing; were it to fail, nothing is written either.
+        new, params = _new_checkout(order_id, key, payment_deadline)
         async with uow.autocommit() as conn:
             rows = await (await conn.execute(_START, params)).fetchall()
-        checkout, started = _started(new, rows)
-        body = checkout.model_dump(mode="json")
+        checkout, started, body = _started(new, rows)
     else:
         async with uow.transaction() as conn, conn.pipeline():
             stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
@@ -213,9 +212,9 @@ async def _attempt(
                 # JSONB does not keep key order; the model restores the document's.
                 body = CheckoutOut.model_validate(response).model_dump(mode="json")
                 return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
+            new, params = _new_checkout(order_id, key, payment_deadline)
             rows = await (await conn.execute(_START, params)).fetchall()
-            checkout, started = _started(new, rows)
-            body = checkout.model_dump(mode="json")
+            checkout, started, body = _started(new, rows)
             stored_now = await conn.execute(
                 _STORE_KEY,
                 (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
@@ -232,9 +231,12 @@ async def _attempt(
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)
 
 
-def _started(new: CheckoutOut, rows: list[tuple[Any, ...]]) -> tuple[CheckoutOut, bool]:
-    """`_START`'s answer: the checkout it started (`new`) or the active one, and whether it
-    started one; an order missing, PAID or CANCELLED raises."""
+def _started(
+    new: CheckoutOut, rows: list[tuple[Any, ...]]
+) -> tuple[CheckoutOut, bool, dict[str, Any]]:
+    """`_START`'s answer: the checkout it started (`new`) or the active one, whether it
+    started one, and the checkout as the response's body; an order missing, PAID or
+    CANCELLED raises."""
     status, started = rows[0][:2]
     if status is None:
         raise OrderNotFound(new.order_id)
@@ -242,7 +244,8 @@ def _started(new: CheckoutOut, rows: list[tuple[Any, ...]]) -> tuple[CheckoutOut
         raise OrderAlreadyPaid(new.order_id)
     if status == "CANCELLED":
         raise OrderCancelled(new.order_id)
-    return (new if started else _checkout(rows)), bool(started)
+    checkout = new if started else _checkout(rows)
+    return checkout, bool(started), checkout.model_dump(mode="json")
 
 
 def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:

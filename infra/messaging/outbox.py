@@ -32,6 +32,12 @@ _INSERT = (
     "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id,"
     " headers, body, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
+_INSERT_UNLESS = (
+    "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id,"
+    " headers, body, created_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s"
+    " WHERE NOT EXISTS ({})"
+)
+"""`_INSERT` unless a query (put in its braces) finds a row."""
 
 
 def _headers(message: Message | type[Message], headers: dict[str, Any] | None) -> dict[str, Any]:
@@ -126,8 +132,7 @@ def outbox_row(
     if unless is None:
         return _INSERT, row.values()
     query, params = unless
-    sql = _INSERT.replace(" VALUES (", " SELECT ", 1).removesuffix(")")
-    return f"{sql} WHERE NOT EXISTS ({query})", (*row.values(), *params)
+    return _INSERT_UNLESS.format(query), (*row.values(), *params)
 
 
 def add_to_outbox(

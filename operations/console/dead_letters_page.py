@@ -93,11 +93,14 @@ def _shown(letter: DeadLetter) -> dict[str, Any]:
 @action
 async def replay(request: Request, session: Session, form: Form) -> Response:
     dry_run = form.get("dry_run") == "1"
+    target = _target(request, session)
+    if isinstance(target, Response):
+        return target
     try:
-        target, selection, reason = _asked(request, form)
+        selection, reason = _asked(form)
         rate = read_rate(form.get("rate"), "messages")
     except Refusal as exc:
-        return problem(request, session, str(exc), status=400, back=_queue_of(request))
+        return problem(request, session, str(exc), status=400, back=_back_to(target))
     return await _done(
         request,
         session,
@@ -119,10 +122,13 @@ async def replay(request: Request, session: Session, form: Form) -> Response:
 
 @action
 async def purge(request: Request, session: Session, form: Form) -> Response:
+    target = _target(request, session)
+    if isinstance(target, Response):
+        return target
     try:
-        target, selection, reason = _asked(request, form)
+        selection, reason = _asked(form)
     except Refusal as exc:
-        return problem(request, session, str(exc), status=400, back=_queue_of(request))
+        return problem(request, session, str(exc), status=400, back=_back_to(target))
     if form.get("confirm") != "yes":
         return problem(
             request,
@@ -141,17 +147,22 @@ async def purge(request: Request, session: Session, form: Form) -> Response:
     )
 
 
-def _asked(request: Request, form: Form) -> tuple[ConsumedQueue, Selection, str]:
-    """The queue, the messages and the reason of a replay or purge form."""
+def _target(request: Request, session: Session) -> ConsumedQueue | Response:
+    """The queue named in the path, or the page refusing a replay or purge of a queue that
+    does not exist (which links the list of queues)."""
     try:
-        target = resolve(context(request).topology, request.path_params["queue"])
+        return resolve(context(request).topology, request.path_params["queue"])
     except UnknownQueue as exc:
-        raise Refusal(str(exc)) from None
+        return problem(request, session, str(exc), status=400)
+
+
+def _asked(form: Form) -> tuple[Selection, str]:
+    """The messages and the reason of a replay or purge form."""
     reason = read_reason(form)
     if form.get("scope") == "all":
-        return target, Selection.every(), reason
+        return Selection.every(), reason
     try:
-        return target, Selection.of(form.all("message_id")), reason
+        return Selection.of(form.all("message_id")), reason
     except ValueError:
         raise Refusal("select at least one message, or choose every message") from None
 
@@ -191,14 +202,6 @@ async def _done(
 def _back_to(target: ConsumedQueue) -> tuple[str, str]:
     """The link back to `target`'s dead letters, for a page that says what was not done."""
     return f"/dead-letters/{target.name}", target.dlq
-
-
-def _queue_of(request: Request) -> tuple[str, str] | None:
-    """The link back to the dead letters of the queue in the path, when there is one."""
-    try:
-        return _back_to(resolve(context(request).topology, request.path_params["queue"]))
-    except UnknownQueue:
-        return None
 
 
 def _broker_down(
