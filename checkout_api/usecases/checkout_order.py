@@ -10,22 +10,25 @@ in the outbox and the payment deadline (`CHECKOUT_PAYMENT_DEADLINE` from now) in
 
 Concurrency, in the order the transaction meets it:
 
-1. An Idempotency-Key already stored answers at once with the first response, even if
-   the order has been paid since; stored for another order, the request is refused.
-2. One statement (`_START`) locks the order (`FOR UPDATE` serialises every checkout of
-   it), reads its active checkout, and inserts the new checkout, its steps, its payment
-   and its outbox row only if the order is not PAID and has none active.
+1. One statement (`_START`) looks the Idempotency-Key up: one already stored answers at
+   once with the first response, even if the order has been paid since; stored for
+   another order, the request is refused.
+2. Otherwise the same statement locks the order (`FOR UPDATE` serialises every checkout
+   of it), reads its active checkout, and inserts the new checkout, its steps, its
+   payment, its outbox row and its key only if the order is not PAID and has none
+   active. With an active checkout instead, the key is stored with that one's response
+   (a second statement).
 3. The partial unique index checkouts_one_active_per_order is the guarantee; the lock
    only makes violating it rare. The statement reads the active checkout on the
    snapshot it started with, so one committed while it waited for the lock is missed and
    the insert violates the index; that, or a concurrent request that stored the same
-   Idempotency-Key first (ON CONFLICT DO NOTHING inserts nothing), rolls the attempt
-   back and runs it again, which then finds the winner's checkout or key.
+   Idempotency-Key first (the key's primary key, or ON CONFLICT DO NOTHING storing
+   nothing for an active checkout), makes the attempt run again, which then finds the
+   winner's checkout or key.
 
 Every checkout request runs this, so it is plain SQL on a pooled psycopg connection in
-pipeline mode. Without a key it is one round trip: the statement and its COMMIT travel
-together. With a key, three: the key's lookup, the statement, the key's row with the
-COMMIT.
+autocommit: a checkout started, with a key or without, is one statement and one round
+trip, the statement its own transaction.
 """
 
 from __future__ import annotations
@@ -68,12 +71,13 @@ ACCEPTED = 202
 REQUESTED_STEP = "checkout.requested"
 _ATTEMPTS = 3
 
-_FIND_KEY = (
-    "SELECT order_id, checkout_id, status_code, response FROM idempotency_keys WHERE key = %s"
-)
 _START = """
-WITH locked AS (
-    SELECT status, amount, currency FROM orders WHERE order_id = %(order)s FOR UPDATE
+WITH stored AS (
+    SELECT order_id, checkout_id, status_code, response FROM idempotency_keys
+    WHERE key = %(key)s
+), locked AS (
+    SELECT status, amount, currency FROM orders
+    WHERE order_id = %(order)s AND NOT EXISTS (SELECT 1 FROM stored) FOR UPDATE
 ), cancelling AS (
     SELECT 1 FROM cancellations
     WHERE order_id = %(order)s AND state NOT IN ('CANCELLED', 'REJECTED')
@@ -124,12 +128,19 @@ WITH locked AS (
 ), reopened AS (
     UPDATE orders SET status = 'PENDING', updated_at = %(now)s
     WHERE order_id = %(order)s AND status <> 'PENDING' AND EXISTS (SELECT 1 FROM started)
+), key_stored AS (
+    INSERT INTO idempotency_keys (key, order_id, checkout_id, status_code, response,
+        created_at)
+    SELECT %(key)s, %(order)s, checkout_id, %(status_code)s, %(response)s, %(now)s
+    FROM started WHERE %(key)s::varchar IS NOT NULL
 )
 SELECT (SELECT CASE WHEN EXISTS (SELECT 1 FROM cancelling) THEN 'CANCELLED' ELSE status END
         FROM locked), EXISTS (SELECT 1 FROM started),
     a.checkout_id, a.order_id, a.state, a.failure_reason, a.created_at, a.updated_at,
-    a.name, a.status, a.at, a.detail
-FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true ORDER BY a.step
+    a.name, a.status, a.at, a.detail,
+    k.order_id, k.checkout_id, k.status_code, k.response
+FROM (VALUES (1)) AS one LEFT OUTER JOIN active a ON true LEFT OUTER JOIN stored k ON true
+ORDER BY a.step
 """
 """Lock the order and start a checkout of it unless it is PAID, CANCELLED, being cancelled
 or has an active checkout (an order being cancelled reads as CANCELLED).
@@ -139,8 +150,15 @@ request step and the transition's, the payment PENDING and its `ChargePayment` i
 outbox. That command's body is built here from the locked order's own amount and
 currency (`ChargePayment`'s fields; NUMERIC(12, 2) as text is the model's "19.99").
 
-One row each: the order's status (NULL: no such order), whether the checkout was
-started, then the active checkout with one of its steps (NULLs: none). The active
+With an Idempotency-Key (`key`, else NULL) it is looked up first: stored, the statement
+locks nothing and writes nothing, and answers with the stored response. Not stored, a
+checkout it starts stores it with the checkout's response (`response`), in the same
+statement; a key a concurrent request stores first makes that insert violate the key's
+primary key, so the statement fails whole and the attempt runs again.
+
+One row each: the order's status (NULL: no such order, or the key was stored), whether
+the checkout was started, the active checkout with one of its steps (NULLs: none), then
+the stored key's order, checkout, status code and response (NULLs: none). The active
 checkout is read on the statement's snapshot, taken before the lock was granted, so it
 misses a checkout committed while this statement waited for the lock: the insert then
 violates checkouts_one_active_per_order, and the attempt runs again."""
@@ -150,7 +168,8 @@ _STORE_KEY = (
     "INSERT INTO idempotency_keys (key, order_id, checkout_id, status_code, response, created_at)"
     " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key"
 )
-"""Store a key's first response; returns no row if another request stored it first."""
+"""Store a key's first response when it is the active checkout's (`_START` stores it with a
+checkout it starts); returns no row if another request stored it first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,51 +211,41 @@ async def checkout_order(
 async def _attempt(
     uow: UnitOfWork, order_id: uuid.UUID, key: str | None, payment_deadline: float
 ) -> CheckoutOutcome:
-    if key is None:
-        # Nothing but the one statement: in autocommit it is its own transaction, one
-        # message each way. (A transaction in a pipeline costs psycopg BEGIN with a sync
-        # of its own, the statement, COMMIT and a closing sync: six writes, three reads
-        # and two wake-ups of the server more.) Were the order PAID or its checkout
-        # active, it writes nothing; were it to fail, nothing is written either.
-        new, params = _new_checkout(order_id, key, payment_deadline)
-        async with uow.autocommit() as conn:
-            rows = await (await conn.execute(_START, params)).fetchall()
-        checkout, started, body = _started(new, rows)
-    else:
-        async with uow.transaction() as conn, conn.pipeline():
-            stored = await (await conn.execute(_FIND_KEY, (key,))).fetchone()
-            if stored is not None:
-                stored_order, stored_checkout, stored_status, response = stored
-                if stored_order != order_id:
-                    raise IdempotencyKeyReused()
-                # JSONB does not keep key order; the model restores the document's.
-                body = CheckoutOut.model_validate(response).model_dump(mode="json")
-                return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
-            new, params = _new_checkout(order_id, key, payment_deadline)
-            rows = await (await conn.execute(_START, params)).fetchall()
-            checkout, started, body = _started(new, rows)
-            stored_now = await conn.execute(
-                _STORE_KEY,
-                (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
-            )
-            # A concurrent request with the same key stored it first: roll back.
-            if await stored_now.fetchone() is None:
-                raise _Raced()
-            # COMMIT as a statement of the pipeline: it travels with the pipeline's
-            # closing sync. A failed commit raises as the block ends, like any statement.
-            await conn.execute("COMMIT")
-
+    # One statement in autocommit, its own transaction: one message each way. (A
+    # transaction in a pipeline costs psycopg BEGIN with a sync of its own, the statement,
+    # COMMIT and a closing sync: six writes, three reads and two wake-ups of the server
+    # more.) Were the order PAID or its checkout active, it writes nothing; were it to
+    # fail, nothing is written either.
+    new, body, params = _new_checkout(order_id, key, payment_deadline)
+    async with uow.autocommit() as conn:
+        rows = await (await conn.execute(_START, params)).fetchall()
+        stored_order, stored_checkout, stored_status, response = rows[0][12:16]
+        if stored_order is not None:
+            if stored_order != order_id:
+                raise IdempotencyKeyReused()
+            # JSONB does not keep key order; the model restores the document's.
+            body = CheckoutOut.model_validate(response).model_dump(mode="json")
+            return CheckoutOutcome(stored_checkout, stored_status, body, started=False)
+        checkout, started = _started(new, rows)
+        if not started:
+            body = checkout.model_dump(mode="json")
+            if key is not None:
+                # The active checkout answers this key from now on. Another request that
+                # stored the key first (for this order or another) wins: ask again.
+                stored_now = await conn.execute(
+                    _STORE_KEY,
+                    (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
+                )
+                if await stored_now.fetchone() is None:
+                    raise _Raced()
     if started:
         log.info("checkout started", checkout_id=str(checkout.checkout_id))
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)
 
 
-def _started(
-    new: CheckoutOut, rows: list[tuple[Any, ...]]
-) -> tuple[CheckoutOut, bool, dict[str, Any]]:
-    """`_START`'s answer: the checkout it started (`new`) or the active one, whether it
-    started one, and the checkout as the response's body; an order missing, PAID or
-    CANCELLED raises."""
+def _started(new: CheckoutOut, rows: list[tuple[Any, ...]]) -> tuple[CheckoutOut, bool]:
+    """`_START`'s answer: the checkout it started (`new`) or the active one, and whether it
+    started one; an order missing, PAID or CANCELLED raises."""
     status, started = rows[0][:2]
     if status is None:
         raise OrderNotFound(new.order_id)
@@ -244,8 +253,7 @@ def _started(
         raise OrderAlreadyPaid(new.order_id)
     if status == "CANCELLED":
         raise OrderCancelled(new.order_id)
-    checkout = new if started else _checkout(rows)
-    return checkout, bool(started), checkout.model_dump(mode="json")
+    return (new, True) if started else (_checkout(rows), False)
 
 
 def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
@@ -262,7 +270,7 @@ def _checkout(rows: list[tuple[Any, ...]]) -> CheckoutOut:
         failure_reason=failure_reason,
         steps=[
             StepOut(name=name, status=status, at=at.astimezone(UTC), detail=detail)
-            for name, status, at, detail in (row[8:] for row in rows)
+            for name, status, at, detail in (row[8:12] for row in rows)
             if name is not None
         ],
         created_at=created_at.astimezone(UTC),
@@ -285,10 +293,10 @@ def first_transition(checkout_id: uuid.UUID) -> Transition:
 
 def _new_checkout(
     order_id: uuid.UUID, key: str | None, payment_deadline: float
-) -> tuple[CheckoutOut, dict[str, Any]]:
-    """The checkout `_START` inserts if it may, and the statement's parameters: the
-    checkout after the saga's first transition, its two steps, its payment and its
-    ChargePayment outbox row."""
+) -> tuple[CheckoutOut, dict[str, Any], dict[str, Any]]:
+    """The checkout `_START` inserts if it may, its response's body, and the statement's
+    parameters: the checkout after the saga's first transition, its two steps, its
+    payment, its ChargePayment outbox row and the key's row with the body."""
     now = datetime.now(UTC)
     checkout_id = uuid.uuid4()
     trace_id = current_trace_id()
@@ -340,7 +348,11 @@ def _new_checkout(
             "updated_at": now,
         }
     )
-    return checkout, params
+    body = checkout.model_dump(mode="json")
+    params["key"] = key
+    params["status_code"] = ACCEPTED
+    params["response"] = Jsonb(body) if key is not None else None
+    return checkout, body, params
 
 
 def request_detail(key: str | None, trace_id: str | None) -> str | None:

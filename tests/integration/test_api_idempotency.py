@@ -136,3 +136,36 @@ async def test_concurrent_use_of_one_key_for_two_orders_lets_one_win(
     [[checkouts]] = await execute(clean_db, "SELECT count(*) FROM checkouts")
     [[outbox]] = await execute(clean_db, "SELECT count(*) FROM outbox")
     assert (checkouts, outbox) == (1, 1)
+
+
+async def test_a_stored_key_answers_without_waiting_for_the_orders_lock(
+    client: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    order_id = await new_order(client)
+    first = await checkout(client, order_id, "replayed")
+    async with clean_db.connect() as holder:
+        # Another transaction holds the order's row lock, as a checkout or a cancellation
+        # of it in progress would.
+        await holder.execute(
+            text("SELECT 1 FROM orders WHERE order_id = :id FOR UPDATE"), {"id": order_id}
+        )
+        again = await asyncio.wait_for(checkout(client, order_id, "replayed"), timeout=10)
+        await holder.rollback()
+    assert again.status_code == 202
+    assert again.content == first.content
+
+
+async def test_concurrent_new_keys_on_an_active_checkout_each_store_it(
+    client: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    order_id = await new_order(client)
+    first = await checkout(client, order_id, "first")
+    keys = [f"later-{n}" for n in range(5)]
+    responses = await asyncio.gather(*(checkout(client, order_id, k) for k in [*keys, *keys]))
+    assert {r.status_code for r in responses} == {202}
+    assert {r.json()["checkout_id"] for r in responses} == {first.json()["checkout_id"]}
+    stored = await execute(clean_db, "SELECT key, checkout_id::text FROM idempotency_keys")
+    assert sorted(stored) == sorted(
+        [("first", first.json()["checkout_id"])]
+        + [(k, first.json()["checkout_id"]) for k in keys]
+    )
