@@ -166,6 +166,5 @@ async def test_concurrent_new_keys_on_an_active_checkout_each_store_it(
     assert {r.json()["checkout_id"] for r in responses} == {first.json()["checkout_id"]}
     stored = await execute(clean_db, "SELECT key, checkout_id::text FROM idempotency_keys")
     assert sorted(stored) == sorted(
-        [("first", first.json()["checkout_id"])]
-        + [(k, first.json()["checkout_id"]) for k in keys]
+        [("first", first.json()["checkout_id"])] + [(k, first.json()["checkout_id"]) for k in keys]
     )
