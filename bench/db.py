@@ -9,6 +9,7 @@ import psycopg
 
 async def connect(conninfo: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     """A psycopg connection to `conninfo` that prepares no statement: safe behind
-    PgBouncer's transaction pooling, as the parts' own connections are
-    (`infra.db.session.connect_kwargs`). `kwargs` go to psycopg (`autocommit=True`...)."""
+    PgBouncer's transaction pooling whatever `CHECKOUT_DATABASE_PREPARE` says (the
+    benchmark's own reads are not what it measures). `kwargs` go to psycopg
+    (`autocommit=True`...)."""
     return await psycopg.AsyncConnection.connect(conninfo, prepare_threshold=None, **kwargs)

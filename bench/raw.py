@@ -55,7 +55,7 @@ async def tx_rate(conninfo: str, seconds: float, tasks: int = 10) -> dict[str, A
             min_size=tasks,
             max_size=tasks,
             open=False,
-            kwargs={"prepare_threshold": None},  # as the parts: safe behind PgBouncer
+            kwargs={"prepare_threshold": None},  # unprepared, as in every earlier round
         ) as pool:
             await pool.wait()
             deadline = time.monotonic() + seconds

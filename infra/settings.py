@@ -117,6 +117,10 @@ def _default_log_format() -> Literal["console", "json"]:
     return "console" if sys.stderr.isatty() else "json"
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
 class Settings(BaseSettings):
     """Everything a process of the checkout system can be told from outside."""
 
@@ -132,10 +136,10 @@ class Settings(BaseSettings):
     # Where the relay LISTENs for new outbox rows: a connection straight to PostgreSQL,
     # since a pooler in transaction mode drops LISTEN/NOTIFY silently. Unset: database_url.
     database_listen_url: SecretStr | None = None
-    # Server-side prepared statements (psycopg's, after five runs of a statement). Off by
-    # default: behind a pooler in transaction mode they break (`infra.db.session`); turn
-    # them on only when every connection goes straight to PostgreSQL.
-    database_prepare: bool = False
+    # Server-side prepared statements (psycopg's, after five runs of a statement): "auto"
+    # prepares on the hot paths' connections that reach PostgreSQL itself, never through
+    # a pooler or proxy (`infra.db.preparation`); true: everywhere; false: nowhere.
+    database_prepare: Literal["auto"] | bool = "auto"
     # One AMQP URL, or several separated by commas (the nodes of a cluster): a part
     # connects to the first that answers and, once its connection is lost, tries the
     # next ones in turn (`infra.messaging.connect`).
@@ -216,6 +220,21 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None
         return SecretStr(check_database_url(value.get_secret_value()))
+
+    @field_validator("database_prepare", mode="before")
+    @classmethod
+    def _parse_prepare(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word == "auto":
+            return "auto"
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError(
+            f"{value!r} is not a choice: auto (prepare where the connection reaches "
+            "PostgreSQL itself), true or false"
+        )
 
     @field_validator("rabbit_url")
     @classmethod

@@ -15,15 +15,10 @@ and closing overflow ones under load. Without one (tests, commands) they draw fr
 the engine's pool.
 
 Every connection made here, and every psycopg connection the parts open themselves
-(`connect_kwargs`), runs without server-side prepared statements unless
-`CHECKOUT_DATABASE_PREPARE` says otherwise. psycopg prepares a statement it has run five
-times on a connection under a name of its own (`_pg3_0`, `_pg3_1`, ...); behind a pooler
-in transaction mode (PgBouncer's usual mode) the next transaction may run on another
-server connection, where that name is unknown or, worse, names another client's
-statement of the same shape: a request fails, or silently runs someone else's SQL.
-Unprepared, each statement costs the server a parse and a plan again (measured here:
-30-80 us per statement, a few percent of the database's CPU at benchmark rates):
-the price of a default that is right behind any pooler.
+(`connect_kwargs`), prepares statements on the server as `CHECKOUT_DATABASE_PREPARE`
+says (`infra.db.preparation`): by default ("auto") the pools' connections do when they
+reach PostgreSQL itself and never through a pooler, where a prepared statement's name
+may name another client's statement; the engine's only when told "true".
 """
 
 from __future__ import annotations
@@ -45,12 +40,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from infra.db import preparation
 from infra.settings import Settings
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for every psycopg connection a part opens (see the module doc)."""
-    return {} if settings.database_prepare else {"prepare_threshold": None}
+    return preparation.connect_kwargs(settings.database_prepare)
 
 
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
@@ -100,12 +96,18 @@ def create_pool(
     gets `psycopg_pool.PoolTimeout` (a `psycopg.OperationalError`).
     """
     url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
+    prepare = settings.database_prepare
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await preparation.choose_preparation(conn, prepare)
+
     return AsyncConnectionPool(
         url.render_as_string(hide_password=False),
         kwargs=connect_kwargs(settings),
         min_size=1,
         max_size=max_size or settings.db_pool_size,
         open=False,
+        configure=configure,
         check=_check_unless_recent,
         timeout=timeout,
         name=f"{settings.namespace}.hot",

@@ -62,6 +62,7 @@ from psycopg.rows import dict_row
 from infra import metrics
 from infra.db.migrate import libpq_url
 from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
+from infra.db.preparation import Preparation, choose_preparation
 from infra.db.session import connect_kwargs
 from infra.health import serving_health
 from infra.heap import freeze_startup
@@ -186,11 +187,13 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         listen_url: str | None = None,
         connect_kwargs: dict[str, Any] | None = None,
+        prepare: Preparation = False,
         notify_silence_s: float = NOTIFY_SILENCE_S,
     ) -> None:
         self._database_url = database_url
         self._listen_url = listen_url or database_url
         self._connect_kwargs = connect_kwargs or {}
+        self._prepare = prepare  # "auto": decided per connection (`choose_preparation`)
         self._notify_watch = NotifyWatch(notify_silence_s)
         self._failing_since: float | None = None  # the first failure of an outage
         self._publisher = publisher
@@ -206,9 +209,15 @@ class OutboxRelay:
         if conn is None or conn.closed:
             # In autocommit, with each batch's transaction opened by hand (`_claim_and_send`):
             # psycopg's own BEGIN waits for its answer before the next statement goes.
-            conn = self._conns[lane] = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._database_url, row_factory=dict_row, autocommit=True, **self._connect_kwargs
             )
+            try:
+                await choose_preparation(conn, self._prepare)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conns[lane] = conn
         return conn
 
     async def publish_batch(self) -> int:
@@ -572,6 +581,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             poll_interval=settings.relay_poll_interval,
             listen_url=libpq_url(settings.listen_url),
             connect_kwargs=kwargs,
+            prepare=settings.database_prepare,
         )
 
         async def broker_ok() -> bool:

@@ -25,6 +25,7 @@ from deploy.drill.cluster import (
     render_node_config,
     render_pgbouncer,
 )
+from infra.db.preparation import reaches_postgres_directly
 
 
 def test_every_node_lists_the_three_nodes_for_cluster_formation() -> None:
@@ -113,6 +114,9 @@ async def test_pgbouncer_starts_from_a_private_work_directory() -> None:
         url = cluster.pgbouncer_url("postgres").replace("+psycopg", "")
         async with await psycopg.AsyncConnection.connect(url, prepare_threshold=None) as conn:
             assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+            # CHECKOUT_DATABASE_PREPARE=auto sees the pooler: nothing is prepared through it.
+            direct, why = await reaches_postgres_directly(conn)
+            assert not direct, why
     finally:
         cluster.stop()
         shutil.rmtree(private)
