@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from checkout_api.app import create_app
+from infra.db.session import name_connections
 from infra.heap import freeze_startup
 from infra.logging import configure_logging
 from infra.settings import Settings
@@ -15,6 +16,7 @@ def run(settings: Settings) -> None:
     """Serve in the foreground; uvicorn finishes in-flight requests on SIGINT/SIGTERM."""
     configure_logging(settings, "api")
     configure_tracing(settings, "api")
+    name_connections(settings, "api")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,

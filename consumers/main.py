@@ -11,6 +11,7 @@ from consumers.email import EmailConsumer
 from consumers.invoice import InvoiceConsumer
 from consumers.production import ProductionConsumer
 from contracts import Message, OrderCancelled, OrderPaid
+from infra.db.session import name_connections
 from infra.heap import freeze_startup
 from infra.logging import configure_logging
 from infra.messaging.consumer import Handler
@@ -59,6 +60,7 @@ def run(settings: Settings, name: str) -> None:
     """Run until SIGINT or SIGTERM; the messages in hand are finished first."""
     configure_logging(settings, f"consumer-{name}")
     configure_tracing(settings, f"consumer-{name}")
+    name_connections(settings, f"consumer-{name}")
     app = create_app(settings, name)
     freeze_startup()
     uvloop.run(app.run())

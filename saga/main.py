@@ -13,6 +13,7 @@ from contracts import (
     ReconcilePayment,
     RefundPayment,
 )
+from infra.db.session import name_connections
 from infra.heap import freeze_startup
 from infra.http import MAX_BACKOFF
 from infra.logging import configure_logging
@@ -83,6 +84,7 @@ def run(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM; messages in hand are finished first."""
     configure_logging(settings, "saga")
     configure_tracing(settings, "saga")
+    name_connections(settings, "saga")
     app = create_app(settings)
     freeze_startup()
     uvloop.run(app.run())

@@ -23,6 +23,7 @@ may name another client's statement; the engine's only when told "true".
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from time import monotonic
@@ -42,6 +43,15 @@ from sqlalchemy.ext.asyncio import (
 
 from infra.db import preparation
 from infra.settings import Settings
+
+
+def name_connections(settings: Settings, component: str) -> None:
+    """Name every PostgreSQL connection this process opens after its part
+    (`<namespace>.<component>`, PostgreSQL's `application_name`): `pg_stat_activity` then
+    says which part holds a connection, waits on a lock or runs a statement. libpq reads
+    it from `PGAPPNAME`, which an operator's own setting (or the URL's
+    `application_name`) overrides."""
+    os.environ.setdefault("PGAPPNAME", f"{settings.namespace}.{component}")
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:

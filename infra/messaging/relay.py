@@ -63,7 +63,7 @@ from infra import metrics
 from infra.db.migrate import libpq_url
 from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
 from infra.db.preparation import Preparation, choose_preparation
-from infra.db.session import connect_kwargs
+from infra.db.session import connect_kwargs, name_connections
 from infra.health import serving_health
 from infra.heap import freeze_startup
 from infra.logging import configure_logging
@@ -607,6 +607,7 @@ def run(settings: Settings) -> None:
     """`checkout relay`: run until SIGINT or SIGTERM; the batch in hand is finished first."""
     configure_logging(settings, "relay")
     configure_tracing(settings, "relay")
+    name_connections(settings, "relay")
 
     async def main() -> None:
         stop = asyncio.Event()

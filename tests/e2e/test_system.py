@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from infra.db.migrate import libpq_url
 from tests.support.polling import eventually
 from tests.support.system import System
 
@@ -122,6 +124,32 @@ async def test_up_made_a_private_development_key_and_printed_where_it_is(system:
         assert (await client.get(f"{system.api}/orders")).status_code == 401
         authorised = await client.get(f"{system.api}/orders", headers=system.auth)
         assert authorised.status_code == 200
+
+
+async def test_every_parts_database_connections_are_named_after_it(system: System) -> None:
+    """`pg_stat_activity` says which part holds a connection (`application_name`)."""
+    url = libpq_url(system.settings.database_url.get_secret_value())
+    database = url.rsplit("/", 1)[-1].split("?", 1)[0]
+    ns = system.settings.namespace
+    parts = {"api", "saga", "relay", "consumer-invoice", "consumer-email", "consumer-production"}
+
+    async def names() -> set[str]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = %s",
+                    (database,),
+                )
+            ).fetchall()
+        return {name for (name,) in rows}
+
+    found = await eventually(
+        names,
+        until=lambda seen: {f"{ns}.{part}" for part in parts} <= seen,
+        timeout=30,
+        what="a connection named after each part",
+    )
+    assert {f"{ns}.{part}" for part in parts} <= found
 
 
 async def test_sigterm_stops_every_part_gracefully(system: System) -> None:
