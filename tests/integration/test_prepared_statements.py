@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,6 +105,40 @@ async def test_a_pool_through_a_proxy_prepares_nothing(settings: Settings) -> No
         threshold, prepared = await _pooled(_through(settings, port))
     assert threshold is None
     assert prepared == 0
+
+
+async def test_a_role_with_no_privileges_prepares_straight_to_postgresql(
+    settings: Settings,
+) -> None:
+    """What the check asks, any role may ask: a part's own role is no superuser (a check
+    that needed one failed every connection of the pool once)."""
+    role = f"plain_{uuid.uuid4().hex[:8]}"
+    admin = libpq_url(settings.database_url.get_secret_value())
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        url = make_url(settings.database_url.get_secret_value()).set(username=role)
+        plain = settings.model_copy(
+            update={"database_url": SecretStr(url.render_as_string(hide_password=False))}
+        )
+        assert await _pooled(plain) == (PREPARE_THRESHOLD, 1)
+    finally:
+        async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+            await conn.execute(f"DROP ROLE {role}")
+
+
+async def test_a_pool_on_postgresqls_own_unix_socket_prepares(settings: Settings) -> None:
+    folder = "/var/run/postgresql"
+    port = _server(settings)[1]
+    if not os.path.exists(os.path.join(folder, f".s.PGSQL.{port}")):
+        pytest.skip(f"no PostgreSQL socket in {folder} on this machine")
+    url = make_url(settings.database_url.get_secret_value()).set(
+        host=None, port=None, query={"host": folder, "port": str(port)}
+    )
+    local = settings.model_copy(
+        update={"database_url": SecretStr(url.render_as_string(hide_password=False))}
+    )
+    assert await _pooled(local) == (PREPARE_THRESHOLD, 1)
 
 
 async def test_told_false_a_pool_prepares_nothing_even_straight(settings: Settings) -> None:

@@ -54,34 +54,32 @@ def test_connections_are_opened_preparing_only_when_told_true() -> None:
 
 
 def test_tcp_to_postgresql_itself_is_direct() -> None:
-    direct, why = same_end(socket.AF_INET, ("127.0.0.1", 5432), "127.0.0.1", 5432, 5432, "/run")
+    direct, why = same_end(socket.AF_INET, ("127.0.0.1", 5432), "127.0.0.1", 5432)
     assert direct, why
-    assert same_end(socket.AF_INET6, ("::1", 5432, 0, 0), "::1", 5432, 5432, "")[0]
+    assert same_end(socket.AF_INET6, ("::1", 5432, 0, 0), "::1", 5432)[0]
     # An IPv4 client address seen by PostgreSQL on an IPv6 socket, and a scoped address.
-    assert same_end(socket.AF_INET6, ("::ffff:10.0.0.5", 5432, 0, 0), "10.0.0.5", 5432, 5432, "")[0]
-    assert same_end(socket.AF_INET6, ("fe80::1%eth0", 5432, 0, 2), "fe80::1", 5432, 5432, "")[0]
+    assert same_end(socket.AF_INET6, ("::ffff:10.0.0.5", 5432, 0, 0), "10.0.0.5", 5432)[0]
+    assert same_end(socket.AF_INET6, ("fe80::1%eth0", 5432, 0, 2), "fe80::1", 5432)[0]
 
 
 def test_a_pooler_or_proxy_in_between_is_not_direct() -> None:
     # PgBouncer on its own port of the same host, and on another host at PostgreSQL's port.
-    direct, why = same_end(socket.AF_INET, ("127.0.0.1", 6432), "127.0.0.1", 5432, 5432, "")
+    direct, why = same_end(socket.AF_INET, ("127.0.0.1", 6432), "127.0.0.1", 5432)
     assert not direct
     assert "pooler or proxy" in why
-    assert not same_end(socket.AF_INET, ("10.0.0.9", 5432), "10.0.0.5", 5432, 5432, "")[0]
+    assert not same_end(socket.AF_INET, ("10.0.0.9", 5432), "10.0.0.5", 5432)[0]
     # A pooler that reaches PostgreSQL over its Unix socket.
-    assert not same_end(socket.AF_INET, ("127.0.0.1", 6432), None, None, 5432, "/run")[0]
+    assert not same_end(socket.AF_INET, ("127.0.0.1", 6432), None, None)[0]
 
 
-def test_unix_sockets_are_direct_only_when_they_are_postgresqls_own() -> None:
-    folders = "/var/run/postgresql, /tmp"
-    assert same_end(socket.AF_UNIX, "/tmp/.s.PGSQL.5432", None, None, 5432, folders)[0]
-    assert same_end(socket.AF_UNIX, "/var/run/postgresql/.s.PGSQL.5432", None, None, 5432, folders)[
-        0
-    ]
-    # PgBouncer's socket: another folder, or PostgreSQL's folder with another port.
-    assert not same_end(socket.AF_UNIX, "/run/pgbouncer/.s.PGSQL.5432", None, None, 5432, folders)[
-        0
-    ]
-    assert not same_end(socket.AF_UNIX, "/tmp/.s.PGSQL.6432", None, None, 5432, folders)[0]
+def test_a_unix_socket_is_direct_only_when_served_by_the_backends_postmaster() -> None:
+    path = "/var/run/postgresql/.s.PGSQL.5432"
+    direct, why = same_end(socket.AF_UNIX, path, None, None, peer_pid=700, parent=700)
+    assert direct, why
+    # PgBouncer's socket: served by PgBouncer, not by the backend's parent.
+    assert not same_end(socket.AF_UNIX, path, None, None, peer_pid=900, parent=700)[0]
+    # Not to be told: another pid namespace (no pid), or no backend process to read.
+    assert not same_end(socket.AF_UNIX, path, None, None, peer_pid=None, parent=700)[0]
+    assert not same_end(socket.AF_UNIX, path, None, None, peer_pid=700, parent=None)[0]
     # A Unix socket to a pooler that reaches PostgreSQL over TCP.
-    assert not same_end(socket.AF_UNIX, "/tmp/.s.PGSQL.6432", "10.0.0.5", 5432, 5432, folders)[0]
+    assert not same_end(socket.AF_UNIX, path, "10.0.0.5", 5432, peer_pid=700, parent=700)[0]
