@@ -20,6 +20,13 @@ again and other channels publish to it fine. A publisher that kept retrying on t
 channel would never get a message through; a fresh channel does at once. So after
 `NACK_STREAK_LIMIT` publishes (or batches) in a row that were nacked and none acked,
 the next publish first opens a new channel and closes the old one.
+
+A batch whose confirms do not all come within `CONFIRM_TIMEOUT_S` counts as not
+confirmed (`ConfirmTimeout`: the relay keeps its rows and publishes them again, at least
+once) and its channel is replaced the same way. A confirm is an answer the broker owes;
+once, in the cluster drill, a channel that came back with its connection took a batch
+and never answered it, and the relay waited on it for minutes, until the next
+connection loss failed it.
 """
 
 from __future__ import annotations
@@ -121,6 +128,10 @@ class Outgoing:
         )
 
 
+CONFIRM_TIMEOUT_S = 30.0
+"""How long a batch's confirms are awaited before it counts as not confirmed."""
+
+
 class SentBatch:
     """A batch written to the broker: one confirm future per message, in batch order."""
 
@@ -130,7 +141,11 @@ class SentBatch:
         confirms: list[asyncio.Future[Any]],
         tags: list[tuple[str, int]],
         on_outcomes: Callable[[Iterable[BaseException | None]], None] | None = None,
+        *,
+        timeout: float = CONFIRM_TIMEOUT_S,
     ) -> None:
+        self._confirms = confirms
+        self._timeout = timeout
         self._all = asyncio.gather(*confirms, return_exceptions=True)
         self._on_outcomes = on_outcomes
         if channel is None or not confirms:
@@ -150,9 +165,11 @@ class SentBatch:
         as unroutable, a channel or connection error when the confirm was lost). A
         message with an outcome other than None may or may not have reached a queue:
         publish it again (at least once). One message's failure does not affect the
-        others, so the caller keeps whatever the broker did confirm.
+        others, so the caller keeps whatever the broker did confirm. A confirm not in
+        after the batch's timeout is `ConfirmTimeout`.
         """
-        outcomes = [_unconfirmed(result) for result in await self._all]
+        await asyncio.wait({self._all}, timeout=self._timeout)
+        outcomes = [_outcome(confirm, self._timeout) for confirm in self._confirms]
         if self._on_outcomes is not None:
             self._on_outcomes(outcomes)
         return outcomes
@@ -259,6 +276,19 @@ class NotConfirmed(Exception):
     """The broker answered a publish with something other than an ack."""
 
 
+class ConfirmTimeout(NotConfirmed):
+    """The broker did not answer a publish in time (`CONFIRM_TIMEOUT_S`)."""
+
+
+def _outcome(confirm: asyncio.Future[Any], waited: float) -> BaseException | None:
+    """A message's outcome from its confirm future, waited for `waited` seconds."""
+    if not confirm.done():
+        return ConfirmTimeout(f"no confirm from the broker in {waited:g} s")
+    if confirm.cancelled():
+        return aiormq.exceptions.ChannelInvalidStateError("confirm cancelled")
+    return _unconfirmed(confirm.exception() or confirm.result())
+
+
 def _unconfirmed(result: object) -> BaseException | None:
     """None for a broker ack; otherwise why the message does not count as confirmed.
 
@@ -295,12 +325,14 @@ class NackStreak:
     def __init__(self, limit: int = NACK_STREAK_LIMIT) -> None:
         self.limit = limit
         self.count = 0
+        self.unanswered = False  # a confirm did not come in time: replace the channel
 
     def record(self, outcomes: Iterable[BaseException | None]) -> None:
         acked = nacks = False
         for outcome in outcomes:
             acked = acked or outcome is None
             nacks = nacks or nacked(outcome)
+            self.unanswered = self.unanswered or isinstance(outcome, ConfirmTimeout)
         if acked:
             self.count = 0
         elif nacks:
@@ -308,10 +340,11 @@ class NackStreak:
 
     @property
     def stuck(self) -> bool:
-        return self.count >= self.limit
+        return self.unanswered or self.count >= self.limit
 
     def reset(self) -> None:
         self.count = 0
+        self.unanswered = False
 
 
 class Publisher:
@@ -347,16 +380,23 @@ class Publisher:
             if not self._nacks.stuck:  # another publish renewed it meanwhile
                 return
             old = self._channel
+            unanswered = self._nacks.unanswered
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
             self._exchanges.clear()
             self._nacks.reset()
             self.channels_renewed += 1
-            log.warning(
-                "publisher channel nacked every publish; replaced by a fresh channel",
-                nacked_in_a_row=self._nacks.limit,
-            )
+            if unanswered:
+                log.warning(
+                    "publisher channel left a batch unconfirmed; replaced by a fresh channel",
+                    waited_s=CONFIRM_TIMEOUT_S,
+                )
+            else:
+                log.warning(
+                    "publisher channel nacked every publish; replaced by a fresh channel",
+                    nacked_in_a_row=self._nacks.limit,
+                )
             # Its unconfirmed publishes fail with the close and are published again.
             with contextlib.suppress(Exception):
                 await old.close()

@@ -7,6 +7,7 @@ end to end). What is tested here is the publisher's decision and its recovery.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import aiormq
@@ -14,7 +15,15 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq import spec
 
-from infra.messaging.publisher import NACK_STREAK_LIMIT, NackStreak, Outgoing, Publisher, nacked
+from infra.messaging.publisher import (
+    NACK_STREAK_LIMIT,
+    ConfirmTimeout,
+    NackStreak,
+    Outgoing,
+    Publisher,
+    SentBatch,
+    nacked,
+)
 
 
 def _nack() -> aiormq.exceptions.DeliveryError:
@@ -126,3 +135,36 @@ def test_only_a_nack_counts_as_nacked() -> None:
     assert not nacked(_returned())
     assert not nacked(None)
     assert not nacked(ConnectionError("lost"))
+
+
+async def test_a_batch_whose_confirms_do_not_come_is_unconfirmed_after_its_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    answered, silent = loop.create_future(), loop.create_future()
+    answered.set_result(spec.Basic.Ack(delivery_tag=1))
+    streak = NackStreak()
+    batch = SentBatch(None, [answered, silent], [], streak.record, timeout=0.05)
+
+    outcomes = await asyncio.wait_for(batch.outcomes(), timeout=10)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ConfirmTimeout)
+    assert "0.05 s" in str(outcomes[1])
+    # A channel that leaves a confirm unanswered is replaced, even with an ack beside it.
+    assert streak.stuck
+    streak.reset()
+    assert not streak.stuck
+
+
+async def test_a_channel_that_left_a_batch_unconfirmed_is_replaced_before_the_next_publish() -> (
+    None
+):
+    channel, connection = FakeChannel(), FakeConnection()
+    publisher = _publisher(channel, connection)
+    publisher._nacks.record([ConfirmTimeout("no confirm")])
+
+    await publisher.publish(_message())
+
+    assert channel.closed
+    assert len(connection.opened) == 1
+    assert connection.opened[0].published == ["order.paid"]
+    assert publisher.channels_renewed == 1
