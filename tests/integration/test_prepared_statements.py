@@ -3,7 +3,6 @@ prepare when they reach PostgreSQL itself, and never through something in betwee
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -22,39 +21,19 @@ from infra.messaging.publisher import Publisher
 from infra.messaging.relay import OutboxRelay
 from infra.messaging.topology import Topology
 from infra.settings import Settings
+from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
 
 
 @contextlib.asynccontextmanager
 async def tcp_proxy(host: str, port: int) -> AsyncIterator[int]:
     """A TCP proxy on a port of its own in front of `host:port`, as a pooler would be."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, port)
-        for task in (_pipe(reader, up_writer), _pipe(up_reader, writer)):
-            tasks.add(asyncio.create_task(task))
-
-    server = await asyncio.start_server(forward, "127.0.0.1", 0)
+    proxy = await FaultProxy("postgres", host, port).start()
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield proxy.port
     finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await proxy.close()
 
 
 def _through(settings: Settings, port: int, **changes: Any) -> Settings:
