@@ -29,6 +29,7 @@ prepare only with `true`: they are not on a hot path.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -95,7 +96,10 @@ async def reaches_postgres_directly(conn: psycopg.AsyncConnection[Any]) -> tuple
         return False, f"could not tell where the connection goes: {exc}"
     finally:
         if idle and conn.info.transaction_status != TransactionStatus.IDLE:
-            await conn.rollback()
+            # On a connection broken meanwhile this fails too: the answer stays "no",
+            # and the pool finds the connection broken.
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
     if row is None:  # pragma: no cover - a SELECT of functions returns its row
         return False, "PostgreSQL did not say where its end of the connection is"
     addr, port, backend = row

@@ -129,7 +129,11 @@ class Outgoing:
 
 
 CONFIRM_TIMEOUT_S = 30.0
-"""How long a batch's confirms are awaited before it counts as not confirmed."""
+"""How long a publish's or a batch's confirms are awaited before it counts as not
+confirmed."""
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long closing a replaced channel may take before it is left to its fate."""
 
 
 class SentBatch:
@@ -363,6 +367,7 @@ class Publisher:
         self._nacks = NackStreak()
         self._renewing = asyncio.Lock()
         self.channels_renewed = 0
+        self.confirm_timeout = CONFIRM_TIMEOUT_S  # for `publish`; batches: `SentBatch`
 
     @classmethod
     async def connect(cls, url: str, *, name: str | None = None) -> Publisher:
@@ -397,9 +402,11 @@ class Publisher:
                     "publisher channel nacked every publish; replaced by a fresh channel",
                     nacked_in_a_row=self._nacks.limit,
                 )
-            # Its unconfirmed publishes fail with the close and are published again.
+            # Its unconfirmed publishes fail with the close and are published again. A
+            # channel that stopped answering may not answer the close either: a few
+            # seconds, not the heartbeat's minute (or forever without heartbeats).
             with contextlib.suppress(Exception):
-                await old.close()
+                await asyncio.wait_for(old.close(), timeout=CLOSE_TIMEOUT_S)
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if name == "":
@@ -414,10 +421,19 @@ class Publisher:
         await self._fresh_channel_if_stuck()
         exchange = await self._exchange(outgoing.exchange)
         try:
-            await exchange.publish(outgoing.to_amqp(), outgoing.routing_key, mandatory=True)
+            await exchange.publish(
+                outgoing.to_amqp(),
+                outgoing.routing_key,
+                mandatory=True,
+                timeout=self.confirm_timeout,
+            )
         except aiormq.exceptions.DeliveryError as exc:
             self._nacks.record([exc])
             raise
+        except TimeoutError:
+            unanswered = ConfirmTimeout(f"no confirm from the broker in {self.confirm_timeout:g} s")
+            self._nacks.record([unanswered])
+            raise unanswered from None
         self._nacks.record([None])
 
     async def publish_many(self, batch: Sequence[Outgoing]) -> list[BaseException | None]:

@@ -39,10 +39,14 @@ class FakeExchange:
     def __init__(self, channel: FakeChannel) -> None:
         self._channel = channel
 
-    async def publish(self, message: Any, routing_key: str, *, mandatory: bool) -> None:
+    async def publish(
+        self, message: Any, routing_key: str, *, mandatory: bool, timeout: float | None = None
+    ) -> None:
         if self._channel.closed:
             raise aiormq.exceptions.ChannelInvalidStateError("closed")
         self._channel.published.append(routing_key)
+        if self._channel.silent:  # the confirm never comes: aio-pika's timeout ends the wait
+            await asyncio.wait_for(asyncio.Event().wait(), timeout)
         if self._channel.stuck:
             raise _nack()
 
@@ -50,8 +54,9 @@ class FakeExchange:
 class FakeChannel:
     """A channel that acks everything, or (stuck) nacks everything."""
 
-    def __init__(self, *, stuck: bool = False) -> None:
+    def __init__(self, *, stuck: bool = False, silent: bool = False) -> None:
         self.stuck = stuck
+        self.silent = silent
         self.closed = False
         self.published: list[str] = []
         self.default_exchange = FakeExchange(self)
@@ -166,5 +171,19 @@ async def test_a_channel_that_left_a_batch_unconfirmed_is_replaced_before_the_ne
 
     assert channel.closed
     assert len(connection.opened) == 1
+    assert connection.opened[0].published == ["order.paid"]
+    assert publisher.channels_renewed == 1
+
+
+async def test_a_publish_whose_confirm_does_not_come_fails_and_its_channel_is_replaced() -> None:
+    silent, connection = FakeChannel(silent=True), FakeConnection()
+    publisher = _publisher(silent, connection)
+    publisher.confirm_timeout = 0.05
+
+    with pytest.raises(ConfirmTimeout):
+        await asyncio.wait_for(publisher.publish(_message()), timeout=10)
+    await publisher.publish(_message())  # on a fresh channel: confirmed
+
+    assert silent.closed
     assert connection.opened[0].published == ["order.paid"]
     assert publisher.channels_renewed == 1
