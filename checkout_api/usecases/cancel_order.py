@@ -33,7 +33,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg.types.json import Jsonb
 
 from checkout_api.schemas.cancellations import CancellationOut
 from checkout_api.schemas.checkouts import StepOut
@@ -45,6 +44,7 @@ from checkout_api.usecases.errors import (
     OrderNotFound,
     RefundWindowExpired,
 )
+from checkout_api.usecases.idempotency import ACCEPTED, store_first_response
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
 from infra.tracing import current_trace_id
@@ -64,7 +64,6 @@ from saga.cancellation_writes import (
 
 log = structlog.get_logger(__name__)
 
-ACCEPTED = 202
 REQUESTED_STEP = "cancellation.requested"
 _ATTEMPTS = 3
 
@@ -252,12 +251,9 @@ async def _respond(
 ) -> CancelOutcome:
     """Store the key's first response (if any) and commit."""
     body = cancellation.model_dump(mode="json")
-    if key is not None:
-        stored = await conn.execute(
-            _STORE_KEY,
-            (key, order_id, cancellation.cancellation_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
-        )
-        if await stored.fetchone() is None:
-            raise _Raced()
+    if key is not None and not await store_first_response(
+        conn, _STORE_KEY, key, order_id, cancellation.cancellation_id, body
+    ):
+        raise _Raced()
     await conn.commit()
     return CancelOutcome(cancellation.cancellation_id, ACCEPTED, body, created, cancellation.state)

@@ -50,6 +50,7 @@ from checkout_api.usecases.errors import (
     OrderCancelled,
     OrderNotFound,
 )
+from checkout_api.usecases.idempotency import ACCEPTED, store_first_response
 from contracts import ChargePayment
 from infra.db.models import ACTIVE_CHECKOUT_STATES
 from infra.db.session import UnitOfWork
@@ -67,7 +68,6 @@ from saga.state_machine import (
 
 log = structlog.get_logger(__name__)
 
-ACCEPTED = 202
 REQUESTED_STEP = "checkout.requested"
 _ATTEMPTS = 3
 
@@ -229,15 +229,12 @@ async def _attempt(
         checkout, started = _started(new, rows)
         if not started:
             body = checkout.model_dump(mode="json")
-            if key is not None:
-                # The active checkout answers this key from now on. Another request that
-                # stored the key first (for this order or another) wins: ask again.
-                stored_now = await conn.execute(
-                    _STORE_KEY,
-                    (key, order_id, checkout.checkout_id, ACCEPTED, Jsonb(body), datetime.now(UTC)),
-                )
-                if await stored_now.fetchone() is None:
-                    raise _Raced()
+            # The active checkout answers this key from now on. Another request that
+            # stored the key first (for this order or another) wins: ask again.
+            if key is not None and not await store_first_response(
+                conn, _STORE_KEY, key, order_id, checkout.checkout_id, body
+            ):
+                raise _Raced()
     if started:
         log.info("checkout started", checkout_id=str(checkout.checkout_id))
     return CheckoutOutcome(checkout.checkout_id, ACCEPTED, body, started=started)

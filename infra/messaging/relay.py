@@ -62,8 +62,8 @@ from psycopg.rows import dict_row
 from infra import metrics
 from infra.db.migrate import libpq_url
 from infra.db.models import ACTIVE_CANCELLATION_STATES, ACTIVE_CHECKOUT_STATES
-from infra.db.preparation import Preparation, choose_preparation
-from infra.db.session import connect_kwargs, name_connections
+from infra.db.preparation import Preparation, choose_preparation, connect_kwargs
+from infra.db.session import name_connections
 from infra.health import serving_health
 from infra.heap import freeze_startup
 from infra.logging import configure_logging
@@ -186,14 +186,14 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float = 1.0,
         listen_url: str | None = None,
-        connect_kwargs: dict[str, Any] | None = None,
         prepare: Preparation = False,
         notify_silence_s: float = NOTIFY_SILENCE_S,
     ) -> None:
         self._database_url = database_url
         self._listen_url = listen_url or database_url
-        self._connect_kwargs = connect_kwargs or {}
-        self._prepare = prepare  # "auto": decided per connection (`choose_preparation`)
+        # `CHECKOUT_DATABASE_PREPARE`; "auto" is decided per connection once it is open.
+        self._prepare = prepare
+        self._connect_kwargs = connect_kwargs(prepare)
         self._notify_watch = NotifyWatch(notify_silence_s)
         self._failing_since: float | None = None  # the first failure of an outage
         self._publisher = publisher
@@ -566,7 +566,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Declare the topology, then relay until `stop` is set."""
     topology = Topology.from_settings(settings)
     database_url = libpq_url(settings.database_url.get_secret_value())
-    kwargs = connect_kwargs(settings)
+    kwargs = connect_kwargs(settings.database_prepare)
     # Declared on a connection of its own, apart from the publisher's (`declare_apart`).
     await declare_apart(settings.rabbit_url.get_secret_value(), topology)
     publisher = await Publisher.connect(
@@ -580,7 +580,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval,
             listen_url=libpq_url(settings.listen_url),
-            connect_kwargs=kwargs,
             prepare=settings.database_prepare,
         )
 

@@ -146,7 +146,6 @@ async def test_the_relays_connections_choose_the_same_way(
                     url,
                     publisher,
                     topology,
-                    connect_kwargs={"prepare_threshold": None},
                     prepare="auto",
                 )
                 relays.append(relay)
