@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv lint typecheck clean bench bench-search drill chaos chaos-deadlines
+.PHONY: run test venv lint typecheck clean bench bench-search peers drill chaos chaos-deadlines
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 ## make bench-search: GET /orders?name= on a million orders (loading them takes a while)
 bench-search: $(STAMP)
 	$(BIN)/python -m bench.run --search-million $(ARGS)
+
+## make peers: the product beside Celery and the inline endpoint in ../shared/peers, one
+## run, about five minutes (README "The benchmark"); the harness's variables pass through,
+## e.g. make peers PEERS="product celery"
+peers: $(STAMP)
+	bench/peers.sh
 
 ## make chaos: the fault suite's chaos run alone (4 s payment deadlines firing during it;
 ## CHECKOUT_CHAOS_DEADLINES=0 keeps the default deadline); chaos-deadlines: the same
