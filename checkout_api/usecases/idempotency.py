@@ -26,8 +26,10 @@ async def store_first_response(
     made: uuid.UUID,
     body: dict[str, Any],
 ) -> bool:
-    """Store `body` as the 202 first response to `key` with `sql` (`store_key_sql`);
-    False if another request stored the key first."""
+    """Store `body` as the 202 first response to `key` with `sql`, the use case's insert
+    into its keys table that returns a row only when it stored one (key, order, what the
+    request made, status, response, time); False if another request stored the key
+    first."""
     cursor = await conn.execute(
         sql, (key, order_id, made, ACCEPTED, Jsonb(body), datetime.now(UTC))
     )

@@ -183,8 +183,10 @@ async def _send_batch(
     channel: aiormq.Channel,
     batch: Sequence[Outgoing],
     on_outcomes: Callable[[Iterable[BaseException | None]], None] | None = None,
+    confirm_within: float = CONFIRM_TIMEOUT_S,
 ) -> SentBatch:
-    """Write `batch` to `channel` as one buffer, and file one confirm future per message.
+    """Write `batch` to `channel` as one buffer, and file one confirm future per message
+    (awaited at most `confirm_within` s by `SentBatch.outcomes`).
 
     What `aiormq.Channel.basic_publish` does for one message, done once for the batch:
     the frames are marshalled together (a destination's method frame only once) and
@@ -240,7 +242,13 @@ async def _send_batch(
         for tag, message_id, confirm in zip(tags, message_ids, confirms, strict=True):
             channel.confirmations[tag] = confirm
             channel.message_id_delivery_tag[message_id] = tag
-        return SentBatch(channel, confirms, list(zip(message_ids, tags, strict=True)), on_outcomes)
+        return SentBatch(
+            channel,
+            confirms,
+            list(zip(message_ids, tags, strict=True)),
+            on_outcomes,
+            timeout=confirm_within,
+        )
 
 
 def _reject_pending(confirms: list[asyncio.Future[Any]], guard: asyncio.Future[Any]) -> None:
@@ -283,11 +291,15 @@ class NotConfirmed(Exception):
 class ConfirmTimeout(NotConfirmed):
     """The broker did not answer a publish in time (`CONFIRM_TIMEOUT_S`)."""
 
+    @classmethod
+    def after(cls, waited: float) -> ConfirmTimeout:
+        return cls(f"no confirm from the broker in {waited:g} s")
+
 
 def _outcome(confirm: asyncio.Future[Any], waited: float) -> BaseException | None:
     """A message's outcome from its confirm future, waited for `waited` seconds."""
     if not confirm.done():
-        return ConfirmTimeout(f"no confirm from the broker in {waited:g} s")
+        return ConfirmTimeout.after(waited)
     if confirm.cancelled():
         return aiormq.exceptions.ChannelInvalidStateError("confirm cancelled")
     return _unconfirmed(confirm.exception() or confirm.result())
@@ -367,7 +379,7 @@ class Publisher:
         self._nacks = NackStreak()
         self._renewing = asyncio.Lock()
         self.channels_renewed = 0
-        self.confirm_timeout = CONFIRM_TIMEOUT_S  # for `publish`; batches: `SentBatch`
+        self.confirm_timeout = CONFIRM_TIMEOUT_S  # for `publish` and every `SentBatch`
 
     @classmethod
     async def connect(cls, url: str, *, name: str | None = None) -> Publisher:
@@ -395,7 +407,7 @@ class Publisher:
             if unanswered:
                 log.warning(
                     "publisher channel left a batch unconfirmed; replaced by a fresh channel",
-                    waited_s=CONFIRM_TIMEOUT_S,
+                    waited_s=self.confirm_timeout,
                 )
             else:
                 log.warning(
@@ -431,7 +443,7 @@ class Publisher:
             self._nacks.record([exc])
             raise
         except TimeoutError:
-            unanswered = ConfirmTimeout(f"no confirm from the broker in {self.confirm_timeout:g} s")
+            unanswered = ConfirmTimeout.after(self.confirm_timeout)
             self._nacks.record([unanswered])
             raise unanswered from None
         self._nacks.record([None])
@@ -463,7 +475,7 @@ class Publisher:
         channel = await self._channel.get_underlay_channel()
         if not isinstance(channel, aiormq.Channel) or not channel.publisher_confirms:
             raise TypeError(f"not an aiormq channel with publisher confirms: {channel!r}")
-        return await _send_batch(channel, batch, self._nacks.record)
+        return await _send_batch(channel, batch, self._nacks.record, self.confirm_timeout)
 
     @property
     def channel(self) -> AbstractChannel:
